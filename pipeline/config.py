@@ -1,0 +1,159 @@
+"""Typed, validated configuration built from plain mappings (``params.yaml`` sections).
+
+Every section of ``params.yaml`` is described by a dataclass. :func:`build` turns a mapping
+into that dataclass and rejects, with one :class:`ParamError` naming the dotted key and the
+allowed values, unknown keys, wrong types, values outside ``Literal`` choices and values outside
+the numeric bounds declared with :func:`bounded`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+T = TypeVar("T")
+
+
+class ParamError(ValueError):
+    """A parameter a user can fix: the message names the key and what is allowed."""
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None, **kwargs: Any) -> Any:
+    """A dataclass field with numeric bounds checked by :func:`build`."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta, **kwargs)
+    return dataclasses.field(default=default, metadata=meta, **kwargs)
+
+
+def describe(tp: Any) -> str:
+    """Human-readable name of an annotation, used in error messages."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(describe(a) for a in get_args(tp))
+    if origin in (list, tuple):
+        return f"a list of {describe(get_args(tp)[0])}"
+    if origin in (dict, Mapping):
+        return f"a mapping of {describe(get_args(tp)[1])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_bounds(value: Any, meta: Mapping[str, Any], where: str) -> None:
+    checks = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
+              "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
+    for key, (ok, sym) in checks.items():
+        bound = meta.get(key)
+        if bound is not None and value is not None and not ok(value, bound):
+            raise ParamError(f"{where} = {value!r} is out of range: it must be {sym} {bound}")
+
+
+def convert(tp: Any, value: Any, where: str) -> Any:
+    """Check ``value`` against annotation ``tp`` and convert it (mappings to dataclasses)."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ParamError(f"{where} = {value!r} is not allowed: use {describe(tp)}")
+        return value
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in get_args(tp):
+            try:
+                return convert(option, value, where)
+            except ParamError as err:
+                errors.append(err)
+        raise ParamError(f"{where} = {value!r} is not allowed: use {describe(tp)}")
+    if tp is type(None):
+        if value is not None:
+            raise ParamError(f"{where} = {value!r} is not allowed: use null")
+        return None
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ParamError(f"{where} must be {describe(tp)}, got {value!r}")
+        return build(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ParamError(f"{where} must be {describe(tp)}, got {value!r}")
+        (item,) = get_args(tp)[:1]
+        return [convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ParamError(f"{where} must be {describe(tp)}, got {value!r}")
+        _, item = get_args(tp)
+        return {str(k): convert(item, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ParamError(f"{where} = {value!r} must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamError(f"{where} = {value!r} must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamError(f"{where} = {value!r} must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ParamError(f"{where} = {value!r} must be a string")
+        return value
+    raise TypeError(f"unsupported annotation {tp!r} at {where}")
+
+
+def build(cls: type[T], raw: Mapping[str, Any] | None, where: str) -> T:
+    """Build dataclass ``cls`` from ``raw``; missing keys take their defaults.
+
+    Raises :class:`ParamError` for unknown keys, missing required keys, wrong types and
+    out-of-range values. ``__post_init__`` may raise :class:`ParamError` for cross-field rules.
+    """
+    raw = dict(raw or {})
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ParamError(f"unknown key {where}.{unknown[0]}: allowed keys are {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        key = f"{where}.{name}"
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ParamError(f"missing key {key}: it must be {describe(hints[name])}")
+            continue
+        value = convert(hints[name], raw[name], key)
+        _check_bounds(value, f.metadata, key)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain-data view of a config (for logging, hashing and MLflow params)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,160 @@
+"""The training-method interface: one class per method, registered by name.
+
+A method owns the loss and any auxiliary state (perturbation network, covariance estimates,
+history buffers); the trainer owns the network, its SGD optimizer, the lr schedule, data,
+checkpoints and tracking. Adding a method = one :class:`Method` subclass with a ``Config``
+dataclass of hyperparameters (defaults here, overrides in ``params.yaml``), decorated with
+:func:`register`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.networks import FeatureClassifier
+
+
+@dataclass
+class Batch:
+    """A training batch: augmented, normalised images, labels, and sample indices."""
+
+    x: torch.Tensor  # float [B, C, H, W]
+    y: torch.Tensor  # int64 [B]
+    index: torch.Tensor  # int64 [B], row in the training split (for per-sample buffers)
+
+
+@dataclass
+class TrainInfo:
+    """What a method may know about the run when it is created."""
+
+    num_classes: int
+    class_counts: torch.Tensor  # int64 [C], training-set label counts (observed labels)
+    num_train: int
+    feature_dim: int
+    device: torch.device
+    seed: int = 0
+
+
+@dataclass
+class StepContext:
+    """Per-step facts from the trainer."""
+
+    epoch: int  # global epoch, counting pretraining epochs
+    total_epochs: int  # pretraining + training epochs (for the alpha ramp)
+    step: int  # global iteration within this stage
+    lr: float  # current learning rate of the network optimizer
+    meta_batch: Callable[[], Batch]  # draws the next batch of the clean, balanced meta set
+
+
+class Method(nn.Module):
+    """Base class. Subclasses implement :meth:`loss` or override :meth:`update`.
+
+    It is an ``nn.Module`` so that auxiliary networks and buffers (``register_buffer``) are
+    saved with :meth:`state_dict` and restored on resume.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+
+    def __init__(self, cfg: Any, net: FeatureClassifier, optimizer: torch.optim.Optimizer,
+                 info: TrainInfo) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.net = [net]  # in a list: not a submodule, so not saved twice in state_dict
+        self.optimizer = optimizer
+        self.info = info
+
+    @property
+    def network(self) -> FeatureClassifier:
+        return self.net[0]
+
+    def loss(self, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean training loss and the logits [B, C] of the batch."""
+        raise NotImplementedError
+
+    def update(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
+        """One training step on ``batch``: returns scalars to average over the epoch."""
+        loss, logits = self.loss(batch, ctx)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        acc = (logits.argmax(1) == batch.y).float().mean()
+        return {"loss": loss.item(), "acc": acc.item()}
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Metrics to log at the end of an epoch (e.g. statistics of epsilon)."""
+        return {}
+
+    def sample_scores(self) -> dict[str, np.ndarray]:
+        """Per-training-sample scores to keep for evaluation (e.g. the last epsilon)."""
+        return {}
+
+    def artifacts(self) -> dict[str, nn.Module]:
+        """Learned auxiliary networks to save and log (e.g. ``perturbation_net``)."""
+        return {}
+
+    def extra_state_dict(self) -> dict[str, Any]:
+        """State outside ``nn.Module`` (e.g. auxiliary optimizers) for resuming."""
+        return {}
+
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its ``name``."""
+    if not dataclasses.is_dataclass(cls.Config):
+        raise TypeError(f"{cls.__name__}.Config must be a dataclass")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+@dataclass
+class NoConfig:
+    """A method without hyperparameters."""
+
+
+@register
+class CrossEntropy(Method):
+    """Plain cross-entropy: L = -log softmax(z)_y."""
+
+    name = "ce"
+    Config = NoConfig
+
+    def loss(self, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.network(batch.x)
+        return F.cross_entropy(logits, batch.y), logits
+
+
+@dataclass
+class LogitAdjustmentConfig:
+    tau: float = 1.0  # temperature of the prior term
+
+
+@register
+class LogitAdjustment(Method):
+    """Logit-adjusted loss (Menon et al., 2021): CE on z_j + tau * log pi_j, pi = class prior."""
+
+    name = "la"
+    Config = LogitAdjustmentConfig
+
+    def __init__(self, cfg: LogitAdjustmentConfig, net: FeatureClassifier,
+                 optimizer: torch.optim.Optimizer, info: TrainInfo) -> None:
+        super().__init__(cfg, net, optimizer, info)
+        prior = info.class_counts.double().clamp_min(1) / info.class_counts.sum()
+        self.register_buffer("log_prior", prior.log().float().to(info.device))
+
+    def loss(self, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.network(batch.x)
+        return F.cross_entropy(logits + self.cfg.tau * self.log_prior, batch.y), logits

@@ -1,0 +1,107 @@
+"""Networks with the deep feature h and the linear classifier (W, b) separately reachable.
+
+Every network here is an :class:`FeatureClassifier`: ``features(x) -> h`` [B, A] (the input of
+the last linear layer) and ``classifier`` (``nn.Linear(A, C)``), so that the IADA loss and the
+``meta_scope: head`` meta step can work on h and W directly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Arch = Literal["resnet8", "resnet20", "resnet32", "resnet56", "cnn"]
+
+
+class FeatureClassifier(nn.Module):
+    """Backbone F (image -> h) followed by a linear classifier: logits z = W h + b."""
+
+    feature_dim: int
+    classifier: nn.Linear
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class BasicBlock(nn.Module):
+    """3x3-3x3 residual block with the parameter-free option-A shortcut of He et al. (2016)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.pad = planes - in_planes if (stride != 1 or in_planes != planes) else 0
+        self.stride = stride
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.pad and self.stride == 1:
+            return x
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(FeatureClassifier):
+    """CIFAR ResNet of depth 6n+2 (3 stages of n blocks, 16/32/64 channels, 64-d feature)."""
+
+    def __init__(self, depth: int, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        if (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, in_planes = [], 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(n):
+                layers.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.feature_dim = 64
+        self.classifier = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)  # [B, 64]
+
+
+class SmallCNN(FeatureClassifier):
+    """Four conv layers for 28x28 inputs (MNIST-sized), 128-d feature, as in DomainBed's MNIST_CNN."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        chans = (in_channels, 64, 128, 128, 128)
+        strides = (1, 2, 1, 1)
+        blocks = []
+        for cin, cout, s in zip(chans[:-1], chans[1:], strides):
+            blocks += [nn.Conv2d(cin, cout, 3, s, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+        self.body = nn.Sequential(*blocks)
+        self.feature_dim = 128
+        self.classifier = nn.Linear(128, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.body(x), 1).flatten(1)  # [B, 128]
+
+
+def build_network(arch: Arch, num_classes: int, in_channels: int = 3) -> FeatureClassifier:
+    """Network by name: ``resnet8/20/32/56`` (CIFAR ResNets) or ``cnn`` (28x28 inputs)."""
+    if arch.startswith("resnet"):
+        return CifarResNet(int(arch[len("resnet"):]), num_classes, in_channels)
+    if arch == "cnn":
+        return SmallCNN(num_classes, in_channels)
+    raise ValueError(f"unknown network {arch!r}: use one of resnet8, resnet20, resnet32, resnet56, cnn")
