@@ -1,0 +1,184 @@
+"""``params.yaml``: schema, validation, and the experiments it declares.
+
+Layout::
+
+    run:          # what `dvc repro` runs: the matrix experiment x method x seed
+      experiments: [lt]
+      methods: [ce, meta_iada]
+      seeds: [0]
+    experiments:  # named experiments (scenario + data + network + schedule + method params)
+      lt: {data: {...}, network: {...}, optim: {...}, pretrain_epochs: .., train_epochs: ..,
+           methods: {meta_iada: {alpha: 0.5, ...}}, search: {...}}
+    tune: {...}   # Optuna studies (pipeline.tune)
+
+Everything is validated before any work: an unknown key, a value out of range or an unknown
+method/experiment stops with one :class:`~pipeline.config.ParamError` naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.config import ParamError, bounded, build, to_dict
+from pipeline.data.config import DataConfig
+from pipeline.methods import REGISTRY
+from pipeline.networks import Arch
+
+PARAMS_FILE = "params.yaml"
+# Top-level ``methods`` and ``search`` are shared blocks that experiments reference with YAML
+# anchors (``methods: *methods``); only the experiments' resolved copies are used.
+SHARED_BLOCKS = ("methods", "search")
+TOP_LEVEL_KEYS = ("run", "experiments", "tune", *SHARED_BLOCKS)
+
+# The validation metric each scenario selects checkpoints (and tunes) on.
+SELECTION_METRIC = {"longtail": "val_acc", "noisy": "val_acc", "glt": "val_acc",
+                    "subpop": "val_worst_group_acc"}
+# The MLflow experiment of each scenario.
+MLFLOW_EXPERIMENT = {"longtail": "long-tail", "noisy": "noisy-labels", "subpop": "subpopulation-shift",
+                     "glt": "generalized-long-tail"}
+
+
+@dataclass
+class NetworkConfig:
+    arch: Arch = "resnet32"
+    channels_last: bool = True  # faster convolutions on CPU (toolchain.md: ~+18% img/s)
+
+
+@dataclass
+class OptimConfig:
+    """SGD with a step schedule and linear warm-up (method.md §6); epochs are global."""
+
+    lr: float = bounded(0.1, gt=0)
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = bounded(5e-4, ge=0)
+    batch_size: int = bounded(100, ge=1)
+    warmup_epochs: int = bounded(5, ge=0)
+    milestones: list[int] = bounded([160, 180])
+    gamma: float = bounded(0.1, gt=0, le=1)
+
+    def lr_at(self, epoch: int) -> float:
+        """lr of global epoch ``epoch``: linear warm-up, then x gamma at each milestone."""
+        if epoch < self.warmup_epochs:
+            return self.lr * (epoch + 1) / self.warmup_epochs
+        return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+
+
+@dataclass
+class AugmentConfig:
+    crop_padding: int = bounded(4, ge=0)  # random crop after zero padding (0: no crop)
+    flip: bool = True  # random horizontal flip
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pretrain_epochs: int = bounded(160, ge=0)  # cross-entropy epochs before the method
+    train_epochs: int = bounded(40, ge=1)  # epochs of the compared method
+    meta_batch_size: int = bounded(100, ge=1)
+    eval_batch_size: int = bounded(500, ge=1)
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
+    search: dict[str, dict[str, Any]] = field(default_factory=dict)  # Optuna search space
+
+    def __post_init__(self) -> None:
+        for name, raw in self.methods.items():
+            where = f"methods.{name}"
+            if name not in REGISTRY:
+                raise ParamError(f"unknown method {where}: use one of {', '.join(sorted(REGISTRY))}")
+            build(REGISTRY[name].Config, raw, where)
+
+    @property
+    def scenario(self) -> str:
+        return self.data.scenario
+
+    @property
+    def total_epochs(self) -> int:
+        return self.pretrain_epochs + self.train_epochs
+
+    @property
+    def selection_metric(self) -> str:
+        return SELECTION_METRIC[self.scenario]
+
+    @property
+    def mlflow_experiment(self) -> str:
+        return MLFLOW_EXPERIMENT[self.scenario]
+
+    def method_config(self, name: str) -> Any:
+        """The method's Config: code defaults overridden by ``methods.<name>`` of params."""
+        if name not in REGISTRY:
+            raise ParamError(f"unknown method {name!r}: use one of {', '.join(sorted(REGISTRY))}")
+        return build(REGISTRY[name].Config, self.methods.get(name, {}), f"methods.{name}")
+
+
+@dataclass
+class RunConfig:
+    experiments: list[str] = bounded(["lt"])
+    methods: list[str] = bounded(["ce", "meta_iada"])
+    seeds: list[int] = bounded([0])
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass
+class Params:
+    run: RunConfig
+    experiments: dict[str, ExperimentConfig]
+    tune: dict[str, Any] = field(default_factory=dict)  # validated by pipeline.tune
+
+    def __post_init__(self) -> None:
+        for i, name in enumerate(self.run.experiments):
+            if name not in self.experiments:
+                raise ParamError(f"run.experiments[{i}] = {name!r} is not declared: use one of "
+                                 f"{', '.join(self.experiments)}")
+        for i, name in enumerate(self.run.methods):
+            if name not in REGISTRY:
+                raise ParamError(f"run.methods[{i}] = {name!r} is unknown: use one of "
+                                 f"{', '.join(sorted(REGISTRY))}")
+
+    def experiment(self, name: str) -> ExperimentConfig:
+        if name not in self.experiments:
+            raise ParamError(f"unknown experiment {name!r}: use one of {', '.join(self.experiments)}")
+        return self.experiments[name]
+
+
+def parse_params(raw: Any) -> Params:
+    if not isinstance(raw, dict):
+        raise ParamError("params.yaml must be a mapping with keys run, experiments, tune")
+    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ParamError(f"unknown top-level key {unknown[0]!r} in params.yaml: allowed keys are "
+                         f"{', '.join(TOP_LEVEL_KEYS)}")
+    for key in SHARED_BLOCKS:
+        if not isinstance(raw.get(key, {}), dict):
+            raise ParamError(f"{key} must be a mapping (a shared block referenced by YAML anchors)")
+    exps = raw.get("experiments")
+    if not isinstance(exps, dict) or not exps:
+        raise ParamError("experiments must be a non-empty mapping of experiment name -> settings")
+    experiments = {name: build(ExperimentConfig, cfg, f"experiments.{name}") for name, cfg in exps.items()}
+    return Params(build(RunConfig, raw.get("run"), "run"), experiments, raw.get("tune") or {})
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamError(f"{path} not found: run from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ParamError(f"{path} is not valid YAML: {err}") from err
+    return parse_params(raw)
+
+
+def config_hash(*parts: Any) -> str:
+    """Stable hash of configs (dataclasses or plain data), for resume checks."""
+    blob = json.dumps([to_dict(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -1,0 +1,112 @@
+"""In-memory batch loading with whole-batch augmentation in torch.
+
+Images stay uint8 [N, C, H, W] in memory; a batch is gathered by index, randomly cropped
+(zero padding ``pad`` pixels, as torchvision's ``RandomCrop(32, padding=4)``), flipped
+horizontally with probability 1/2, converted to float and normalised, all as tensor ops on the
+whole batch: no per-image PIL work in the training loop. Each batch carries its sample indices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from pipeline.data.prepared import Split
+from pipeline.methods.base import Batch
+
+
+def to_tensor_images(x: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, C] array -> contiguous uint8 tensor [N, C, H, W]."""
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and standard deviation (0-255 scale) of uint8 images [N, H, W, C]."""
+    flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    return flat.mean(0).tolist(), flat.std(0).tolist()
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random crop after zero padding, and random horizontal flip, for a whole batch.
+
+    x: uint8 or float [B, C, H, W]. Each sample gets its own offset (oy, ox) in [0, 2*pad] and
+    its own flip bit, drawn from ``generator``.
+    """
+    b, _, h, w = x.shape
+    if pad > 0:
+        padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # [B, 1, H, 1]
+        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]  # [B, 1, 1, W]
+        bidx = torch.arange(b)[:, None, None, None]
+        cidx = torch.arange(x.shape[1])[None, :, None, None]
+        x = padded[bidx, cidx, rows, cols]
+    if flip:
+        mask = torch.rand(b, generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+class BatchLoader:
+    """Iterates a split in random batches; a fixed seed gives the same batches after a resume.
+
+    Args:
+        split: the data (uint8 images, labels, indices).
+        mean, std: per-channel normalisation on the 0-255 scale.
+        batch_size: samples per batch; the last, smaller batch of an epoch is dropped when
+            ``drop_last`` (training), kept otherwise (evaluation).
+        augment: random crop (``pad``) + horizontal flip when True.
+        shuffle: random order each epoch (seeded by ``seed`` and the epoch number).
+    """
+
+    def __init__(self, split: Split, mean: list[float], std: list[float], batch_size: int,
+                 *, augment: bool = False, pad: int = 4, flip: bool = True, shuffle: bool = False,
+                 drop_last: bool = False, seed: int = 0, device: torch.device | str = "cpu",
+                 channels_last: bool = False) -> None:
+        self.x = to_tensor_images(split.x)
+        self.y = torch.from_numpy(split.y.astype(np.int64))
+        self.n = len(self.y)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.batch_size = batch_size
+        self.augment, self.pad, self.flip = augment, pad, flip
+        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.device = torch.device(device)
+        self.channels_last = channels_last
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return max(self.n // self.batch_size, 1 if self.n else 0)
+        return (self.n + self.batch_size - 1) // self.batch_size
+
+    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> Batch:
+        """The batch of the given sample indices (augmented when the loader augments)."""
+        x = self.x[idx]
+        if self.augment:
+            x = random_crop_flip(x, self.pad, self.flip, generator or torch.Generator())
+        x = (x.to(self.device, torch.float32) - self.mean.to(self.device)) / self.std.to(self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return Batch(x, self.y[idx].to(self.device), idx.to(self.device))
+
+    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
+        """Batches of one epoch; the order and augmentation depend only on (seed, epoch)."""
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
+        bs = min(self.batch_size, self.n) if self.drop_last else self.batch_size
+        stop = (self.n // bs) * bs if self.drop_last else self.n
+        for start in range(0, stop, bs):
+            yield self.batch(order[start:start + bs], gen)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self.epoch(0)
+
+    def endless(self, start_epoch: int = 0) -> Iterator[Batch]:
+        """Batches forever, epoch after epoch (for the meta set)."""
+        epoch = start_epoch
+        while True:
+            yield from self.epoch(epoch)
+            epoch += 1

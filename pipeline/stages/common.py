@@ -1,0 +1,79 @@
+"""What the stage entry points share: paths of outputs, argument parsing, error reporting, MLflow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ParamError
+from pipeline.experiment import ExperimentConfig, Params, load_params
+
+DATA_DIR = Path("data/prepared")
+MODELS_DIR = Path("models")
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+REPORTS_DIR = Path("reports")
+
+
+def data_dir(experiment: str) -> Path:
+    return DATA_DIR / experiment
+
+
+def run_dir(experiment: str, seed: int, method: str) -> Path:
+    """``models/<experiment>/s<seed>/<method>``; the CE pretraining uses method ``pretrain``."""
+    return MODELS_DIR / experiment / f"s{seed}" / method
+
+
+def run_name(experiment: str, method: str, seed: int) -> str:
+    return f"{experiment}-{method}-s{seed}"
+
+
+def parser(description: str, *, method: bool = False, seed: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--experiment", required=True, help="experiment name declared in params.yaml")
+    if seed:
+        p.add_argument("--seed", type=int, required=True, help="training seed")
+    if method:
+        p.add_argument("--method", required=True, help="training method (ce, la, isda, iada, meta_iada)")
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    return p
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's to fix: reported in one line, without a traceback."""
+    from pipeline.data.sources import DataSourceError
+    from pipeline.train import CheckpointError
+    return (ParamError, DataSourceError, CheckpointError, FileNotFoundError)
+
+
+def main_guard(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
+    """Wrap a stage's ``main`` so that a user error prints one clear line and exits 2."""
+    def wrapped(argv: list[str] | None = None) -> int:
+        try:
+            main(argv)
+        except user_errors() as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    return wrapped
+
+
+def load(args: argparse.Namespace) -> tuple[Params, ExperimentConfig]:
+    """Validate all of params.yaml (so every mistake shows before any work), then pick the experiment."""
+    params = load_params(args.params)
+    exp = params.experiment(args.experiment)
+    if getattr(args, "method", None) is not None:
+        exp.method_config(args.method)
+    return params, exp
+
+
+def write_json(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n")
+    tmp.replace(path)

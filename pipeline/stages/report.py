@@ -1,0 +1,32 @@
+"""``report`` stage: the markdown table comparing the methods of every experiment run.
+
+    python -m pipeline.stages.report
+
+Writes ``reports/comparison.md`` and ``reports/summary.json`` (a DVC metrics file).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.experiment import load_params
+from pipeline.report import collect, markdown, summarise
+from pipeline.stages.common import METRICS_DIR, REPORTS_DIR, main_guard, write_json
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--params", default="params.yaml")
+    args = p.parse_args(argv)
+    params = load_params(args.params)
+    results = collect(METRICS_DIR, params.run.experiments)
+    REPORTS_DIR.mkdir(parents=True, exist_ok=True)
+    text = markdown(results, params.run.methods)
+    (REPORTS_DIR / "comparison.md").write_text(text)
+    write_json(summarise(results, params.run.methods), REPORTS_DIR / "summary.json")
+    print(text)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,162 @@
+"""MLflow tracking: one SQLite store at the project root, one experiment per scenario.
+
+The store is addressed by absolute path from :func:`pipeline.paths.project_root`, so runs
+started by ``dvc exp run --queue/--temp`` (which run in a temporary copy) land in the same
+store. Each run is tagged with the git commit and the DVC experiment name.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipeline.paths import project_root
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+import mlflow  # noqa: E402  (after the telemetry switches)
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<project root>/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def artifact_root() -> Path:
+    return project_root() / "mlartifacts"
+
+
+def setup(experiment: str) -> str:
+    """Point MLflow at the project store and make sure ``experiment`` exists; returns its id.
+
+    A new experiment gets an absolute artifact location under the project root (fixed at
+    creation, so it is never inside a temporary DVC copy).
+    """
+    mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        location = (artifact_root() / experiment).as_uri()
+        try:
+            exp_id = client.create_experiment(experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel worker
+            exp_id = client.get_experiment_by_name(experiment).experiment_id
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True,
+                             text=True, check=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    tags = {"mlflow.source.git.commit": git_commit(), "git_commit": git_commit(),
+            "dvc_exp_name": os.environ.get("DVC_EXP_NAME", "workspace")}
+    tags.update(extra or {})
+    return tags
+
+
+@contextmanager
+def start_run(experiment: str, run_name: str, *, run_id: str | None = None, nested: bool = False,
+              tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
+    """Start (or, with ``run_id``, resume) a run in the scenario's experiment."""
+    setup(experiment)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested,
+                          tags=run_tags(tags)) as run:
+        yield run
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log a flat mapping of params (values stringified, long values truncated)."""
+    clean = {k: str(v)[:6000] for k, v in params.items()}
+    items = list(clean.items())
+    for i in range(0, len(items), 100):
+        mlflow.log_params(dict(items[i:i + 100]))
+
+
+PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1"]
+
+
+def registered_model_name(scenario: str, source: str) -> str:
+    """Registry name of a learned perturbation network: says scenario and dataset."""
+    return f"perturbation_net-{scenario}-{source}"
+
+
+class RunTracker:
+    """MLflow side of one training run (used by :func:`pipeline.train.fit`).
+
+    Starts the run (or resumes the one recorded in the checkpoint), logs params once, metrics
+    per epoch in one batched call, and at the end the checkpoints, the history, the data card
+    and the method's learned networks (logged as MLflow models and registered).
+    """
+
+    def __init__(self, experiment: str, run_name: str, *, card: Mapping[str, Any] | None = None,
+                 tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+                 register_as: str | None = None) -> None:
+        self.experiment, self.run_name = experiment, run_name
+        self.card = card
+        self.tags = dict(tags or {})
+        if parent_run_id:
+            self.tags["mlflow.parentRunId"] = parent_run_id
+        self.register_as = register_as
+        self.run_id: str | None = None
+
+    def start(self, run_id: str | None, *, fingerprint: str, params: Mapping[str, Any]) -> str:
+        setup(self.experiment)
+        client = MlflowClient()
+        if run_id is not None:
+            try:
+                client.get_run(run_id)
+            except mlflow.exceptions.MlflowException:
+                run_id = None  # the store was reset: start a new run
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.run_name,
+                               tags=run_tags({**self.tags, "fingerprint": fingerprint}))
+        self.run_id = run.info.run_id
+        if run_id is None:
+            log_params(params)
+            if self.card is not None:
+                mlflow.log_dict(dict(self.card), "data_card.json")
+        return self.run_id
+
+    def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+
+    def finish(self, out_dir: Path, method: Any) -> None:
+        for name in ("best.pt", "last.pt", "history.json"):
+            if (out_dir / name).is_file():
+                mlflow.log_artifact(str(out_dir / name), artifact_path="checkpoint")
+        for name, module in method.artifacts().items():
+            log_network(module, name, self.register_as)
+        mlflow.end_run()
+
+    def close(self, status: str = "FAILED") -> None:
+        """End the run if it is still active (interrupted, failed or pruned)."""
+        if mlflow.active_run() is not None:
+            mlflow.end_run(status=status)
+
+
+def log_network(module: Any, name: str, register_as: str | None) -> None:
+    """Log a learned network as an MLflow model (pickle format: loads as its own class)."""
+    import copy
+
+    import mlflow.pytorch
+
+    from pipeline.paths import workdir
+
+    module = copy.deepcopy(module).cpu().eval()
+    mlflow.pytorch.log_model(module, name=name, serialization_format="pickle",
+                             pip_requirements=PIP_REQUIREMENTS, code_paths=[str(workdir() / "pipeline")],
+                             registered_model_name=register_as)
