@@ -1,0 +1,126 @@
+"""Benchmarks (not tests): throughput of the input pipeline and cost of the Meta-IADA step.
+
+    python -m pipeline.bench [--json] [--arch resnet32] [--steps 30]
+
+In ONE process it times, on the same network and batch size:
+1. ``model``: cross-entropy train steps on synthetic tensors already in memory (model alone);
+2. ``pipeline``: the same steps fed by the real input pipeline (prepared long-tail CIFAR-10
+   in memory as uint8, whole-batch crop/flip/normalise in torch);
+3. a plain CE step, a Meta-IADA step with ``meta_scope: head`` and one with ``meta_scope: full``
+   (:mod:`pipeline.bench_steps`).
+Goals: ``input_pipeline_ratio`` >= 0.9, ``meta_head_over_ce`` <= 1.3, ``meta_full_over_ce`` <= 3.5.
+Compare ratios measured in the same run; absolute times vary between machines. With ``--json``
+the last output line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.data.prepared import PreparedData, load_prepared
+from pipeline.loader import BatchLoader, channel_stats
+from pipeline.networks import build_network
+
+
+def bench_data(path: Path) -> PreparedData:
+    """The prepared default data set if present, else CIFAR-10-LT built in memory from the source."""
+    if (path / "arrays.npz").is_file():
+        return load_prepared(path)
+    from pipeline.data.build import prepare_dataset
+    from pipeline.experiment import load_params
+
+    return prepare_dataset(load_params().experiment("lt").data)
+
+
+def time_ce_steps(arch: str, batches, steps: int, warmup: int, channels_last: bool, num_classes: int) -> float:
+    """Images per second of CE train steps over ``batches`` (an iterator of (x, y))."""
+    torch.manual_seed(0)
+    net = build_network(arch, num_classes)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    net.train()
+    n_img = 0
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0, n_img = time.perf_counter(), 0
+        x, y = next(batches)
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n_img += len(y)
+    return n_img / (time.perf_counter() - t0)
+
+
+def input_pipeline(arch: str, batch: int, steps: int, warmup: int, channels_last: bool, data_dir: Path) -> dict:
+    data = bench_data(data_dir)
+    split = data.splits["train"]
+    mean, std = channel_stats(split.x)
+    loader = BatchLoader(split, mean, std, batch, augment=True, shuffle=True, drop_last=True,
+                         channels_last=channels_last)
+
+    def real():
+        for b in loader.endless():
+            yield b.x, b.y
+
+    g = torch.Generator().manual_seed(0)
+    c, h, w = data.image_shape
+    xs = torch.randn(batch, c, h, w, generator=g)
+    if channels_last:
+        xs = xs.contiguous(memory_format=torch.channels_last)
+    ys = torch.randint(0, data.num_classes, (batch,), generator=g)
+
+    def synthetic():
+        while True:
+            yield xs, ys
+
+    model = time_ce_steps(arch, synthetic(), steps, warmup, channels_last, data.num_classes)
+    pipe = time_ce_steps(arch, real(), steps, warmup, channels_last, data.num_classes)
+    t0 = time.perf_counter()
+    n = 0
+    for b in loader.epoch(1):
+        n += len(b.y)
+    loader_only = n / (time.perf_counter() - t0)
+    return {"model_img_per_s": model, "pipeline_img_per_s": pipe, "loader_only_img_per_s": loader_only,
+            "input_pipeline_ratio": pipe / model}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="resnet32")
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--no-channels-last", action="store_true")
+    p.add_argument("--data", type=Path, default=Path("data/prepared/lt"))
+    p.add_argument("--skip-meta", action="store_true", help="only the input-pipeline benchmark")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object with every figure")
+    args = p.parse_args(argv)
+    cl = not args.no_channels_last
+    result: dict = {"arch": args.arch, "batch": args.batch, "threads": torch.get_num_threads(),
+                    "device": "cpu", "channels_last": cl}
+    result.update(input_pipeline(args.arch, args.batch, args.steps, args.warmup, cl, args.data))
+    print(f"input pipeline: model alone {result['model_img_per_s']:.0f} img/s, real pipeline "
+          f"{result['pipeline_img_per_s']:.0f} img/s, ratio {result['input_pipeline_ratio']:.3f} (goal >= 0.9); "
+          f"loader alone {result['loader_only_img_per_s']:.0f} img/s")
+    if not args.skip_meta:
+        from pipeline.bench_steps import time_steps
+
+        steps = time_steps(arch=args.arch, batch=args.batch)
+        result.update(steps)
+        print(f"step time: meta head / CE = {steps['meta_head_over_ce']:.2f} (goal <= 1.3), "
+              f"meta full / CE = {steps['meta_full_over_ce']:.2f} (goal <= 3.5)")
+    if args.json:
+        print(json.dumps({k: (float(v) if isinstance(v, np.floating) else v) for k, v in result.items()}))
+
+
+if __name__ == "__main__":
+    main()
