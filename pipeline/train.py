@@ -9,6 +9,7 @@ is started again with the same configuration continues from its last finished ep
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -34,6 +35,7 @@ from pipeline.networks import FeatureClassifier, build_network
 
 LAST, BEST, HISTORY, SCORES, RUN_INFO = "last.pt", "best.pt", "history.json", "sample_scores.npz", "run.json"
 CHECKPOINT_FORMAT = 1
+META_EPOCH_STRIDE = 1000  # meta-loader epochs reserved per training epoch
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -57,8 +59,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickle error, foreign object...
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); "
-                              "delete it and rerun the stage that writes it") from err
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(err).__name__}: corrupt, truncated, or "
+                              "not a weights-only checkpoint); delete it and rerun the stage that writes it") from err
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "model" not in ckpt:
         raise CheckpointError(f"checkpoint {path} is not a checkpoint of this project (format "
                               f"{CHECKPOINT_FORMAT}); delete it and rerun the stage that writes it")
@@ -186,7 +188,6 @@ def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, 
                                                 **flatten(to_dict(exp)),
                                                 **{f"method.{k}": v for k, v in flatten(to_dict(method_cfg)).items()}})
 
-    meta_iter = loaders.meta.endless(start_epoch=state["epoch"])
     metric_name = exp.selection_metric
     step = (state["epoch"] - first_epoch) * len(loaders.train)
     tty = is_interactive()
@@ -199,11 +200,13 @@ def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, 
         net.train()
         sums: dict[str, float] = defaultdict(float)
         n_batches = 0
+        # Meta batches restart from a per-epoch seed, so a resumed run draws the same ones.
+        meta_next = functools.partial(next, loaders.meta.endless(start_epoch=epoch * META_EPOCH_STRIDE))
         t0 = time.perf_counter()
         for batch in tqdm(loaders.train.epoch(epoch), total=len(loaders.train), leave=False, disable=not tty,
                           desc=f"epoch {epoch}"):
             ctx = StepContext(epoch=epoch, total_epochs=exp.total_epochs, step=step, lr=lr,
-                              meta_batch=lambda: next(meta_iter))
+                              meta_batch=meta_next)
             for k, v in method.update(batch, ctx).items():
                 sums[k] += v
             n_batches += 1
