@@ -133,7 +133,12 @@ def build(cls: type[T], raw: Mapping[str, Any] | None, where: str) -> T:
         value = convert(hints[name], raw[name], key)
         _check_bounds(value, f.metadata, key)
         kwargs[name] = value
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ParamError as err:  # a cross-field rule of __post_init__: give the full dotted key
+        parent, _, last = where.rpartition(".")
+        msg = str(err)
+        raise ParamError(f"{parent}.{msg}" if parent and msg.startswith(last + ".") else msg) from None
 
 
 def to_dict(obj: Any) -> Any:

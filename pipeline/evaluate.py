@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.data.longtail import shot_groups
 from pipeline.data.prepared import PreparedData
 from pipeline.experiment import ExperimentConfig
 from pipeline.metrics import per_class_accuracy, predict, shot_accuracy, split_metrics
@@ -23,14 +24,6 @@ from pipeline.train import BEST, HISTORY, LAST, SCORES, build_model, load_checkp
 
 # Test-split names of the generalized long-tail protocols.
 GLT_PROTOCOLS = {"test": "clt", "test_glt": "glt", "test_alt": "alt"}
-
-
-def shot_groups(train_counts: np.ndarray) -> dict[str, list[int]]:
-    """Many (> 100 training images), Medium (20-100), Few (< 20) classes (scenarios.md)."""
-    counts = np.asarray(train_counts)
-    return {"many": np.flatnonzero(counts > 100).tolist(),
-            "medium": np.flatnonzero((counts >= 20) & (counts <= 100)).tolist(),
-            "few": np.flatnonzero(counts < 20).tolist()}
 
 
 def evaluate_weights(exp: ExperimentConfig, data: PreparedData, state_dict: dict[str, Any],
