@@ -105,13 +105,14 @@ class RunTracker:
 
     def __init__(self, experiment: str, run_name: str, *, card: Mapping[str, Any] | None = None,
                  tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
-                 register_as: str | None = None) -> None:
+                 register_as: str | None = None, log_models: bool = True) -> None:
         self.experiment, self.run_name = experiment, run_name
         self.card = card
         self.tags = dict(tags or {})
         if parent_run_id:
             self.tags["mlflow.parentRunId"] = parent_run_id
         self.register_as = register_as
+        self.log_models = log_models  # Optuna trials skip the MLflow-model logging (~2 s each)
         self.run_id: str | None = None
 
     def start(self, run_id: str | None, *, fingerprint: str, params: Mapping[str, Any]) -> str:
@@ -139,7 +140,10 @@ class RunTracker:
             if (out_dir / name).is_file():
                 mlflow.log_artifact(str(out_dir / name), artifact_path="checkpoint")
         for name, module in method.artifacts().items():
-            log_network(module, name, self.register_as)
+            if self.log_models:
+                log_network(module, name, self.register_as)
+            else:
+                mlflow.log_artifact(str(out_dir / f"{name}.pt"), artifact_path="checkpoint")
         mlflow.end_run()
 
     def close(self, status: str = "FAILED") -> None:

@@ -1,0 +1,892 @@
+"""Optuna studies: hyperparameter search and sensitivity analysis of one experiment's method.
+
+    python -m pipeline.tune --study lt_meta_iada [--workers 2] [--n-trials 20] [--storage URL]
+    python -m pipeline.tune            # every study listed in tune.run
+
+``params.yaml`` declares the studies under ``tune.studies`` (:class:`StudyConfig`); the search
+space is the experiment's ``search:`` block, next to the defaults it varies
+(:class:`ParamSpace`, keys are dotted paths into the experiment config).
+
+A trial starts from the experiment's pretrain checkpoint (``models/<exp>/s<seed>/pretrain/last.pt``,
+trained once if missing), trains the method with the suggested values merged into the
+experiment and re-validated like params.yaml, reports the selection metric (``val_acc``, or
+``val_worst_group_acc`` for subpopulation shift; never a test metric: the test splits are not
+even loaded) after each of its epochs as step 0, 1, ... and is pruned by the study's pruner. Its
+value is the BEST validation value over its epochs, the value that selects the checkpoint of a
+normal run (``best.pt``). Trial outputs go to a temporary directory removed after the trial; the
+child MLflow run keeps its metrics, history and checkpoints.
+
+Two modes:
+
+- ``study``: a TPE (or random) search, ``n_trials`` trials counted as COMPLETE + PRUNED (failed
+  trials do not count, so a study that lost trials to errors tops up when it is run again;
+  rerunning a finished study runs nothing and refreshes the analysis).
+- ``sweep``: exactly the grid ``values`` x ``seeds`` of one parameter (``param``), no pruning;
+  each grid point without a complete trial is enqueued, so a rerun retries only what failed.
+
+Storage: a named study in an RDB (``sqlite:///<project root>/optuna.db`` by default, the file
+``make dashboard`` serves; any SQLAlchemy URL, e.g. ``postgresql://...`` to share a study between
+machines). ``--workers N`` starts N spawned processes on the same study. A worker stops once the
+study holds ``n_trials`` COMPLETE + PRUNED + RUNNING trials (the rule of
+``optuna.study.MaxTrialsCallback`` with those states); a trial that another worker's concurrent
+start pushed past the budget is refused before training (recorded FAIL, user attr ``surplus``),
+so exactly ``n_trials`` trials finish. Trials of a killed process are failed after the heartbeat
+grace period. Workers of one invocation use sampler seeds derived from ``(sampler.seed, trials
+in the study at the start, worker index)``: reproducible for one worker, never the same stream
+twice in one study.
+
+MLflow: one parent run per study in the scenario's experiment (search space, sampler, pruner,
+storage; at the end the best value and parameters, the sensitivity analysis); one child run per
+trial (tags ``optuna.study_name``, ``optuna.trial_number``, ``optuna.state``). The parent run id
+lives in the study's user attrs, so every worker and later invocation nests under it.
+
+Analysis, in ``studies/<study>/`` and on the parent run: ``trials.csv``, ``importances.json``
+(fANOVA, :class:`optuna.importance.FanovaImportanceEvaluator`, seeded), ``summary.json``,
+``best_params.yaml``, PNGs from ``optuna.visualization.matplotlib``, and for a sweep
+``sweep.csv``, ``sweep.json``, ``sweep.png`` (mean +- sample std over seeds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import multiprocessing
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import optuna
+import sqlalchemy.exc
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from pipeline.config import ParamError, bounded, build, flatten, to_dict
+from pipeline.data.prepared import PreparedData, load_prepared
+from pipeline.experiment import ExperimentConfig, Params, load_params
+from pipeline.methods import REGISTRY
+from pipeline.paths import project_root
+from pipeline.stages.common import data_dir, main_guard, run_dir, write_json
+from pipeline.stages.training import train_stage
+from pipeline.tracking import RunTracker, log_params, setup, start_run
+from pipeline.train import LAST, EpochCallback, fit, load_checkpoint
+
+import mlflow  # noqa: E402  (after pipeline.tracking, which sets MLflow's telemetry switches)
+
+STUDIES_DIR = Path("studies")
+DEFINITION_ATTR = "definition"  # study user attr: what the trials were run with
+PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the study's MLflow parent run
+GRID_ATTR = "grid_point"  # trial user attr of an enqueued sweep point
+SEED_PARAM = "seed"  # the trial parameter holding the training seed in a sweep
+# Shared by every trial of an experiment (prepared data, pretrain checkpoint): not tunable.
+UNTUNABLE = ("data", "network", "pretrain_epochs", "search")
+HEARTBEAT_S, GRACE_S = 30, 120
+MAX_FAILURES_IN_A_ROW = 5
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+@dataclass
+class SamplerConfig:
+    name: Literal["tpe", "random"] = "tpe"
+    seed: int = bounded(0, ge=0)  # the sampler's seed (the training seed is StudyConfig.seed)
+
+
+@dataclass
+class PrunerConfig:
+    """``median``: prune a trial whose best value so far is below the median of the complete
+    trials at the same trial epoch, once ``n_startup_trials`` trials are complete and after
+    ``n_warmup_steps`` trial epochs. Sweeps never prune."""
+
+    name: Literal["median", "none"] = "median"
+    n_startup_trials: int = bounded(5, ge=0)
+    n_warmup_steps: int = bounded(0, ge=0)
+
+
+@dataclass
+class StudyConfig:
+    """One entry of ``tune.studies``."""
+
+    experiment: str
+    method: str = "meta_iada"
+    seed: int = bounded(0, ge=0)  # training seed of every trial (mode: study)
+    n_trials: int | None = bounded(None, ge=1)  # COMPLETE + PRUNED trials (mode: study)
+    train_epochs: int | None = bounded(None, ge=1)  # shorter trials than the experiment's
+    params: list[str] | None = None  # a subset of the experiment's search keys (null: all)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=PrunerConfig)
+    storage: str | None = None  # SQLAlchemy URL; null: sqlite:///<project root>/optuna.db
+    workers: int = bounded(1, ge=1)
+    mode: Literal["study", "sweep"] = "study"
+    param: str | None = None  # mode: sweep, the dotted key varied
+    values: list[Any] = bounded([])  # mode: sweep, its grid
+    seeds: list[int] = bounded([0])  # mode: sweep, training seeds of each grid value
+
+
+@dataclass
+class TuneConfig:
+    run: list[str] = bounded([])  # the studies `dvc repro` (and `make tune`) runs
+    studies: dict[str, StudyConfig] = field(default_factory=dict)
+
+
+@dataclass
+class ParamSpace:
+    """One entry of an experiment's ``search:`` block (Optuna's suggest_float/int/categorical)."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = bounded(None, gt=0)
+    choices: list[Any] | None = None
+
+
+def is_categorical_value(value: Any) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def check_space(spec: ParamSpace, where: str) -> None:
+    """The rules between the keys of one search entry; errors name ``where``."""
+    if spec.type == "categorical":
+        if not spec.choices:
+            raise ParamError(f"{where}.choices must be a non-empty list for type: categorical")
+        if any(v is not None for v in (spec.low, spec.high, spec.step)) or spec.log:
+            raise ParamError(f"{where}: low/high/log/step are not allowed with type: categorical")
+        for i, choice in enumerate(spec.choices):
+            if not is_categorical_value(choice):
+                raise ParamError(f"{where}.choices[{i}] = {choice!r} must be a number, string, bool or null")
+        return
+    if spec.choices is not None:
+        raise ParamError(f"{where}.choices is only allowed with type: categorical")
+    if spec.low is None or spec.high is None:
+        raise ParamError(f"{where} needs low and high for type: {spec.type}")
+    if not spec.low < spec.high:
+        raise ParamError(f"{where}: low = {spec.low:g} must be < high = {spec.high:g}")
+    if spec.log and spec.low <= 0:
+        raise ParamError(f"{where}: log: true needs low > 0, got {spec.low:g}")
+    if spec.log and spec.step is not None:
+        raise ParamError(f"{where}: log and step cannot be combined")
+    if spec.type == "int" and not all(float(v).is_integer() for v in (spec.low, spec.high, spec.step or 1)):
+        raise ParamError(f"{where}: low, high and step must be integers for type: int")
+
+
+def tunable_keys(exp: ExperimentConfig) -> set[str]:
+    """Dotted keys a trial may set: leaves of the experiment config and every method's fields."""
+    flat = flatten({k: v for k, v in to_dict(exp).items() if k not in ("methods", *UNTUNABLE)})
+    return set(flat) | {f"methods.{name}.{f.name}" for name, m in REGISTRY.items()
+                        for f in dataclasses.fields(m.Config)}
+
+
+def check_tunable(exp: ExperimentConfig, key: str, where: str) -> None:
+    head = key.split(".")[0]
+    if head in UNTUNABLE:
+        raise ParamError(f"{where}: {key!r} cannot be tuned: every trial shares the experiment's "
+                         f"prepared data and pretrain checkpoint ({', '.join(UNTUNABLE)} are fixed)")
+    if key not in tunable_keys(exp):
+        raise ParamError(f"{where}: {key!r} is not a key of the experiment config (use a dotted path "
+                         "such as optim.lr or methods.meta_iada.alpha)")
+
+
+def parse_space(exp: ExperimentConfig, where: str) -> dict[str, ParamSpace]:
+    """Validate the experiment's ``search:`` block (``where`` = ``experiments.<name>``)."""
+    space = {}
+    for key, raw in exp.search.items():
+        entry = f"{where}.search.{key}"
+        check_tunable(exp, key, entry)
+        spec = build(ParamSpace, raw, entry)
+        check_space(spec, entry)
+        space[key] = spec
+    return space
+
+
+def apply_values(raw_exp: Mapping[str, Any], values: Mapping[str, Any], where: str) -> ExperimentConfig:
+    """The experiment with dotted ``values`` merged in, validated like params.yaml."""
+    raw = json.loads(json.dumps(raw_exp))  # a deep copy that shares no anchored block
+    for key, value in values.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return build(ExperimentConfig, raw, where)
+
+
+# --- plan: one study, validated --------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """Everything a worker needs to run trials of one study (picklable for spawned workers)."""
+
+    name: str
+    cfg: StudyConfig
+    raw_experiment: dict[str, Any]  # the experiment as plain data, train_epochs override applied
+    exp: ExperimentConfig
+    space: dict[str, ParamSpace]  # mode: study, the searched keys
+    storage: str
+    device: str
+    parent_run_id: str | None = None
+
+    @property
+    def sweep(self) -> bool:
+        return self.cfg.mode == "sweep"
+
+    @property
+    def metric(self) -> str:
+        return self.exp.selection_metric
+
+    @property
+    def out_dir(self) -> Path:
+        return STUDIES_DIR / self.name
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.cfg.seeds) if self.sweep else [self.cfg.seed]
+
+    @property
+    def n_trials(self) -> int:
+        return len(self.grid()) if self.sweep else int(self.cfg.n_trials or 0)
+
+    def grid(self) -> list[dict[str, Any]]:
+        return [{self.cfg.param: v, SEED_PARAM: s} for v in self.cfg.values for s in self.cfg.seeds]
+
+    def where(self) -> str:
+        return f"experiments.{self.cfg.experiment}"
+
+    def definition(self) -> dict[str, Any]:
+        """What makes two trials comparable; a stored study must match it to be resumed."""
+        searched = {self.cfg.param} if self.sweep else set(self.space)
+        settings = {k: v for k, v in flatten(to_dict(self.exp)).items() if not k.startswith(("search.", "methods."))}
+        settings.update(flatten(to_dict(self.exp.method_config(self.cfg.method)), f"methods.{self.cfg.method}."))
+        out = {"mode": self.cfg.mode, "experiment": self.cfg.experiment, "method": self.cfg.method,
+               "metric": self.metric, "seeds": self.seeds,
+               "space": {k: to_dict(s) for k, s in self.space.items()},
+               "param": self.cfg.param, "values": self.cfg.values,
+               "settings": {k: v for k, v in settings.items() if k not in searched}}
+        return json.loads(json.dumps(out))
+
+
+def default_storage() -> str:
+    """The study DB at the real project root (also from a ``dvc exp run --temp`` copy)."""
+    return f"sqlite:///{project_root() / 'optuna.db'}"
+
+
+def check_study(cfg: StudyConfig, params: Params, where: str) -> tuple[ExperimentConfig, dict[str, ParamSpace]]:
+    """Cross-key rules of one study; returns its experiment and searched space."""
+    if cfg.experiment not in params.experiments:
+        raise ParamError(f"{where}.experiment = {cfg.experiment!r} is not declared: use one of "
+                         f"{', '.join(params.experiments)}")
+    if cfg.method not in REGISTRY:
+        raise ParamError(f"{where}.method = {cfg.method!r} is unknown: use one of {', '.join(sorted(REGISTRY))}")
+    raw = to_dict(params.experiments[cfg.experiment])
+    if cfg.train_epochs is not None:
+        raw["train_epochs"] = cfg.train_epochs
+    exp = build(ExperimentConfig, raw, f"experiments.{cfg.experiment}")
+    exp.method_config(cfg.method)
+    if cfg.mode == "sweep":
+        check_sweep(cfg, exp, raw, where)
+        return exp, {}
+    if cfg.n_trials is None:
+        raise ParamError(f"missing key {where}.n_trials: the number of COMPLETE + PRUNED trials")
+    if cfg.param is not None or cfg.values:
+        raise ParamError(f"{where}.param and {where}.values are for mode: sweep")
+    space = parse_space(exp, f"experiments.{cfg.experiment}")
+    for i, key in enumerate(cfg.params or []):
+        if key not in space:
+            raise ParamError(f"{where}.params[{i}] = {key!r} is not in experiments.{cfg.experiment}.search: "
+                             f"use one of {', '.join(space) or '(empty search block)'}")
+    keys = cfg.params or list(space)
+    if not keys:
+        raise ParamError(f"experiments.{cfg.experiment}.search is empty: study {where} has nothing to search")
+    return exp, {k: space[k] for k in keys}
+
+
+def check_sweep(cfg: StudyConfig, exp: ExperimentConfig, raw: Mapping[str, Any], where: str) -> None:
+    if cfg.n_trials is not None:
+        raise ParamError(f"{where}.n_trials: a sweep runs exactly its grid (values x seeds); remove n_trials")
+    if cfg.param is None:
+        raise ParamError(f"missing key {where}.param: the dotted key a sweep varies")
+    check_tunable(exp, cfg.param, f"{where}.param")
+    if not cfg.values or not cfg.seeds:
+        raise ParamError(f"{where}.values and {where}.seeds must be non-empty lists")
+    for name, items in (("values", cfg.values), ("seeds", cfg.seeds)):
+        if len(set(map(repr, items))) != len(items):
+            raise ParamError(f"{where}.{name} = {items!r} has duplicates")
+    for i, value in enumerate(cfg.values):
+        if not is_categorical_value(value):
+            raise ParamError(f"{where}.values[{i}] = {value!r} must be a number, string, bool or null")
+        try:
+            apply_values(raw, {cfg.param: value}, f"experiments.{cfg.experiment}").method_config(cfg.method)
+        except ParamError as err:
+            raise ParamError(f"{where}.values[{i}] = {value!r} is not valid: {err}") from None
+
+
+def load_tune(params: Params) -> TuneConfig:
+    """Validate the whole ``tune:`` section (every study) before any work."""
+    tune = build(TuneConfig, params.tune, "tune")
+    for i, name in enumerate(tune.run):
+        if name not in tune.studies:
+            raise ParamError(f"tune.run[{i}] = {name!r} is not declared in tune.studies: use one of "
+                             f"{', '.join(tune.studies) or '(none declared)'}")
+    for name, cfg in tune.studies.items():
+        check_study(cfg, params, f"tune.studies.{name}")
+    return tune
+
+
+def make_plan(params: Params, tune: TuneConfig, name: str, *, n_trials: int | None = None,
+              storage: str | None = None, workers: int | None = None) -> Plan:
+    """The validated plan of study ``name``, with command-line overrides applied."""
+    if name not in tune.studies:
+        raise ParamError(f"unknown study {name!r}: declare it under tune.studies (declared: "
+                         f"{', '.join(tune.studies) or 'none'})")
+    cfg = tune.studies[name]
+    if n_trials is not None and cfg.mode == "sweep":
+        raise ParamError(f"--n-trials: study {name!r} is a sweep, which runs exactly its grid")
+    cfg = dataclasses.replace(cfg, n_trials=n_trials or cfg.n_trials, storage=storage or cfg.storage,
+                              workers=workers or cfg.workers)
+    exp, space = check_study(cfg, params, f"tune.studies.{name}")
+    return Plan(name, cfg, to_dict(exp), exp, space, cfg.storage or default_storage(), params.run.device)
+
+
+# --- storage, samplers, budget ---------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def experimental_features() -> Iterator[None]:
+    """Silence Optuna's ExperimentalWarning for the features used on purpose (heartbeat, plots)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """RDB storage with a heartbeat (a killed worker's trial is failed after GRACE_S)."""
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    try:
+        with experimental_features():
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                              grace_period=GRACE_S)
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
+        raise ParamError(f"storage {masked(url)} cannot be opened ({type(err).__name__}: {err}); "
+                         "fix tune.studies.<name>.storage or --storage") from None
+
+
+def masked(url: str) -> str:
+    """The storage URL without its password (for logs and MLflow)."""
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return repr(url)
+
+
+def make_sampler(plan: Plan, stream: list[int]) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded from (sampler.seed, *stream)."""
+    seed = int(np.random.SeedSequence([plan.cfg.sampler.seed, *stream]).generate_state(1)[0])
+    if plan.sweep:
+        return optuna.samplers.GridSampler({plan.cfg.param: plan.cfg.values, SEED_PARAM: plan.cfg.seeds}, seed=seed)
+    if plan.cfg.sampler.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(plan: Plan) -> optuna.pruners.BasePruner:
+    p = plan.cfg.pruner
+    if plan.sweep or p.name == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+
+
+def open_study(plan: Plan, stream: list[int]) -> optuna.Study:
+    return optuna.create_study(study_name=plan.name, storage=open_storage(plan.storage), load_if_exists=True,
+                               direction="maximize", sampler=make_sampler(plan, stream), pruner=make_pruner(plan))
+
+
+class SurplusTrial(RuntimeError):
+    """A trial started past the budget by a concurrent worker: refused before any training."""
+
+
+@dataclass
+class Budget:
+    """When a worker stops and which trials may run.
+
+    Study: stop once COMPLETE + PRUNED + RUNNING trials reach ``n_trials``; a trial runs only if
+    fewer than ``n_trials`` lower-numbered trials are COMPLETE, PRUNED, RUNNING or WAITING
+    (trial numbers are assigned atomically by the storage, so this is exact across processes).
+    Sweep: stop once no enqueued grid point waits; only enqueued grid points run.
+    A worker also stops after ``MAX_FAILURES_IN_A_ROW`` failed trials (something is broken).
+    """
+
+    n_trials: int
+    sweep: bool
+    failures_in_a_row: int = 0
+
+    def remaining(self, study: optuna.Study) -> int:
+        """Trials still to start: waiting grid points, or n_trials - (COMPLETE + PRUNED + RUNNING)."""
+        if self.sweep:
+            return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        return self.n_trials - len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
+
+    def done(self, study: optuna.Study) -> bool:
+        return self.remaining(study) <= 0
+
+    def admits(self, trial: optuna.Trial) -> bool:
+        if self.sweep:
+            return GRID_ATTR in trial.user_attrs
+        states = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+        earlier = [t for t in trial.study.get_trials(deepcopy=False, states=states) if t.number < trial.number]
+        return len(earlier) < self.n_trials
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """``study.optimize`` callback."""
+        self.failures_in_a_row = self.failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
+        if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            print(f"[{study.study_name}] {self.failures_in_a_row} trials failed in a row: this worker stops "
+                  "(see the errors above; the trials' user attr 'error' keeps them)")
+            study.stop()
+        elif self.done(study):
+            study.stop()
+
+
+def enqueue_grid(study: optuna.Study, plan: Plan) -> None:
+    """Enqueue every grid point without a COMPLETE, RUNNING or WAITING trial."""
+    live = (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)
+    covered = [t.system_attrs.get("fixed_params", t.params) for t in study.get_trials(deepcopy=False, states=live)]
+    missing = [point for point in plan.grid() if point not in covered]
+    for point in missing:
+        study.enqueue_trial(point, user_attrs={GRID_ATTR: True})
+
+
+def check_definition(study: optuna.Study, plan: Plan) -> None:
+    """Store the study's definition, or refuse to resume a study defined differently."""
+    current = plan.definition()
+    stored = study.user_attrs.get(DEFINITION_ATTR)
+    if stored is None:
+        study.set_user_attr(DEFINITION_ATTR, current)
+        return
+    old, new = flatten(stored), flatten(current)
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key):
+            raise ParamError(
+                f"study {plan.name!r} in {masked(plan.storage)} was created with {key} = {old.get(key)!r}, "
+                f"now {new.get(key)!r}: its trials would not be comparable. Restore the setting, rename "
+                f"the study, or delete it (optuna delete-study --study-name {plan.name} --storage URL)")
+
+
+# --- trials --------------------------------------------------------------------------------
+
+
+def training_data(plan: Plan) -> PreparedData:
+    """The prepared data without its test splits: a study never sees them."""
+    data = load_prepared(data_dir(plan.cfg.experiment))
+    return PreparedData({k: v for k, v in data.splits.items() if k in ("train", "meta", "val")}, data.card)
+
+
+def pretrain_checkpoint(plan: Plan, seed: int) -> Path:
+    return run_dir(plan.cfg.experiment, seed, "pretrain") / LAST
+
+
+def ensure_pretrain(params: Params, plan: Plan) -> None:
+    """Train the pretraining of every seed whose finished checkpoint is missing (as the
+    ``pretrain`` stage does), so that all trials start from it."""
+    base = params.experiment(plan.cfg.experiment)
+    for seed in plan.seeds:
+        path = pretrain_checkpoint(plan, seed)
+        if path.is_file() and load_checkpoint(path)["epoch"] == base.pretrain_epochs:
+            continue
+        print(f"[{plan.name}] no finished pretraining at {path}: training it ({base.pretrain_epochs} epochs)")
+        train_stage(params, base, plan.cfg.experiment, "ce", seed, path.parent, first_epoch=0,
+                    last_epoch=base.pretrain_epochs, init=None, stage="pretrain", track=True)
+
+
+def suggest(trial: optuna.Trial, plan: Plan) -> tuple[dict[str, Any], int]:
+    """The trial's values (dotted key -> value) and its training seed."""
+    if plan.sweep:
+        value = trial.suggest_categorical(plan.cfg.param, plan.cfg.values)
+        return {plan.cfg.param: value}, int(trial.suggest_categorical(SEED_PARAM, plan.cfg.seeds))
+    values = {}
+    for key, s in plan.space.items():
+        if s.type == "categorical":
+            values[key] = trial.suggest_categorical(key, s.choices)
+        elif s.type == "int":
+            values[key] = trial.suggest_int(key, int(s.low), int(s.high), step=int(s.step or 1), log=s.log)
+        else:
+            values[key] = trial.suggest_float(key, s.low, s.high, step=s.step, log=s.log)
+    return values, plan.cfg.seed
+
+
+def reporter(trial: optuna.Trial, first_epoch: int, metric: str) -> EpochCallback:
+    """``fit``'s epoch callback: report the metric at the trial's epoch k and prune."""
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        step = epoch - first_epoch
+        trial.report(metrics[metric], step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at trial epoch {step}: {metric} = {metrics[metric]:.4f}")
+    return on_epoch
+
+
+class Objective:
+    """Optuna objective: suggest, train from the pretrain checkpoint, return the best value."""
+
+    def __init__(self, plan: Plan, data: PreparedData, budget: Budget) -> None:
+        self.plan, self.data, self.budget = plan, data, budget
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if not self.budget.admits(trial):
+            trial.set_user_attr("surplus", True)
+            trial.study.stop()
+            raise SurplusTrial(f"trial {trial.number} is past the budget of {self.budget.n_trials} trials "
+                               "(another worker started the last one); not run")
+        values, seed = suggest(trial, self.plan)
+        trial.set_user_attr("seed", seed)
+        with tempfile.TemporaryDirectory(prefix=f"{self.plan.name}-t{trial.number}-") as tmp:
+            return self.train(trial, values, seed, Path(tmp))
+
+    def train(self, trial: optuna.Trial, values: dict[str, Any], seed: int, out: Path) -> float:
+        plan = self.plan
+        tags = {"stage": "tune", "experiment": plan.cfg.experiment, "method": plan.cfg.method, "seed": str(seed),
+                "optuna.study_name": plan.name, "optuna.trial_number": str(trial.number)}
+        tracker = RunTracker(plan.exp.mlflow_experiment, f"{plan.name}-t{trial.number}", card=self.data.card,
+                             tags=tags, parent_run_id=plan.parent_run_id, log_models=False)
+        state = "FAIL"
+        try:
+            exp = apply_values(plan.raw_experiment, values, plan.where())
+            summary = fit(exp, self.data, plan.cfg.method, seed, out, first_epoch=exp.pretrain_epochs,
+                          last_epoch=exp.total_epochs, init=pretrain_checkpoint(plan, seed), device=plan.device,
+                          tracker=tracker, on_epoch=reporter(trial, exp.pretrain_epochs, plan.metric),
+                          desc=f"{plan.name}-t{trial.number}")
+            state = "COMPLETE"
+            return float(summary["selected_value"])
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        except Exception as err:
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
+            raise
+        finally:
+            tracker.close("FAILED" if state == "FAIL" else "FINISHED")
+            record_child_state(tracker, tags, values, state)
+            trial.set_user_attr("mlflow_run_id", tracker.run_id)
+
+
+def record_child_state(tracker: RunTracker, tags: Mapping[str, str], values: Mapping[str, Any], state: str) -> None:
+    """Tag the trial's child run with its final Optuna state (a trial that failed before training
+    started, e.g. on an invalid value, gets a child run holding its values)."""
+    if tracker.run_id is not None:
+        mlflow.MlflowClient().set_tag(tracker.run_id, "optuna.state", state)
+        return
+    with start_run(tracker.experiment, tracker.run_name, tags={**tags, **tracker.tags, "optuna.state": state}) as run:
+        log_params(values)
+        tracker.run_id = run.info.run_id
+        mlflow.end_run("FAILED")
+
+
+def worker(plan: Plan, index: int, first_trial: int, threads: int | None) -> None:
+    """One worker process: run trials of the study until the budget is spent."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    study = open_study(plan, [first_trial, index])
+    budget = Budget(plan.n_trials, plan.sweep)
+    if budget.done(study):
+        return
+    study.optimize(Objective(plan, training_data(plan), budget), catch=(Exception,), callbacks=[budget.after_trial])
+
+
+def run_workers(plan: Plan, workers: int, first_trial: int) -> None:
+    """``workers`` spawned processes (1: in this process), each with its share of the cores."""
+    if workers == 1:
+        worker(plan, 0, first_trial, None)
+        return
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=worker, args=(plan, i, first_trial, threads), name=f"{plan.name}-w{i}")
+             for i in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    finally:
+        for p in procs:
+            p.join(timeout=30)  # on Ctrl-C the workers fail their running trial and exit
+            if p.is_alive():
+                p.terminate()
+    failed = [f"{p.name}: exit code {p.exitcode}" for p in procs if p.exitcode != 0]
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {workers} workers failed ({'; '.join(failed)}); see their errors above")
+
+
+# --- MLflow parent run ---------------------------------------------------------------------
+
+
+def parent_run(study: optuna.Study, plan: Plan) -> str:
+    """The study's parent run (created and described once; its id kept in the study)."""
+    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+    setup(plan.exp.mlflow_experiment)
+    if run_id is not None:
+        try:
+            mlflow.MlflowClient().get_run(run_id)
+            return run_id
+        except mlflow.exceptions.MlflowException:
+            print(f"[{plan.name}] parent run {run_id} is not in the MLflow store: starting a new one")
+    definition = plan.definition()
+    tags = {"stage": "tune", "experiment": plan.cfg.experiment, "method": plan.cfg.method,
+            "optuna.study_name": plan.name, "optuna.mode": plan.cfg.mode}
+    with start_run(plan.exp.mlflow_experiment, f"study-{plan.name}", tags=tags) as run:
+        log_params({"mode": plan.cfg.mode, "experiment": plan.cfg.experiment, "method": plan.cfg.method,
+                    "metric": plan.metric, "objective": "best validation value over the trial's epochs",
+                    "seeds": plan.seeds, "train_epochs": plan.exp.train_epochs,
+                    "sampler": "GridSampler" if plan.sweep else plan.cfg.sampler.name,
+                    "sampler.seed": plan.cfg.sampler.seed, "pruner": make_pruner(plan).__class__.__name__,
+                    "pruner.n_startup_trials": plan.cfg.pruner.n_startup_trials,
+                    "pruner.n_warmup_steps": plan.cfg.pruner.n_warmup_steps, "storage": masked(plan.storage),
+                    "optuna.study_id": study._study_id,
+                    **flatten({"search": definition["space"]}),
+                    **({"sweep.param": plan.cfg.param, "sweep.values": plan.cfg.values} if plan.sweep else {})})
+        mlflow.log_dict(definition["space"] or {plan.cfg.param: plan.cfg.values}, "search_space.json")
+        mlflow.log_dict(definition, "study_definition.json")
+    study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
+    return run.info.run_id
+
+
+def log_results(plan: Plan, summary: Mapping[str, Any], best: Mapping[str, Any] | None) -> None:
+    """Best value and parameters (metrics; tags for non-numbers) and the analysis artefacts."""
+    with start_run(plan.exp.mlflow_experiment, f"study-{plan.name}", run_id=plan.parent_run_id):
+        mlflow.log_metrics({k: float(summary[k]) for k in ("n_complete", "n_pruned", "n_fail", "n_trials")})
+        if best is not None:
+            mlflow.log_metric(f"best_{plan.metric}", best["value"])
+            for key, value in best["params"].items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    mlflow.log_metric(f"best.{key}", float(value))
+                else:
+                    mlflow.set_tag(f"best.{key}", str(value))
+        mlflow.log_artifacts(str(plan.out_dir), artifact_path="study")
+
+
+# --- analysis ------------------------------------------------------------------------------
+
+
+def importances(study: optuna.Study, plan: Plan) -> dict[str, Any]:
+    """fANOVA importances of the complete trials' values; ``not_computed`` says why there are none."""
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=plan.cfg.sampler.seed)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    out: dict[str, Any] = {"evaluator": type(evaluator).__name__, "seed": plan.cfg.sampler.seed,
+                           "target": f"{plan.metric}, best over the trial's epochs",
+                           "n_complete_trials": len(complete), "importances": {}, "notes": [], "not_computed": None}
+    if len(complete) < 2:
+        out["not_computed"] = f"fANOVA needs at least 2 complete trials, the study has {len(complete)}"
+        return out
+    if len({t.value for t in complete}) == 1:
+        out["not_computed"] = f"all {len(complete)} complete trials have the same value: nothing to attribute"
+        return out
+    varying = {k: len({repr(t.params.get(k)) for t in complete}) > 1 for k in complete[0].params}
+    if not any(varying.values()):
+        out["not_computed"] = "no parameter takes two values across the complete trials"
+        return out
+    if not all(varying.values()):
+        out["notes"].append("one value in every complete trial, so not measured: "
+                            + ", ".join(sorted(k for k, v in varying.items() if not v)))
+    chosen = [k for k, v in varying.items() if v]
+    out["importances"] = {k: float(v) for k, v in
+                          optuna.importance.get_param_importances(study, evaluator=evaluator, params=chosen).items()}
+    return out
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display, no network)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_of(axes: Any) -> Any:
+    """The figure of what an optuna.visualization.matplotlib function returns (Axes or an array)."""
+    return np.asarray(axes).flat[0].figure
+
+
+def write_plots(study: optuna.Study, plan: Plan, imp: Mapping[str, Any]) -> dict[str, str]:
+    """The optuna.visualization.matplotlib PNGs; returns {file: why it was skipped}."""
+    plt = pyplot()
+    from optuna.visualization import matplotlib as vis
+
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=plan.cfg.sampler.seed)
+    n_params = len({k for t in study.get_trials(deepcopy=False, states=FINISHED) for k in t.params})
+    makers: dict[str, Callable[[], Any]] = {
+        "optimization_history.png": lambda: vis.plot_optimization_history(study, target_name=plan.metric),
+        "slice.png": lambda: vis.plot_slice(study, target_name=plan.metric),
+        "parallel_coordinate.png": lambda: vis.plot_parallel_coordinate(study, target_name=plan.metric),
+        "param_importances.png": lambda: vis.plot_param_importances(
+            study, evaluator=evaluator, params=list(imp["importances"]), target_name=plan.metric),
+        "contour.png": lambda: vis.plot_contour(study, target_name=plan.metric),
+    }
+    skipped = {}
+    if imp["not_computed"]:
+        skipped["param_importances.png"] = imp["not_computed"]
+    if n_params < 2:
+        skipped["contour.png"] = f"a contour plot needs at least 2 parameters, the study has {n_params}"
+    for name, make in makers.items():
+        if name in skipped:
+            continue
+        with experimental_features():
+            fig = figure_of(make())
+        fig.savefig(plan.out_dir / name, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+    return skipped
+
+
+def sweep_results(study: optuna.Study, plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Rows (value, seed, metric) of the complete grid points, and mean/std per value."""
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        value, seed = t.params[plan.cfg.param], t.params[SEED_PARAM]
+        rows.setdefault((repr(value), seed), {"value": value, "seed": seed, plan.metric: t.value})
+    per_value = []
+    for value in plan.cfg.values:
+        scores = [r[plan.metric] for r in rows.values() if repr(r["value"]) == repr(value)]
+        if scores:
+            per_value.append({"value": value, "mean": float(np.mean(scores)), "n_seeds": len(scores),
+                              "std": float(np.std(scores, ddof=1)) if len(scores) > 1 else 0.0})
+    return sorted(rows.values(), key=lambda r: (plan.cfg.values.index(r["value"]), r["seed"])), per_value
+
+
+def write_sweep(study: optuna.Study, plan: Plan) -> dict[str, Any] | None:
+    """sweep.csv / sweep.json / sweep.png; returns the best grid value by mean (None if none)."""
+    plt = pyplot()
+    rows, per_value = sweep_results(study, plan)
+    with open(plan.out_dir / "sweep.csv", "w") as f:
+        f.write(f"value,seed,{plan.metric}\n")
+        f.writelines(f"{r['value']},{r['seed']},{r[plan.metric]}\n" for r in rows)
+    write_json({"param": plan.cfg.param, "metric": plan.metric, "seeds": plan.cfg.seeds,
+                "std": "sample standard deviation over seeds (ddof=1)", "values": per_value},
+               plan.out_dir / "sweep.json")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    if per_value:
+        ax.errorbar([p["value"] for p in per_value], [p["mean"] for p in per_value],
+                    yerr=[p["std"] for p in per_value], marker="o", capsize=4, label="mean +- std over seeds")
+        ax.scatter([r["value"] for r in rows], [r[plan.metric] for r in rows], s=12, alpha=0.5, label="one seed")
+        ax.legend()
+    ax.set(xlabel=plan.cfg.param, ylabel=f"{plan.metric} (best epoch)", title=f"{plan.name}: {plan.cfg.param} sweep")
+    fig.savefig(plan.out_dir / "sweep.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    if not per_value:
+        return None
+    top = max(per_value, key=lambda p: p["mean"])
+    return {"value": top["mean"], "params": {plan.cfg.param: top["value"]}, "selected_by": "mean over seeds"}
+
+
+def best_of_study(study: optuna.Study) -> dict[str, Any] | None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    best = study.best_trial
+    return {"value": best.value, "params": best.params, "trial": best.number}
+
+
+def yaml_scalar(value: Any) -> str:
+    """``value`` as YAML reads it back with its type (1e-06 -> 1.0e-06, a float for YAML 1.1 too)."""
+    return yaml.safe_dump([value], default_flow_style=True, width=1000).strip()[1:-1]
+
+
+def export_best(plan: Plan, best: Mapping[str, Any]) -> str:
+    """Write ``best_params.yaml``; returns the ``dvc exp run`` line that applies it."""
+    doc = {"study": plan.name, "experiment": plan.cfg.experiment, "method": plan.cfg.method,
+           "metric": plan.metric, **best}
+    (plan.out_dir / "best_params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    sets = " ".join(f"-S 'experiments.{plan.cfg.experiment}.{k}={yaml_scalar(v)}'" for k, v in best["params"].items())
+    return f"dvc exp run {sets}"
+
+
+def analyse(study: optuna.Study, plan: Plan) -> dict[str, Any]:
+    """Write the study's artefacts to ``studies/<study>/`` and log them to the parent run."""
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    study.trials_dataframe().to_csv(plan.out_dir / "trials.csv", index=False)
+    imp = importances(study, plan)
+    write_json(imp, plan.out_dir / "importances.json")
+    skipped = write_plots(study, plan, imp)
+    best = write_sweep(study, plan) if plan.sweep else best_of_study(study)
+    trials = study.get_trials(deepcopy=False)
+    summary = {"study": plan.name, "mode": plan.cfg.mode, "experiment": plan.cfg.experiment,
+               "method": plan.cfg.method, "metric": plan.metric, "n_trials": plan.n_trials,
+               "n_complete": sum(t.state == TrialState.COMPLETE for t in trials),
+               "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
+               "n_fail": sum(t.state == TrialState.FAIL for t in trials),
+               "best": best, "skipped_plots": skipped, "storage": masked(plan.storage),
+               "mlflow_parent_run_id": plan.parent_run_id}
+    write_json(summary, plan.out_dir / "summary.json")
+    if best is not None:
+        print(f"[{plan.name}] best {plan.metric} = {best['value']:.4f} with {best['params']}\n"
+              f"  apply with: {export_best(plan, best)}")
+    else:
+        print(f"[{plan.name}] no complete trial yet: nothing to export")
+    log_results(plan, summary, best)
+    return summary
+
+
+# --- entry point ---------------------------------------------------------------------------
+
+
+def run_study(params: Params, plan: Plan) -> dict[str, Any]:
+    """Create or resume the study, run its missing trials with ``plan.cfg.workers`` workers, analyse."""
+    study = open_study(plan, [0])
+    check_definition(study, plan)
+    training_data(plan)  # a missing data set stops here, before any training
+    ensure_pretrain(params, plan)
+    plan.parent_run_id = parent_run(study, plan)
+    with experimental_features():
+        optuna.storages.fail_stale_trials(study)
+    if plan.sweep:
+        enqueue_grid(study, plan)
+    to_run = Budget(plan.n_trials, plan.sweep).remaining(study)
+    if to_run <= 0:
+        print(f"[{plan.name}] the study already has its {plan.n_trials} trials: analysing only")
+    else:
+        run_workers(plan, min(plan.cfg.workers, to_run), len(study.trials))
+    return analyse(study, plan)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Run Optuna studies declared in params.yaml (tune.studies).")
+    p.add_argument("--study", help="study name (default: every study in tune.run)")
+    p.add_argument("--workers", type=positive_int, help="parallel worker processes (default: the study's workers)")
+    p.add_argument("--n-trials", type=positive_int, help="COMPLETE + PRUNED trials wanted in total")
+    p.add_argument("--storage", help="SQLAlchemy URL of the study storage (default: the study's storage)")
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    return p.parse_args(argv)
+
+
+@main_guard
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    params = load_params(args.params)
+    tune = load_tune(params)
+    names = [args.study] if args.study else tune.run
+    if not names:
+        print("nothing to run: tune.run is empty (name a study with --study)")
+    for name in names:
+        plan = make_plan(params, tune, name, n_trials=args.n_trials, storage=args.storage, workers=args.workers)
+        run_study(params, plan)
+
+
+if __name__ == "__main__":
+    # Run the imported module's main, so that spawned workers unpickle pipeline.tune objects.
+    from pipeline.tune import main as tune_main
+
+    raise SystemExit(tune_main())

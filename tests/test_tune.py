@@ -1,0 +1,241 @@
+"""Optuna studies end to end on tiny data: parallel workers on one SQLite storage, pruning,
+resuming, failed trials, sweeps, MLflow nesting, the analysis files, and config validation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from pipeline import tune
+from pipeline.config import ParamError, build, to_dict
+from pipeline.data.prepared import save_prepared
+from pipeline.experiment import ExperimentConfig, parse_params
+from pipeline.tracking import setup
+from tests.tiny import tiny_data, tiny_experiment
+
+EXPERIMENT = "tiny"
+MLFLOW_EXPERIMENT = "long-tail"
+# Validation accuracy per trial epoch from the shared random init (seed 0, meta_iada, 2 epochs):
+# lr 0.05 -> [0.72, 0.94], lr 0.06 -> [0.94, 1.0] (dominates 0.05 at every epoch), lr 1e-6 ->
+# [0.33, 0.33] (never learns: pruned against any complete lr-0.05 trial at epoch 0).
+GOOD_LR, BETTER_LR, BAD_LR = 0.05, 0.06, 1e-6
+LR_WD_SPACE = {"optim.lr": {"type": "float", "low": 1e-6, "high": 0.2, "log": True},
+               "optim.weight_decay": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}}
+
+
+def experiment_dict(search: dict[str, Any]) -> dict[str, Any]:
+    """The tiny experiment as params.yaml data: no pretraining epochs, so every trial starts from
+    the seeded random init and a useless learning rate shows at the first epoch."""
+    exp = tiny_experiment(pretrain_epochs=0, train_epochs=2,
+                          optim={"lr": GOOD_LR, "batch_size": 8, "warmup_epochs": 0, "milestones": [10]})
+    return {**to_dict(exp), "search": search}
+
+
+def write_params(root: Path, name: str, study: dict[str, Any], search: dict[str, Any]) -> Path:
+    """A params file declaring experiment ``tiny`` and study ``name`` (storage: <root>/<name>.db)."""
+    raw = {"run": {"experiments": [EXPERIMENT], "methods": ["ce"], "seeds": [0], "device": "cpu"},
+           "experiments": {EXPERIMENT: experiment_dict(search)},
+           "tune": {"studies": {name: {"experiment": EXPERIMENT, "storage": storage(root, name), **study}}}}
+    path = root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def storage(root: Path, name: str) -> str:
+    return f"sqlite:///{root / name}.db"
+
+
+def run(path: Path, name: str, *args: str) -> None:
+    assert tune.main(["--params", str(path), "--study", name, *args]) == 0
+
+
+def load(root: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage(root, name))
+
+
+def children(study: optuna.Study) -> Any:
+    parent = study.user_attrs[tune.PARENT_RUN_ATTR]
+    return mlflow.search_runs(experiment_names=[MLFLOW_EXPERIMENT],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A project root in tmp: prepared tiny data, one migrated MLflow store, cwd and DVC_ROOT there;
+    one torch thread in this process, as each of two workers gets on two cores."""
+    root = tmp_path_factory.mktemp("tune")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("DVC_ROOT", str(root))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        save_prepared(tiny_data(per_class=(24, 16, 12)), root / "data" / "prepared" / EXPERIMENT)
+        setup(MLFLOW_EXPERIMENT)
+        yield root
+    torch.set_num_threads(threads)
+
+
+def test_two_workers_run_exactly_n_trials_nested_pruned_and_analysed(workspace):
+    name = "parallel"
+    path = write_params(workspace, name, {"n_trials": 4, "workers": 2,
+                                          "pruner": {"n_startup_trials": 1, "n_warmup_steps": 0}}, LR_WD_SPACE)
+    queued = optuna.create_study(study_name=name, storage=storage(workspace, name), direction="maximize")
+    for lr, wd in ((GOOD_LR, 1e-4), (GOOD_LR, 2e-4), (BAD_LR, 1e-4), (BETTER_LR, 1e-4)):
+        queued.enqueue_trial({"optim.lr": lr, "optim.weight_decay": wd})
+
+    run(path, name)
+
+    study = load(workspace, name)
+    trials = study.get_trials()
+    finished = [t for t in trials if t.state in tune.FINISHED]
+    assert len(finished) == 4
+    assert len({t.number for t in trials}) == len(trials)
+    assert all(t.user_attrs.get("surplus") for t in trials if t.state == TrialState.FAIL)
+    assert trials[2].state == TrialState.PRUNED  # the useless lr, stopped by the median pruner
+    assert trials[3].state == TrialState.COMPLETE and study.best_trial.number == 3
+    assert study._study_id == queued._study_id
+
+    runs = children(study)
+    assert len(runs) == 4
+    assert sorted(runs["tags.optuna.trial_number"].astype(int)) == [t.number for t in finished]
+    states = dict(zip(runs["tags.optuna.trial_number"].astype(int), runs["tags.optuna.state"]))
+    assert states == {t.number: t.state.name for t in finished}
+    assert set(runs["tags.optuna.study_name"]) == {name}
+
+    out = workspace / "studies" / name
+    imp = json.loads((out / "importances.json").read_text())
+    assert imp["evaluator"] == "FanovaImportanceEvaluator"
+    assert set(imp["importances"]) == {"optim.lr", "optim.weight_decay"}
+    for png in ("param_importances", "slice", "contour", "parallel_coordinate", "optimization_history"):
+        assert (out / f"{png}.png").stat().st_size > 1000, png
+    with open(out / "trials.csv") as f:
+        assert len(list(csv.DictReader(f))) == len(trials)
+    best = yaml.safe_load((out / "best_params.yaml").read_text())
+    assert best["params"] == {"optim.lr": BETTER_LR, "optim.weight_decay": 1e-4}
+    assert best["metric"] == "val_acc" and best["value"] == study.best_value
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["n_complete"], summary["n_pruned"]) == (3, 1)
+    parent = mlflow.get_run(study.user_attrs[tune.PARENT_RUN_ATTR])
+    assert parent.data.metrics["best_val_acc"] == study.best_value
+    assert parent.data.params["sampler"] == "tpe" and parent.data.params["pruner"] == "MedianPruner"
+    artifacts = {Path(a.path).name for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "study")}
+    assert {"importances.json", "slice.png", "best_params.yaml"} <= artifacts
+
+
+def test_rerun_resumes_the_same_study_and_refuses_a_changed_experiment(workspace, capsys):
+    name = "resume"
+    path = write_params(workspace, name, {"method": "ce", "n_trials": 2, "pruner": {"name": "none"}}, LR_WD_SPACE)
+    run(path, name)
+    first = load(workspace, name)
+    assert len(first.trials) == 2
+
+    run(path, name)  # finished: runs nothing
+    assert len(load(workspace, name).trials) == 2
+
+    run(path, name, "--n-trials", "3")
+    again = load(workspace, name)
+    assert again._study_id == first._study_id
+    assert [t.state for t in again.trials] == [TrialState.COMPLETE] * 3
+    assert len(children(again)) == 3
+    assert len({tuple(sorted(t.params.items())) for t in again.trials}) == 3  # new suggestions, no replay
+
+    raw = yaml.safe_load(path.read_text())
+    raw["experiments"][EXPERIMENT]["optim"]["momentum"] = 0.5
+    path.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert tune.main(["--params", str(path), "--study", name, "--n-trials", "4"]) == 2
+    assert "settings.optim.momentum = 0.9" in capsys.readouterr().err
+    assert len(load(workspace, name).trials) == 3
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(workspace):
+    name = "failing"
+    space = {"optim.momentum": {"type": "float", "low": 0.0, "high": 0.95}}
+    path = write_params(workspace, name, {"method": "ce", "n_trials": 2, "pruner": {"name": "none"}}, space)
+    queued = optuna.create_study(study_name=name, storage=storage(workspace, name), direction="maximize")
+    queued.enqueue_trial({"optim.momentum": 1.5})  # outside OptimConfig's bounds: fails like a bad param
+
+    run(path, name)
+
+    study = load(workspace, name)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "optim.momentum = 1.5" in study.trials[0].user_attrs["error"]
+    states = dict(zip(children(study)["tags.optuna.trial_number"], children(study)["tags.optuna.state"]))
+    assert states == {"0": "FAIL", "1": "COMPLETE", "2": "COMPLETE"}
+
+
+def test_sweep_evaluates_the_grid_over_seeds(workspace):
+    name = "sweep"
+    values, seeds = [GOOD_LR, BETTER_LR], [0, 1]
+    study_cfg = {"method": "ce", "mode": "sweep", "param": "optim.lr", "values": values, "seeds": seeds}
+    run(write_params(workspace, name, study_cfg, {}), name)
+
+    out = workspace / "studies" / name
+    with open(out / "sweep.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((float(r["value"]), int(r["seed"])) for r in rows) == [(v, s) for v in values for s in seeds]
+    study = load(workspace, name)
+    by_point = {(t.params["optim.lr"], t.params["seed"]): t.value for t in study.trials}
+    assert {(float(r["value"]), int(r["seed"])): float(r["val_acc"]) for r in rows} == by_point
+    summary = json.loads((out / "sweep.json").read_text())
+    assert [p["value"] for p in summary["values"]] == values
+    for p in summary["values"]:
+        scores = [by_point[(p["value"], s)] for s in seeds]
+        assert p["mean"] == pytest.approx(sum(scores) / 2)
+        assert p["std"] == pytest.approx(abs(scores[0] - scores[1]) / 2 ** 0.5)
+    assert (out / "sweep.png").stat().st_size > 1000
+    assert (workspace / "models" / EXPERIMENT / "s1" / "pretrain" / "last.pt").is_file()
+
+
+def bad_space_error(search: dict[str, Any]) -> str:
+    exp = build(ExperimentConfig, experiment_dict(search), f"experiments.{EXPERIMENT}")
+    with pytest.raises(ParamError) as err:
+        tune.parse_space(exp, f"experiments.{EXPERIMENT}")
+    return str(err.value)
+
+
+@pytest.mark.parametrize("search, expected", [
+    ({"optim.lr": {"type": "uniform", "low": 0.01, "high": 0.1}}, "experiments.tiny.search.optim.lr.type"),
+    ({"optim.lr": {"type": "float", "low": 0.1, "high": 0.1}}, "experiments.tiny.search.optim.lr: low"),
+    ({"optim.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "experiments.tiny.search.optim.lr: log"),
+    ({"optim.learning_rate": {"type": "float", "low": 0.01, "high": 0.1}}, "'optim.learning_rate' is not a key"),
+    ({"methods.meta_iada.gamma": {"type": "float", "low": 0.1, "high": 1.0}}, "'methods.meta_iada.gamma' is not a key"),
+    ({"data.seed": {"type": "int", "low": 0, "high": 3}}, "'data.seed' cannot be tuned"),
+    ({"methods.meta_iada.alpha": {"type": "categorical"}}, "search.methods.meta_iada.alpha.choices"),
+])
+def test_invalid_search_space_names_the_key(search, expected):
+    assert expected in bad_space_error(search)
+
+
+@pytest.mark.parametrize("study, expected", [
+    ({"experiment": "nope", "n_trials": 2}, "tune.studies.s.experiment = 'nope'"),
+    ({"experiment": EXPERIMENT}, "missing key tune.studies.s.n_trials"),
+    ({"experiment": EXPERIMENT, "n_trials": 2, "params": ["optim.momentum"]}, "tune.studies.s.params[0]"),
+    ({"experiment": EXPERIMENT, "n_trials": 2, "sampler": {"name": "cmaes"}}, "tune.studies.s.sampler.name"),
+    ({"experiment": EXPERIMENT, "mode": "sweep", "param": "optim.lr", "values": [0.1, -1.0]},
+     "tune.studies.s.values[1] = -1.0"),
+])
+def test_invalid_study_names_the_key(study, expected):
+    raw = {"run": {"experiments": [EXPERIMENT]}, "experiments": {EXPERIMENT: experiment_dict(LR_WD_SPACE)},
+           "tune": {"run": ["s"], "studies": {"s": study}}}
+    with pytest.raises(ParamError) as err:
+        tune.load_tune(parse_params(raw))
+    assert expected in str(err.value)
+
+
+def test_unknown_study_is_one_clear_line(workspace, capsys):
+    path = write_params(workspace, "known", {"n_trials": 1}, LR_WD_SPACE)
+    assert tune.main(["--params", str(path), "--study", "unknown"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown study 'unknown'") and "\n" not in err
