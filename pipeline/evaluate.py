@@ -96,7 +96,7 @@ def evaluate_run(exp: ExperimentConfig, data: PreparedData, run_dir: Path, plots
     dev = resolve_device(device)
     history = json.loads((run_dir / HISTORY).read_text())
     result: dict[str, Any] = {"scenario": exp.scenario, "method": history["method"], "seed": history["seed"],
-                              "data": data.card.get("source", {}).get("name", exp.data.source),
+                              "data": data.card.get("source", {}).get("dataset", exp.data.source),
                               "selection_metric": history["selection_metric"], "run_id": history["run_id"]}
     for rule, ckpt_name in (("final", LAST), ("selected", BEST)):
         ckpt = load_checkpoint(run_dir / ckpt_name)

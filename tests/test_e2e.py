@@ -1,0 +1,143 @@
+"""End to end: `dvc repro` on a tiny profile in a temporary git copy of the repository.
+
+The copy gets a tiny params.yaml (CIFAR-10 (JPEG) subsampled to a few images per class,
+ResNet-8, one or two epochs) and its own MLflow store; the real offline data are read from
+``../shared/data`` through ``META_IADA_SHARED_DATA``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.paths import shared_data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
+
+TINY_DATA = {"scenario": "longtail", "source": "cifar10", "meta_per_class": 3, "val_per_class": 4,
+             "limit_per_class": 40, "test_limit_per_class": 15, "longtail": {"imbalance_ratio": 10}}
+
+
+def tiny_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key in ("methods", "search"):
+        params.pop(key, None)
+    lt = params["experiments"]["lt"]
+    lt.update(data=TINY_DATA, network={"arch": "resnet8", "channels_last": True}, pretrain_epochs=2,
+              train_epochs=1, meta_batch_size=10, eval_batch_size=100)
+    lt["optim"].update(batch_size=16, warmup_epochs=1, milestones=[2])
+    params["experiments"] = {"tiny": lt}
+    params["tune"] = {"run": [], "studies": {}}
+    params["run"] = {"experiments": ["tiny"], "methods": ["ce", "meta_iada"], "seeds": [0], "device": "cpu"}
+    return params
+
+
+def sh(cmd: list[str], cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    if not (shared_data_dir() / "cifar10-jpeg.tar.gz").is_file():
+        pytest.fail(f"the offline CIFAR-10 copy is missing at {shared_data_dir()}")
+    dst = tmp_path_factory.mktemp("e2e") / "repo"
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for f in filter(None, files):
+        if (ROOT / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "plots/", "reports/")):
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+    (dst / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "META_IADA_SHARED_DATA": str(shared_data_dir()),
+           "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(dst), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("DVC_ROOT", None)
+    sh(["git", "init", "-q"], dst, env)
+    sh(["git", "add", "-A"], dst, env)
+    sh(["git", "commit", "-qm", "tiny"], dst, env)
+    first = sh(["dvc", "repro"], dst, env, timeout=900)
+    second = sh(["dvc", "repro"], dst, env)
+    return dst, env, first, second
+
+
+def test_metrics_files_have_both_selection_rules(repo):
+    dst, *_ = repo
+    for method in ("ce", "meta_iada"):
+        m = json.loads((dst / "metrics/tiny" / f"{method}-s0.json").read_text())
+        assert m["data"] == "CIFAR-10 (JPEG)" and m["selection_metric"] == "val_acc"
+        for rule in ("final", "selected"):
+            t = m[rule]["test"]
+            assert 0.0 <= t["acc"] <= 1.0
+            assert set(t["per_class_acc"]) == {str(c) for c in range(10)}
+            assert {"many_acc", "medium_acc", "few_acc"} <= set(t)
+            assert 0.0 <= m[rule]["val"]["acc"] <= 1.0
+        assert m["final"]["epoch"] == 2  # global epoch index of the last trained epoch
+    eps = json.loads((dst / "metrics/tiny/meta_iada-s0.json").read_text())["epsilon"]
+    assert -1 < eps["mean"] < 1
+
+
+def test_dvc_outputs_and_second_repro_is_a_no_op(repo):
+    dst, env, first, second = repo
+    for path in ("data/prepared/tiny/arrays.npz", "data/prepared/tiny/card.json",
+                 "models/tiny/s0/pretrain/last.pt", "models/tiny/s0/ce/best.pt",
+                 "models/tiny/s0/meta_iada/perturbation_net.pt", "plots/tiny/meta_iada-s0/confusion.csv",
+                 "plots/tiny/meta_iada-s0/summary.png", "reports/comparison.md"):
+        assert (dst / path).is_file(), path
+    assert "Running stage" not in second.stdout
+    status = sh(["dvc", "status"], dst, env).stdout
+    assert "changed" not in status
+    report = (dst / "reports/comparison.md").read_text()
+    assert re.search(r"^\| ce \| 1 \|", report, re.M) and re.search(r"^\| meta_iada \| 1 \|", report, re.M)
+    shown = json.loads(sh(["dvc", "metrics", "show", "--json"], dst, env).stdout)
+    assert "metrics/tiny/ce-s0.json" in json.dumps(shown)
+
+
+def test_plots_render_offline(repo):
+    dst, env, *_ = repo
+    sh(["dvc", "plots", "show", "-o", "plots_html"], dst, env)
+    html = (dst / "plots_html/index.html").read_text()
+    assert "<script src" not in html and "vegaEmbed" in html
+
+
+def test_mlflow_has_every_stage_run_with_metrics_and_the_registered_network(repo):
+    dst, env, *_ = repo
+    code = f"""
+import json, mlflow
+from mlflow.tracking import MlflowClient
+mlflow.set_tracking_uri("sqlite:///{dst}/mlflow.db")
+c = MlflowClient()
+exp = c.get_experiment_by_name("long-tail")
+runs = c.search_runs([exp.experiment_id])
+out = {{r.info.run_name: {{"metrics": sorted(r.data.metrics), "tags": r.data.tags, "status": r.info.status,
+        "id": r.info.run_id, "artifacts": [a.path for a in c.list_artifacts(r.info.run_id)]}} for r in runs}}
+name = "perturbation_net-longtail-cifar10"
+out["_versions"] = [v.run_id for v in c.search_model_versions(f"name='{{name}}'")]
+import mlflow.pytorch, torch
+net = mlflow.pytorch.load_model(f"models:/{{name}}/1")
+out["_net"] = [type(net).__name__, list(net(torch.randn(4, net.body[0].num_features)).shape)]
+out["_location"] = exp.artifact_location
+print(json.dumps(out))
+"""
+    runs = json.loads(sh([sys.executable, "-c", code], dst, env).stdout.strip().splitlines()[-1])
+    assert {"tiny-prepare", "tiny-pretrain-s0", "tiny-ce-s0", "tiny-meta_iada-s0"} <= set(runs)
+    meta = runs["tiny-meta_iada-s0"]
+    assert meta["status"] == "FINISHED"
+    assert {"val_acc", "train_loss", "eps_mean", "eps_adv_share", "selected.test.acc"} <= set(meta["metrics"])
+    assert {"checkpoint", "plots", "data_card.json", "metrics.json"} <= set(meta["artifacts"])
+    assert meta["tags"]["dvc_exp_name"] == "workspace" and len(meta["tags"]["git_commit"]) == 40
+    assert runs["_versions"] == [meta["id"]]  # registered from the Meta-IADA run
+    assert runs["_net"] == ["PerturbationNet", [4]]  # loads back as its class, epsilon per sample
+    assert runs["_location"].startswith(f"file://{dst}")
