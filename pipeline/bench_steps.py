@@ -1,0 +1,157 @@
+"""Cost of one training step: plain CE vs Meta-IADA (``meta_scope`` head and full).
+
+:func:`time_steps` builds the three methods through the :class:`~pipeline.methods.Method`
+interface on the same network architecture, CIFAR-shaped random tensors (train batch and meta
+batch of the same size, as Meta-Weight-Net and MetaSAug), and times ``update`` (the whole step,
+optimizer steps included) in ONE process, the variants interleaved round by round so that a
+change of machine load hits them alike; the first ``warmup`` rounds are not timed.
+
+Peak memory of a step, per variant:
+
+- CUDA: ``torch.cuda.max_memory_allocated`` during one step minus the memory allocated just
+  before it (the step's activations, graphs and temporaries), in this process;
+- CPU (Linux): in a fresh process per variant (spawned), after one warm-up step (which creates
+  the optimizer states), the resident-set high-water mark is reset (``/proc/self/clear_refs``)
+  and the peak ``VmHWM`` over two more steps minus the resident set before them is reported:
+  the step's transient memory (activations, autograd graphs, temporaries), not the model.
+
+Step times are reported as the mean and the median over the timed rounds; the ratios use the
+medians, which are robust to the load spikes of a shared machine. On CPU the median process
+CPU time per step (all threads) and its ratios (``*_over_ce_cpu``) are reported as well: they
+are much less sensitive than wall time to other processes competing for the cores.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from pipeline.config import build
+from pipeline.methods import REGISTRY, Batch, Method, StepContext, TrainInfo
+from pipeline.networks import build_network
+
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ce": ("ce", {}),
+    "meta_head": ("meta_iada", {"meta_scope": "head"}),
+    "meta_full": ("meta_iada", {"meta_scope": "full"}),
+}
+
+
+def _setup(variant: str, arch: str, batch: int, num_classes: int, device: torch.device,
+           channels_last: bool) -> tuple[Method, Batch, StepContext]:
+    """A method of ``variant`` on a fresh network, one train batch and a step context."""
+    name, params = VARIANTS[variant]
+    torch.manual_seed(0)
+    net = build_network(arch, num_classes).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt).train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    num_train = 10 * batch
+    info = TrainInfo(num_classes, torch.full((num_classes,), num_train // num_classes), num_train,
+                     net.feature_dim, device)
+    cls = REGISTRY[name]
+    method = cls(build(cls.Config, params, f"methods.{name}"), net, opt, info).to(device)
+
+    def images() -> torch.Tensor:
+        return torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=fmt)
+
+    labels = torch.arange(batch, device=device) % num_classes
+    train = Batch(images(), labels, torch.arange(batch, device=device))
+    meta = Batch(images(), labels.clone(), torch.arange(batch, device=device))
+    # epoch 160 of 200: alpha_t > 0, as in MetaSAug's Meta-IADA phase
+    ctx = StepContext(epoch=160, total_epochs=200, step=0, lr=0.1, meta_batch=lambda: meta)
+    return method, train, ctx
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _cpu_peak_child(variant: str, arch: str, batch: int, num_classes: int, channels_last: bool,
+                    queue: multiprocessing.Queue) -> None:
+    method, train, ctx = _setup(variant, arch, batch, num_classes, torch.device("cpu"), channels_last)
+    method.update(train, ctx)
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident set
+    except OSError:  # not permitted here: the peak may then include the warm-up step's
+        pass
+    before = _proc_status_kib("VmRSS")
+    for _ in range(2):
+        method.update(train, ctx)
+    queue.put((_proc_status_kib("VmHWM") - before) / 1024)
+
+
+def _peak_memory_mb(variant: str, arch: str, batch: int, num_classes: int, device: torch.device,
+                    channels_last: bool) -> float:
+    if device.type == "cuda":
+        method, train, ctx = _setup(variant, arch, batch, num_classes, device, channels_last)
+        method.update(train, ctx)  # creates the optimizer state
+        _sync(device)
+        start = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        method.update(train, ctx)
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - start) / 2 ** 20
+    spawn = multiprocessing.get_context("spawn")
+    queue = spawn.Queue()
+    child = spawn.Process(target=_cpu_peak_child,
+                          args=(variant, arch, batch, num_classes, channels_last, queue))
+    child.start()
+    peak = queue.get()
+    child.join()
+    return peak
+
+
+def time_steps(arch: str = "resnet32", batch: int = 100, repeats: int = 10, warmup: int = 2,
+               device: str = "cpu", num_classes: int = 10, channels_last: bool = True,
+               memory: bool = True) -> dict[str, float]:
+    """Seconds per step (``<variant>_step_s`` mean, ``<variant>_step_median_s``, on CPU also
+    ``<variant>_step_cpu_s``) of CE (``ce``), Meta-IADA head (``meta_head``) and full
+    (``meta_full``), the ratios of the medians ``meta_head_over_ce`` and ``meta_full_over_ce``
+    (on CPU also ``*_over_ce_cpu``), and (``memory``) each variant's peak step memory
+    ``<variant>_peak_mb`` in MiB (see the module docstring for what is measured)."""
+    dev = torch.device(device)
+    setups = {v: _setup(v, arch, batch, num_classes, dev, channels_last) for v in VARIANTS}
+    wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    for round_ in range(warmup + repeats):
+        for variant, (method, train, ctx) in setups.items():
+            _sync(dev)
+            t0, c0 = time.perf_counter(), time.process_time()
+            method.update(train, ctx)
+            _sync(dev)
+            if round_ >= warmup:
+                wall[variant].append(time.perf_counter() - t0)
+                cpu[variant].append(time.process_time() - c0)
+    result: dict[str, float] = {}
+    for variant in VARIANTS:
+        result[f"{variant}_step_s"] = statistics.mean(wall[variant])
+        result[f"{variant}_step_median_s"] = statistics.median(wall[variant])
+        if dev.type == "cpu":
+            result[f"{variant}_step_cpu_s"] = statistics.median(cpu[variant])
+    for variant in ("meta_head", "meta_full"):
+        result[f"{variant}_over_ce"] = (result[f"{variant}_step_median_s"]
+                                        / result["ce_step_median_s"])
+        if dev.type == "cpu":
+            result[f"{variant}_over_ce_cpu"] = (result[f"{variant}_step_cpu_s"]
+                                                / result["ce_step_cpu_s"])
+    if memory:
+        del setups
+        for variant in VARIANTS:
+            result[f"{variant}_peak_mb"] = _peak_memory_mb(variant, arch, batch, num_classes, dev,
+                                                           channels_last)
+    return result

@@ -1,0 +1,231 @@
+"""Feature-space augmentation methods: ``isda``, ``iada`` (fixed ε) and ``meta_iada``.
+
+All three minimise the closed-form loss of :mod:`pipeline.losses` (method.md §2) with the
+class covariance Σ of :mod:`pipeline.covariance` and the ramp α_t = α·epoch/total_epochs over
+the global epoch; they differ in the per-sample strategy ε:
+
+- ``isda``: ε ≡ 0 (ISDA, Wang et al. 2019) [related];
+- ``iada``: one fixed ε for every sample (an ablation without meta-learning) [choice];
+- ``meta_iada``: ε_i = Ω(c_i), Ω meta-learned online on the clean meta set (method.md §5).
+
+A step: forward (h, z) under θ; [meta_iada: meta step on Ω every ``meta_interval`` iterations,
+see :mod:`pipeline.meta`]; the IADA loss with the detached ε; SGD step on θ; then bookkeeping:
+Σ is updated with the detached h of this batch *after* its use (as MetaSAug; ISDA itself merges
+the batch into Σ first), [meta_iada: the characteristics' history and class losses are
+recorded]. Σ is therefore the same constant in the pseudo and the real step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.characteristics import CHARACTERISTICS, Characteristics, check_names
+from pipeline.config import ParamError, bounded
+from pipeline.covariance import ClassCovariance, CovarianceMode
+from pipeline.losses import Direction, alpha_at, iada_loss
+from pipeline.meta import MetaScope, PseudoStep, TrainLoss, meta_step
+from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register
+from pipeline.networks import FeatureClassifier
+from pipeline.perturbation import EpsilonSign, PerturbationNet
+
+
+@dataclass
+class ISDAConfig:
+    alpha: float = bounded(0.5, ge=0)  # α: strength of the semantic augmentation (ramped)
+    covariance: CovarianceMode = "full"  # full Σ_c [A, A], or diagonal (for A > 512)
+
+
+@dataclass
+class IADAConfig:
+    alpha: float = bounded(0.5, ge=0)
+    beta: float = bounded(1.0, ge=0)  # β: scale of the mean shift
+    direction: Direction = "pairwise"  # pairwise: ε·||Δw_ij||; gradient: ε·Δw_ijᵀd_i
+    epsilon: float = bounded(0.1, ge=-1, le=1)  # the fixed ε of every sample
+    covariance: CovarianceMode = "full"
+
+
+@dataclass
+class MetaIADAConfig:
+    alpha: float = bounded(0.5, ge=0)
+    beta: float = bounded(1.0, ge=0)
+    direction: Direction = "pairwise"
+    covariance: CovarianceMode = "full"  # use diagonal for feature dimensions A > 512
+    characteristics: list[str] = dataclasses.field(default_factory=lambda: list(CHARACTERISTICS))
+    meta_scope: MetaScope = "full"  # pseudo-update the whole network, or only W, b
+    meta_interval: int = bounded(1, ge=1)  # meta step every k iterations, Ω reused between
+    epsilon_sign: EpsilonSign = "both"  # both: (−1, 1); adversarial: (0, 1); anti: (−1, 0)
+    pseudo_step: PseudoStep = "plain"  # plain SGD (MWN/MetaSAug) or the network optimizer's rule
+    perturbation_lr: float = bounded(1e-3, gt=0)  # Adam on Ω
+    perturbation_weight_decay: float = bounded(1e-4, ge=0)
+
+    def __post_init__(self) -> None:
+        try:
+            check_names(self.characteristics)
+        except ParamError as err:
+            raise ParamError(f"methods.meta_iada.characteristics: {err}") from None
+
+
+class FeatureAugmentation(Method):
+    """The step shared by the three methods; subclasses choose ε in :meth:`epsilon`."""
+
+    def __init__(self, cfg: Any, net: FeatureClassifier, optimizer: torch.optim.Optimizer,
+                 info: TrainInfo) -> None:
+        super().__init__(cfg, net, optimizer, info)
+        self.class_covariance = ClassCovariance(info.num_classes, info.feature_dim, cfg.covariance,
+                                                device=info.device)
+
+    def epsilon(self, batch: Batch, ctx: StepContext, features: torch.Tensor,
+                logits: torch.Tensor, train_loss: TrainLoss) -> torch.Tensor | None:
+        """ε [B] for the real step (no graph), or None for ε ≡ 0."""
+        return None
+
+    def record(self, batch: Batch, logits: torch.Tensor, epsilon: torch.Tensor | None) -> None:
+        """Per-method bookkeeping after the real step."""
+
+    def update(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
+        net = self.network
+        features = net.features(batch.x)  # h [B, A]
+        logits = net.classifier(features)  # z [B, C]
+        train_loss = partial(self._per_sample_loss, labels=batch.y,
+                             alpha=alpha_at(self.cfg.alpha, ctx.epoch, ctx.total_epochs))
+        epsilon = self.epsilon(batch, ctx, features, logits, train_loss)
+        loss = train_loss(logits, net.classifier.weight, epsilon).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.class_covariance.update(features.detach(), batch.y)
+        self.record(batch, logits.detach(), epsilon)
+        acc = (logits.detach().argmax(1) == batch.y).float().mean()
+        return {"loss": loss.item(), "acc": acc.item()}
+
+    def _per_sample_loss(self, logits: torch.Tensor, weight: torch.Tensor,
+                         epsilon: torch.Tensor | None, *, labels: torch.Tensor,
+                         alpha: float) -> torch.Tensor:
+        beta, direction = getattr(self.cfg, "beta", 0.0), getattr(self.cfg, "direction", "pairwise")
+        return iada_loss(logits, labels, weight, self.class_covariance.covariance, epsilon, alpha,
+                         beta, direction)
+
+
+@register
+class ISDA(FeatureAugmentation):
+    """ISDA: CE on z_ij + (α_t/2)·Δw_ijᵀ Σ_{y_i} Δw_ij (the IADA loss with ε ≡ 0)."""
+
+    name = "isda"
+    Config = ISDAConfig
+
+
+@register
+class IADA(FeatureAugmentation):
+    """IADA with one fixed ε for all samples: z_ij + β·ε·a_ij + (α_t/2)·Δw_ijᵀ Σ_{y_i} Δw_ij."""
+
+    name = "iada"
+    Config = IADAConfig
+
+    def epsilon(self, batch: Batch, ctx: StepContext, features: torch.Tensor,
+                logits: torch.Tensor, train_loss: TrainLoss) -> torch.Tensor:
+        return torch.full_like(batch.y, self.cfg.epsilon, dtype=logits.dtype)
+
+
+@register
+class MetaIADA(FeatureAugmentation):
+    """Meta-IADA: ε_i = Ω(c_i) with Ω meta-learned online on the meta set (method.md §5).
+
+    Buffers besides Σ: Ω (``perturbation_net``), the characteristics' history, the last ε of
+    every training sample (``last_epsilon``, NaN before the first visit) and this epoch's ε sums.
+    The Adam state of Ω is in :meth:`extra_state_dict`. Ω runs in training mode (BatchNorm with
+    the batch's statistics) in the meta step and again, updated, for the real step's ε; its
+    running statistics (used only when Ω is applied in eval mode, for inspection) follow both.
+    """
+
+    name = "meta_iada"
+    Config = MetaIADAConfig
+
+    def __init__(self, cfg: MetaIADAConfig, net: FeatureClassifier,
+                 optimizer: torch.optim.Optimizer, info: TrainInfo) -> None:
+        super().__init__(cfg, net, optimizer, info)
+        if cfg.pseudo_step == "optimizer" and not isinstance(optimizer, torch.optim.SGD):
+            raise ParamError("methods.meta_iada.pseudo_step = 'optimizer' needs an SGD network "
+                             f"optimizer, got {type(optimizer).__name__}: use pseudo_step: plain")
+        self.characteristics = Characteristics(cfg.characteristics, info.class_counts,
+                                               info.num_train, info.device)
+        self.perturbation_net = PerturbationNet(self.characteristics.num_inputs, cfg.epsilon_sign,
+                                                input_names=cfg.characteristics).to(info.device)
+        self.perturbation_optimizer = torch.optim.Adam(
+            self.perturbation_net.parameters(), lr=cfg.perturbation_lr,
+            weight_decay=cfg.perturbation_weight_decay)
+        c, dev = info.num_classes, info.device
+        self.register_buffer("last_epsilon", torch.full((info.num_train,), math.nan, device=dev))
+        # This epoch's sums: [count, Σε, Σε², #(ε > 0), Σ L_meta, #meta steps].
+        self.register_buffer("epoch_sums", torch.zeros(6, dtype=torch.float64, device=dev))
+        self.register_buffer("class_eps_sum", torch.zeros(c, dtype=torch.float64, device=dev))
+        self.register_buffer("class_eps_count", torch.zeros(c, dtype=torch.float64, device=dev))
+
+    def epsilon(self, batch: Batch, ctx: StepContext, features: torch.Tensor,
+                logits: torch.Tensor, train_loss: TrainLoss) -> torch.Tensor:
+        net = self.network
+        c = self.characteristics.compute(logits, features, batch.y, batch.index,
+                                         net.classifier.weight)  # [B, K]
+        if ctx.step % self.cfg.meta_interval == 0:
+            meta = ctx.meta_batch()
+            meta_loss = meta_step(
+                net, self.perturbation_net, self.perturbation_optimizer, train_loss, batch.x,
+                features, logits, c, meta.x, meta.y, ctx.lr, self.cfg.meta_scope,
+                self.optimizer if self.cfg.pseudo_step == "optimizer" else None)
+            self.epoch_sums[4] += meta_loss
+            self.epoch_sums[5] += 1
+        with torch.no_grad():
+            return self.perturbation_net(c)
+
+    @torch.no_grad()
+    def record(self, batch: Batch, logits: torch.Tensor, epsilon: torch.Tensor | None) -> None:
+        self.characteristics.record(logits, batch.y, batch.index)
+        eps = epsilon.double()  # [B]
+        self.last_epsilon[batch.index] = epsilon.float()
+        self.epoch_sums[0] += len(eps)
+        self.epoch_sums[1] += eps.sum()
+        self.epoch_sums[2] += eps.square().sum()
+        self.epoch_sums[3] += (eps > 0).sum()
+        self.class_eps_sum.index_add_(0, batch.y, eps)
+        self.class_eps_count.index_add_(0, batch.y, torch.ones_like(eps))
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """ε statistics of the epoch (``eps_mean``, ``eps_std``, ``eps_adv_share`` = share of
+        ε > 0, ``eps_class_mean/<c>`` per visited class) and the mean ``meta_loss``; then the
+        epoch's sums restart and the characteristics' class-average loss rolls over. Call once
+        at the end of every epoch."""
+        n, s, sq, adv, meta_sum, meta_n = self.epoch_sums.tolist()
+        metrics: dict[str, float] = {}
+        if n:
+            mean = s / n
+            metrics.update(eps_mean=mean, eps_std=math.sqrt(max(sq / n - mean * mean, 0.0)),
+                           eps_adv_share=adv / n)
+            for cls in torch.nonzero(self.class_eps_count).flatten().tolist():
+                metrics[f"eps_class_mean/{cls}"] = (self.class_eps_sum[cls]
+                                                    / self.class_eps_count[cls]).item()
+        if meta_n:
+            metrics["meta_loss"] = meta_sum / meta_n
+        self.epoch_sums.zero_()
+        self.class_eps_sum.zero_()
+        self.class_eps_count.zero_()
+        self.characteristics.end_epoch()
+        return metrics
+
+    def sample_scores(self) -> dict[str, np.ndarray]:
+        return {"epsilon": self.last_epsilon.cpu().numpy().astype(np.float32)}
+
+    def artifacts(self) -> dict[str, nn.Module]:
+        return {"perturbation_net": self.perturbation_net}
+
+    def extra_state_dict(self) -> dict[str, Any]:
+        return {"perturbation_optimizer": self.perturbation_optimizer.state_dict()}
+
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        self.perturbation_optimizer.load_state_dict(state["perturbation_optimizer"])

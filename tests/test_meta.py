@@ -1,0 +1,174 @@
+"""The meta step: its Ω gradient against finite differences, and that it leaves θ alone."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.losses import iada_loss
+from pipeline.meta import meta_gradient, meta_step, pseudo_update
+from pipeline.networks import FeatureClassifier
+from pipeline.perturbation import PerturbationNet
+
+
+class TinyMLP(FeatureClassifier):
+    def __init__(self, inputs: int = 6, dim: int = 5, classes: int = 3) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(inputs, dim), nn.BatchNorm1d(dim), nn.Tanh())
+        self.feature_dim = dim
+        self.classifier = nn.Linear(dim, classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class TinyCNN(FeatureClassifier):
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8),
+                                  nn.ReLU())
+        self.feature_dim = 8
+        self.classifier = nn.Linear(8, classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.body(x), 1).flatten(1)
+
+
+def problem(net: FeatureClassifier, x_shape: tuple[int, ...], dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    net = net.to(dtype).train()
+    x = torch.randn(8, *x_shape, generator=g, dtype=dtype)
+    y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    meta_x = torch.randn(6, *x_shape, generator=g, dtype=dtype)
+    meta_y = torch.tensor([0, 1, 2, 2, 1, 0])
+    dim = net.feature_dim
+    root = torch.randn(3, dim, dim, generator=g, dtype=dtype)
+    cov = root @ root.transpose(1, 2) / dim
+    c = torch.randn(8, 4, generator=g, dtype=dtype)  # characteristics, K = 4
+    omega = PerturbationNet(4).to(dtype).train()
+
+    def train_loss(logits, weight, eps):
+        return iada_loss(logits, y, weight, cov, eps, 0.8, 1.0, "pairwise")
+
+    return net, omega, x, y, meta_x, meta_y, c, train_loss
+
+
+def meta_objective(net, omega, x, c, meta_x, meta_y, train_loss, lr, scope, optimizer=None):
+    """L_meta(Ω) written out independently: a copy of the network takes one step on the IADA
+    loss with ε = Ω(c) (of the whole network, or of W, b on fixed features), plain SGD or
+    torch's own SGD with a copy of ``optimizer``'s state, then the meta batch's CE."""
+    twin = copy.deepcopy(net)
+    eps = omega(c).detach()
+    if scope == "full":
+        features = twin.features(x)
+        params = list(twin.parameters())
+    else:
+        features = twin.features(x).detach()
+        params = list(twin.classifier.parameters())
+    loss = train_loss(twin.classifier(features), twin.classifier.weight, eps).mean()
+    grads = torch.autograd.grad(loss, params)
+    if optimizer is None:
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p -= lr * g
+    else:
+        twin_opt = torch.optim.SGD(twin.parameters(), lr=lr)
+        twin_opt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        for group in twin_opt.param_groups:
+            group["lr"] = lr
+        for p, g in zip(params, grads):
+            p.grad = g
+        twin_opt.step()
+    with torch.no_grad():
+        return F.cross_entropy(twin(meta_x), meta_y).item()
+
+
+@pytest.mark.parametrize("pseudo_step", ["plain", "optimizer"])
+@pytest.mark.parametrize("scope", ["head", "full"])
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_meta_gradient_matches_finite_differences(kind, scope, pseudo_step):
+    torch.manual_seed(0)
+    net, shape = (TinyMLP(), (6,)) if kind == "mlp" else (TinyCNN(), (3, 6, 6))
+    net, omega, x, y, meta_x, meta_y, c, train_loss = problem(net, shape, torch.float64)
+    optimizer = None
+    if pseudo_step == "optimizer":  # momentum buffers from one earlier step
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True,
+                                    weight_decay=5e-3)
+        F.cross_entropy(net(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    lr = 0.5
+    features = net.features(x)
+    logits = net.classifier(features)
+    meta_loss, grads = meta_gradient(net, omega, train_loss, x, features, logits, c, meta_x,
+                                     meta_y, lr, scope, optimizer)
+
+    def objective():
+        return meta_objective(net, omega, x, c, meta_x, meta_y, train_loss, lr, scope, optimizer)
+
+    assert meta_loss.item() == pytest.approx(objective(), rel=1e-12)
+    params = list(omega.parameters())
+    g = torch.Generator().manual_seed(1)
+    step = 1e-5
+    for _ in range(3):  # directional derivatives along random directions v
+        v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+        with torch.no_grad():
+            for p, vi in zip(params, v):
+                p += step * vi
+        up = objective()
+        with torch.no_grad():
+            for p, vi in zip(params, v):
+                p -= 2 * step * vi
+        down = objective()
+        with torch.no_grad():
+            for p, vi in zip(params, v):
+                p += step * vi
+        analytic = sum((gi * vi).sum() for gi, vi in zip(grads, v)).item()
+        assert analytic != 0
+        assert (up - down) / (2 * step) == pytest.approx(analytic, rel=1e-5, abs=1e-10)
+
+
+@pytest.mark.parametrize("scope", ["full", "head"])
+def test_meta_step_leaves_the_network_alone(scope):
+    torch.manual_seed(0)
+    net, omega, x, y, meta_x, meta_y, c, train_loss = problem(TinyCNN(), (3, 8, 8))
+    features = net.features(x)  # the real forward (updates the BN statistics once)
+    logits = net.classifier(features)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    omega_before = [p.clone() for p in omega.parameters()]
+    adam = torch.optim.Adam(omega.parameters(), lr=1e-3)
+    meta_step(net, omega, adam, train_loss, x, features, logits, c, meta_x, meta_y, 0.1, scope)
+    after = net.state_dict()
+    for k, v in before.items():
+        assert torch.equal(after[k], v), k  # parameters and BN running statistics
+    assert all(p.grad is None for p in net.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in omega.parameters())
+    assert any(not torch.equal(p, q) for p, q in zip(omega.parameters(), omega_before))
+    if scope == "full":  # the forward's graph is kept for the real step's backward
+        F.cross_entropy(logits, y).backward()
+        assert net.body[0].weight.grad is not None
+
+
+def test_pseudo_update_follows_the_sgd_rule():
+    """With ``optimizer`` the pseudo step is the step torch's SGD itself takes (weight decay,
+    an existing momentum buffer, Nesterov)."""
+    torch.manual_seed(0)
+    net = nn.Linear(4, 3)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    F.mse_loss(net(torch.randn(5, 4)), torch.randn(5, 3)).backward()
+    opt.step()  # creates momentum buffers
+    grads = [torch.randn_like(p) for p in net.parameters()]
+    params = dict(net.named_parameters())
+    predicted = pseudo_update(params, grads, 0.1, opt)
+    plain = pseudo_update(params, grads, 0.1)
+    for p, g in zip(net.parameters(), grads):
+        p.grad = g.clone()
+    opt.step()
+    for name, p in net.named_parameters():
+        torch.testing.assert_close(predicted[name], p.detach())
+    assert all(not torch.equal(plain[name], predicted[name]) for name in params)
