@@ -98,15 +98,19 @@ def adjusted_logits(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Te
     return logits + extra.masked_fill(own, 0.0)
 
 
-def iada_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
-              covariance: torch.Tensor | None, epsilon: torch.Tensor | None, alpha: float,
-              beta: float = 1.0, direction: Direction = "pairwise") -> torch.Tensor:
+def iada_loss(logits: torch.Tensor, features: torch.Tensor | None, labels: torch.Tensor,
+              weight: torch.Tensor, covariance: torch.Tensor | None, epsilon: torch.Tensor | None,
+              alpha: float, beta: float = 1.0, direction: Direction = "pairwise") -> torch.Tensor:
     """Per-sample IADA loss L_i [B] (see the module docstring).
 
-    logits z [B, C]; labels y [B]; weight W [C, A] (the classifier's, with its graph);
-    covariance Σ [C, A, A] or [C, A] (constant); epsilon ε [B] or None (ε ≡ 0); alpha the
-    already-ramped α_t.
+    logits z [B, C]; features h [B, A] (the input of the classifier: the loss depends on h only
+    through z = W h + b, so h is used to check that z, h and W belong together, and may be None);
+    labels y [B]; weight W [C, A] (the classifier's, with its graph); covariance Σ [C, A, A] or
+    [C, A] (constant); epsilon ε [B] or None (ε ≡ 0); alpha the already-ramped α_t.
     """
+    if features is not None and (features.shape[0] != logits.shape[0] or features.shape[1] != weight.shape[1]):
+        raise ValueError(f"features {tuple(features.shape)} do not fit logits {tuple(logits.shape)} and "
+                         f"weight {tuple(weight.shape)}: expected [B, A] with W [C, A]")
     z = adjusted_logits(logits, labels, weight, covariance, epsilon, alpha, beta, direction)
     return F.cross_entropy(z, labels, reduction="none")
 
@@ -114,4 +118,4 @@ def iada_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
 def isda_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
               covariance: torch.Tensor, alpha: float) -> torch.Tensor:
     """ISDA's per-sample loss [B]: the IADA loss with ε ≡ 0."""
-    return iada_loss(logits, labels, weight, covariance, None, alpha)
+    return iada_loss(logits, None, labels, weight, covariance, None, alpha)

@@ -53,7 +53,7 @@ def problem(net: FeatureClassifier, x_shape: tuple[int, ...], dtype=torch.float3
     omega = PerturbationNet(4).to(dtype).train()
 
     def train_loss(logits, weight, eps):
-        return iada_loss(logits, y, weight, cov, eps, 0.8, 1.0, "pairwise")
+        return iada_loss(logits, None, y, weight, cov, eps, 0.8, 1.0, "pairwise")
 
     return net, omega, x, y, meta_x, meta_y, c, train_loss
 

@@ -166,7 +166,7 @@ def test_meta_iada_step_equals_the_textbook_procedure(scope):
     alpha = alpha_at(twin.cfg.alpha, 2, 4)
 
     def train_loss(logits, weight, eps):
-        return iada_loss(logits, y[index], weight, cov, eps, alpha)
+        return iada_loss(logits, None, y[index], weight, cov, eps, alpha)
 
     h, z = stateless_forward(twin_net, dict(twin_net.named_parameters()), x[index])
     c = twin.characteristics.compute(z, h, y[index], index, twin_net.classifier.weight)

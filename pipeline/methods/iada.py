@@ -94,7 +94,7 @@ class FeatureAugmentation(Method):
         net = self.network
         features = net.features(batch.x)  # h [B, A]
         logits = net.classifier(features)  # z [B, C]
-        train_loss = partial(self._per_sample_loss, labels=batch.y,
+        train_loss = partial(self._per_sample_loss, features=features, labels=batch.y,
                              alpha=alpha_at(self.cfg.alpha, ctx.epoch, ctx.total_epochs))
         epsilon = self.epsilon(batch, ctx, features, logits, train_loss)
         loss = train_loss(logits, net.classifier.weight, epsilon).mean()
@@ -107,10 +107,10 @@ class FeatureAugmentation(Method):
         return {"loss": loss.item(), "acc": acc.item()}
 
     def _per_sample_loss(self, logits: torch.Tensor, weight: torch.Tensor,
-                         epsilon: torch.Tensor | None, *, labels: torch.Tensor,
+                         epsilon: torch.Tensor | None, *, features: torch.Tensor, labels: torch.Tensor,
                          alpha: float) -> torch.Tensor:
         beta, direction = getattr(self.cfg, "beta", 0.0), getattr(self.cfg, "direction", "pairwise")
-        return iada_loss(logits, labels, weight, self.class_covariance.covariance, epsilon, alpha,
+        return iada_loss(logits, features, labels, weight, self.class_covariance.covariance, epsilon, alpha,
                          beta, direction)
 
 
