@@ -47,7 +47,7 @@ MLFLOW_EXPERIMENT = {"longtail": "long-tail", "noisy": "noisy-labels", "subpop":
 @dataclass
 class NetworkConfig:
     arch: Arch = "resnet32"
-    channels_last: bool = False  # NHWC: faster CE on some CPUs, but much slower second-order meta steps
+    channels_last: bool = True  # NHWC: about 15% faster CE and meta steps on CPU (pipeline.bench)
 
 
 @dataclass
