@@ -10,31 +10,42 @@ from typing import Any
 import numpy as np
 
 
-def collect(metrics_dir: Path, experiments: list[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """``{experiment: {method: [result per seed]}}`` from ``metrics/<experiment>/<method>-s<seed>.json``."""
+def collect(metrics_dir: Path, experiments: list[str], methods: list[str],
+            seeds: list[int]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """``{experiment: {method: [result per seed]}}`` of the run matrix, read from
+    ``metrics/<experiment>/<method>-s<seed>.json`` (files of runs no longer in the matrix are ignored)."""
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for exp in experiments:
         runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for f in sorted((metrics_dir / exp).glob("*-s*.json")):
-            r = json.loads(f.read_text())
-            runs[r["method"]].append(r)
+        for method in methods:
+            for seed in seeds:
+                f = metrics_dir / exp / f"{method}-s{seed}.json"
+                if f.is_file():
+                    runs[method].append(json.loads(f.read_text()))
         out[exp] = dict(runs)
     return out
 
 
+# Column order of the headline metrics (others follow in their own order).
+ORDER = ("acc", "many_acc", "medium_acc", "few_acc", "worst_group_acc", "avg_acc")
+
+
 def mean_std(values: list[float]) -> str:
-    """``mean ± std`` in percent (std over seeds, ddof=1; just the value for one seed)."""
+    """``mean ± std`` in percent (std over seeds, ddof=1; just the value for one seed); ``—``
+    where the metric is undefined (e.g. no Few-shot class in CIFAR-10-LT with rho = 100)."""
     v = 100 * np.asarray(values, dtype=float)
+    if np.isnan(v).any():
+        return "—"
     if len(v) == 1:
         return f"{v[0]:.2f}"
     return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
 
 
-def summarise(results: dict[str, dict[str, list[dict[str, Any]]]], methods: list[str]) -> dict[str, Any]:
+def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
     """Mean and std over seeds of every headline metric, per experiment, method and rule."""
     summary: dict[str, Any] = {}
     for exp, runs in results.items():
-        for method in [m for m in methods if m in runs] + [m for m in runs if m not in methods]:
+        for method in runs:
             for rule in ("final", "selected"):
                 for key in runs[method][0][rule]["headline"]:
                     vals = [r[rule]["headline"][key] for r in runs[method]]
@@ -44,7 +55,7 @@ def summarise(results: dict[str, dict[str, list[dict[str, Any]]]], methods: list
     return summary
 
 
-def markdown(results: dict[str, dict[str, list[dict[str, Any]]]], methods: list[str]) -> str:
+def markdown(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     """One table per experiment: a row per method, headline metrics in % (mean ± std over seeds)."""
     lines = ["# Method comparison", "",
              "Test metrics in %, mean ± std over seeds. *final*: weights after the last epoch; "
@@ -53,12 +64,11 @@ def markdown(results: dict[str, dict[str, list[dict[str, Any]]]], methods: list[
         if not runs:
             continue
         first = next(iter(runs.values()))[0]
-        keys = list(first["final"]["headline"])
+        keys = sorted(first["final"]["headline"], key=lambda k: (ORDER.index(k) if k in ORDER else len(ORDER), k))
         lines += [f"## {exp}: {first['scenario']}, data {first['data']}, selection on {first['selection_metric']}", ""]
         header = ["method", "seeds"] + [f"{k} (final)" for k in keys] + [f"{k} (selected)" for k in keys]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        ordered = [m for m in methods if m in runs] + [m for m in runs if m not in methods]
-        for m in ordered:
+        for m in runs:
             rs = runs[m]
             cells = [m, str(len(rs))]
             cells += [mean_std([r["final"]["headline"][k] for r in rs]) for k in keys]

@@ -192,7 +192,7 @@ def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, 
     step = (state["epoch"] - first_epoch) * len(loaders.train)
     tty = is_interactive()
     epochs = tqdm(range(state["epoch"], last_epoch), desc=desc or method_name, initial=state["epoch"] - first_epoch,
-                  total=last_epoch - first_epoch, mininterval=1 if tty else 30, file=sys.stderr, dynamic_ncols=True)
+                  total=last_epoch - first_epoch, disable=not tty, file=sys.stderr, dynamic_ncols=True)
     for epoch in epochs:
         lr = exp.optim.lr_at(epoch)
         for group in opt.param_groups:

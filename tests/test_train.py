@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from pipeline.methods import REGISTRY
 from pipeline.train import BEST, HISTORY, LAST, CheckpointError, fit, load_checkpoint
 from tests.tiny import tiny_data, tiny_experiment
 
@@ -85,3 +86,15 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="does not fit"):
         fit(other, data, "ce", 0, tmp_path / "t", first_epoch=1, last_epoch=2, init=tmp_path / "pre" / LAST,
             device="cpu")
+
+
+@pytest.mark.parametrize("method", sorted(REGISTRY))
+def test_every_method_trains_from_the_pretrain_checkpoint(tmp_path, method):
+    exp, data = tiny_experiment(), tiny_data()
+    fit(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu")
+    summary = fit(exp, data, method, 0, tmp_path / method, first_epoch=1, last_epoch=2,
+                  init=tmp_path / "pre" / LAST, device="cpu")
+    assert summary["method"] == method and len(summary["history"]) == 1
+    row = summary["history"][0]
+    assert row["epoch"] == 1 and torch.isfinite(torch.tensor(row["train_loss"])) and 0 <= row["val_acc"] <= 1
+    assert (tmp_path / method / BEST).is_file()

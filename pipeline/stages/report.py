@@ -20,11 +20,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--params", default="params.yaml")
     args = p.parse_args(argv)
     params = load_params(args.params)
-    results = collect(METRICS_DIR, params.run.experiments)
+    results = collect(METRICS_DIR, params.run.experiments, params.run.methods, params.run.seeds)
     REPORTS_DIR.mkdir(parents=True, exist_ok=True)
-    text = markdown(results, params.run.methods)
+    text = markdown(results)
     (REPORTS_DIR / "comparison.md").write_text(text)
-    write_json(summarise(results, params.run.methods), REPORTS_DIR / "summary.json")
+    write_json(summarise(results), REPORTS_DIR / "summary.json")
     print(text)
 
 
