@@ -31,9 +31,8 @@ def test_hadolint_would_catch_a_bad_dockerfile(tmp_path):
 def copied_sources() -> list[str]:
     sources = []
     for line in DOCKERFILE.read_text().splitlines():
-        words = shlex.split(line)
-        if words and words[0] == "COPY":
-            args = [w for w in words[1:] if not w.startswith("--")]
+        if line.startswith("COPY "):
+            args = [w for w in shlex.split(line)[1:] if not w.startswith("--")]
             sources += args[:-1]
     return sources
 

@@ -21,8 +21,8 @@ SCENARIOS = {
                "subpop": {"kind": "colored_mnist", "correlation": 0.9, "test_correlation": 0.1}},
     "subpop_cifar": {"scenario": "subpop", "source": "cifar10", "val_per_class": 4,
                      "subpop": {"kind": "cifar_border", "correlation": 0.9, "test_correlation": 0.5}},
-    "glt": {"scenario": "glt", "source": "cifar10", "limit_per_class": 120, "test_limit_per_class": 120,
-            "glt": {"clusters": 3, "class_imbalance_ratio": 4, "attribute_imbalance_ratio": 2, "test_per_cell": 3}},
+    "glt": {"scenario": "glt", "source": "cifar10", "limit_per_class": 120, "test_limit_per_class": 400,
+            "glt": {"clusters": 3, "class_imbalance_ratio": 4, "attribute_imbalance_ratio": 2, "test_per_cell": 2}},
 }
 
 
