@@ -32,7 +32,7 @@ def write_params(tmp: Path, name: str) -> Path:
     exp["data"] = {**TINY, **SCENARIOS[name]}
     exp.update(pretrain_epochs=1, train_epochs=1, meta_batch_size=4, eval_batch_size=200)
     exp["optim"].update(batch_size=16, warmup_epochs=0, milestones=[])
-    exp["network"]["arch"] = "cnn" if SCENARIOS[name]["source"] == "mnist" else "resnet8"
+    exp["network"]["arch"] = "resnet8"
     params["experiments"] = {name: exp}
     params["run"] = {"experiments": [name], "methods": ["ce", "meta_iada"], "seeds": [0], "device": "cpu"}
     params["tune"] = {"run": [], "studies": {}}
