@@ -189,6 +189,17 @@ def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, 
                                                 **{f"method.{k}": v for k, v in flatten(to_dict(method_cfg)).items()}})
 
     metric_name = exp.selection_metric
+
+    def save_last() -> None:  # the resumable state after state["epoch"] finished epochs
+        atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": state["epoch"],
+                     "model": net.state_dict(), "optimizer": opt.state_dict(), "method": method.state_dict(),
+                     "method_extra": method.extra_state_dict(), "rng": torch.get_rng_state(),
+                     "history": state["history"], "best": state["best"], "run_id": state["run_id"]}, last_path)
+
+    def save_best(epoch: int, selected_by: str, value: float) -> None:
+        atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch,
+                     "model": net.state_dict(), "selected_by": selected_by, "selected_value": value}, out_dir / BEST)
+
     step = (state["epoch"] - first_epoch) * len(loaders.train)
     tty = is_interactive()
     epochs = tqdm(range(state["epoch"], last_epoch), desc=desc or method_name, initial=state["epoch"] - first_epoch,
@@ -223,15 +234,9 @@ def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, 
         state["history"].append({"epoch": epoch, **metrics})
         if metrics[metric_name] > state["best"]["value"]:
             state["best"] = {"epoch": epoch, "value": metrics[metric_name]}
-            atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch + 1,
-                         "model": net.state_dict(), "selected_by": metric_name,
-                         "selected_value": metrics[metric_name]}, out_dir / BEST)
+            save_best(epoch + 1, metric_name, metrics[metric_name])
         state["epoch"] = epoch + 1
-        atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": epoch + 1,
-                     "model": net.state_dict(), "optimizer": opt.state_dict(), "method": method.state_dict(),
-                     "method_extra": method.extra_state_dict(), "rng": torch.get_rng_state(),
-                     "history": state["history"], "best": state["best"], "run_id": state["run_id"]},
-                    last_path)
+        save_last()
         epochs.set_postfix({"loss": round(metrics.get("train_loss", float("nan")), 3),
                             metric_name: round(metrics[metric_name], 4)})
         if not tty:
@@ -243,13 +248,8 @@ def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, 
             on_epoch(epoch, metrics)
 
     if first_epoch == last_epoch:  # nothing to train (e.g. no CE pretraining): keep the initial state
-        atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": last_epoch,
-                     "model": net.state_dict(), "optimizer": opt.state_dict(), "method": method.state_dict(),
-                     "method_extra": method.extra_state_dict(), "rng": torch.get_rng_state(),
-                     "history": [], "best": state["best"], "run_id": state["run_id"]}, last_path)
-        atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, "epoch": last_epoch,
-                     "model": net.state_dict(), "selected_by": "initial", "selected_value": float("nan")},
-                    out_dir / BEST)
+        save_last()
+        save_best(last_epoch, "initial", float("nan"))
     scores = method.sample_scores()
     np.savez(out_dir / SCORES, **scores)
     for name, module in method.artifacts().items():
