@@ -369,15 +369,31 @@ def experimental_features() -> Iterator[None]:
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """RDB storage with a heartbeat (a killed worker's trial is failed after GRACE_S)."""
-    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    """RDB storage with a heartbeat (a killed worker's trial is failed after GRACE_S).
+
+    SQLite: every transaction is ``BEGIN IMMEDIATE``. Optuna claims an enqueued (WAITING) trial
+    with a ``SELECT ... FOR UPDATE`` then ``UPDATE`` in one transaction; SQLite ignores
+    ``FOR UPDATE`` and Python's sqlite3 only opens the transaction at the ``UPDATE``, so two
+    workers could both read WAITING and both run the same trial (optuna/optuna#4002). Taking the
+    write lock when the transaction begins serialises the claim (SQLAlchemy's pysqlite recipe).
+    """
+    sqlite = url.startswith("sqlite")
+    engine = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {}
     try:
         with experimental_features():
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
-                                              grace_period=GRACE_S)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
+                                                 grace_period=GRACE_S)
     except (ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
         raise ParamError(f"storage {masked(url)} cannot be opened ({type(err).__name__}: {err}); "
                          "fix tune.studies.<name>.storage or --storage") from None
+    if sqlite:
+        sqlalchemy.event.listen(storage.engine, "begin", begin_immediate)
+    return storage
+
+
+def begin_immediate(conn: sqlalchemy.engine.Connection) -> None:
+    """Open every SQLite transaction with the write lock (pysqlite's own BEGIN is off)."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def masked(url: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,33 @@ def test_rerun_resumes_the_same_study_and_refuses_a_changed_experiment(workspace
     assert len(load(workspace, name).trials) == 3
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_concurrent_workers_never_claim_the_same_enqueued_trial(tmp_path):
+    """Optuna claims a WAITING trial by reading its state and then setting RUNNING; on SQLite
+    without ``open_storage``'s BEGIN IMMEDIATE two workers both read WAITING and run the same trial
+    (about every other round here with plain ``RDBStorage``). Each round: one enqueued trial, four
+    workers asking at once; exactly one gets it and the others get new, distinct trials."""
+    workers = 4
+    for round_ in range(12):
+        url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
+        optuna.create_study(study_name="race", storage=tune.open_storage(url)).enqueue_trial({"x": 1.0})
+        studies = [optuna.load_study(study_name="race", storage=tune.open_storage(url)) for _ in range(workers)]
+        barrier = threading.Barrier(workers)
+        numbers: list[int] = []
+
+        def ask(study: optuna.Study) -> None:
+            barrier.wait()
+            numbers.append(study.ask().number)
+
+        threads = [threading.Thread(target=ask, args=(s,)) for s in studies]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(numbers) == list(range(workers)), f"round {round_}: trials {numbers}"  # 0 once
+
+
+@pytest.mark.filterwarnings("ignore:Fixed parameter optim.momentum:UserWarning")  # out of range on purpose
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(workspace):
     name = "failing"
     space = {"optim.momentum": {"type": "float", "low": 0.0, "high": 0.95}}
