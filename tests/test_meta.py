@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.losses import iada_loss
-from pipeline.meta import meta_gradient, meta_step, pseudo_update
+from pipeline.meta import ConvPrimals, meta_gradient, meta_step, pseudo_update
 from pipeline.networks import FeatureClassifier
 from pipeline.perturbation import PerturbationNet
 
@@ -103,10 +103,14 @@ def test_meta_gradient_matches_finite_differences(kind, scope, pseudo_step):
         optimizer.step()
         optimizer.zero_grad()
     lr = 0.5
-    features = net.features(x)
+    primals = ConvPrimals(net)  # as in training: the real forward's convolutions are reused
+    with primals.record():
+        features = net.features(x)
     logits = net.classifier(features)
     meta_loss, grads = meta_gradient(net, omega, train_loss, x, features, logits, c, meta_x,
-                                     meta_y, lr, scope, optimizer)
+                                     meta_y, lr, scope, optimizer, primals)
+    if scope == "full":
+        assert not primals.saved  # consumed by the forward-mode pass
 
     def objective():
         return meta_objective(net, omega, x, c, meta_x, meta_y, train_loss, lr, scope, optimizer)
@@ -131,6 +135,38 @@ def test_meta_gradient_matches_finite_differences(kind, scope, pseudo_step):
         analytic = sum((gi * vi).sum() for gi, vi in zip(grads, v)).item()
         assert analytic != 0
         assert (up - down) / (2 * step) == pytest.approx(analytic, rel=1e-5, abs=1e-10)
+
+
+def test_reusing_the_recorded_convolutions_changes_no_gradient():
+    """The forward-mode pass with the recorded primals (tangents only) gives the Ω gradient of
+    the plain forward-mode pass, for convolutions with and without bias, strided or not."""
+    torch.manual_seed(0)
+    net = TinyCNN()
+    net.body[3] = nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False)
+    net, omega, x, y, meta_x, meta_y, c, train_loss = problem(net, (3, 6, 6), torch.float64)
+    primals = ConvPrimals(net)
+    with primals.record():
+        features = net.features(x)
+    logits = net.classifier(features)
+    assert len(primals.saved) == 2
+    _, plain = meta_gradient(net, omega, train_loss, x, features, logits, c, meta_x, meta_y, 0.5)
+    _, reused = meta_gradient(net, omega, train_loss, x, features, logits, c, meta_x, meta_y, 0.5,
+                              primals=primals)
+    for a, b in zip(plain, reused):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_recorded_convolutions_are_refused_after_the_weights_change():
+    net = TinyCNN()
+    primals = ConvPrimals(net)
+    with primals.record():
+        net(torch.randn(4, 3, 6, 6))
+    with torch.no_grad():
+        net.body[0].weight += 1  # e.g. an optimizer step between the forward and the meta step
+    with pytest.raises(RuntimeError, match="changed since record"):
+        with primals.reuse():
+            pass
 
 
 @pytest.mark.parametrize("scope", ["full", "head"])

@@ -17,6 +17,7 @@ recorded]. Σ is therefore the same constant in the pseudo and the real step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from pipeline.characteristics import CHARACTERISTICS, Characteristics, check_nam
 from pipeline.config import ParamError, bounded
 from pipeline.covariance import ClassCovariance, CovarianceMode
 from pipeline.losses import Direction, alpha_at, iada_loss
-from pipeline.meta import MetaScope, PseudoStep, TrainLoss, meta_step
+from pipeline.meta import ConvPrimals, MetaScope, PseudoStep, TrainLoss, meta_step
 from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register
 from pipeline.networks import FeatureClassifier
 from pipeline.perturbation import EpsilonSign, PerturbationNet
@@ -90,9 +91,14 @@ class FeatureAugmentation(Method):
     def record(self, batch: Batch, logits: torch.Tensor, epsilon: torch.Tensor | None) -> None:
         """Per-method bookkeeping after the real step."""
 
+    def forward_context(self, ctx: StepContext) -> contextlib.AbstractContextManager:
+        """Around the step's forward (Meta-IADA records the convolutions for its meta step)."""
+        return contextlib.nullcontext()
+
     def update(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
         net = self.network
-        features = net.features(batch.x)  # h [B, A]
+        with self.forward_context(ctx):
+            features = net.features(batch.x)  # h [B, A]
         logits = net.classifier(features)  # z [B, C]
         train_loss = partial(self._per_sample_loss, features=features, labels=batch.y,
                              alpha=alpha_at(self.cfg.alpha, ctx.epoch, ctx.total_epochs))
@@ -158,6 +164,7 @@ class MetaIADA(FeatureAugmentation):
                                                info.num_train, info.device)
         self.perturbation_net = PerturbationNet(self.characteristics.num_inputs, cfg.epsilon_sign,
                                                 input_names=cfg.characteristics).to(info.device)
+        self.conv_primals = ConvPrimals(net)
         self.perturbation_optimizer = torch.optim.Adam(
             self.perturbation_net.parameters(), lr=cfg.perturbation_lr,
             weight_decay=cfg.perturbation_weight_decay)
@@ -168,17 +175,25 @@ class MetaIADA(FeatureAugmentation):
         self.register_buffer("class_eps_sum", torch.zeros(c, dtype=torch.float64, device=dev))
         self.register_buffer("class_eps_count", torch.zeros(c, dtype=torch.float64, device=dev))
 
+    def meta_step_due(self, ctx: StepContext) -> bool:
+        return ctx.step % self.cfg.meta_interval == 0
+
+    def forward_context(self, ctx: StepContext) -> contextlib.AbstractContextManager:
+        if self.cfg.meta_scope == "full" and self.meta_step_due(ctx):
+            return self.conv_primals.record()
+        return contextlib.nullcontext()
+
     def epsilon(self, batch: Batch, ctx: StepContext, features: torch.Tensor,
                 logits: torch.Tensor, train_loss: TrainLoss) -> torch.Tensor:
         net = self.network
         c = self.characteristics.compute(logits, features, batch.y, batch.index,
                                          net.classifier.weight)  # [B, K]
-        if ctx.step % self.cfg.meta_interval == 0:
+        if self.meta_step_due(ctx):
             meta = ctx.meta_batch()
             meta_loss = meta_step(
                 net, self.perturbation_net, self.perturbation_optimizer, train_loss, batch.x,
                 features, logits, c, meta.x, meta.y, ctx.lr, self.cfg.meta_scope,
-                self.optimizer if self.cfg.pseudo_step == "optimizer" else None)
+                self.optimizer if self.cfg.pseudo_step == "optimizer" else None, self.conv_primals)
             self.epoch_sums[4] += meta_loss
             self.epoch_sums[5] += 1
         with torch.no_grad():
