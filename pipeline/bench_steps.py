@@ -123,27 +123,39 @@ def time_steps(arch: str = "resnet32", batch: int = 100, repeats: int = 10, warm
     ``<variant>_step_cpu_s``) of CE (``ce``), Meta-IADA head (``meta_head``) and full
     (``meta_full``), the ratios of the medians ``meta_head_over_ce`` and ``meta_full_over_ce``
     (on CPU also ``*_over_ce_cpu``), and (``memory``) each variant's peak step memory
-    ``<variant>_peak_mb`` in MiB (see the module docstring for what is measured)."""
+    ``<variant>_peak_mb`` in MiB (see the module docstring for what is measured).
+
+    Also timed, interleaved with the steps: ``meta_forward``, the no-grad forward of the meta
+    batch through the backbone, which a head step adds to a CE step at the least (its features
+    at the current θ); ``meta_forward_over_ce`` + 1 is the floor of ``meta_head_over_ce``."""
     dev = torch.device(device)
     setups = {v: _setup(v, arch, batch, num_classes, dev, channels_last) for v in VARIANTS}
-    wall: dict[str, list[float]] = {v: [] for v in VARIANTS}
-    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    steps = {v: (lambda m=method, b=train, c=ctx: m.update(b, c)) for v, (method, train, ctx) in setups.items()}
+    ce_net, meta_x = setups["ce"][0].network, setups["ce"][2].meta_batch().x
+
+    def meta_forward() -> None:  # what the head step adds to a CE step, at the least
+        with torch.no_grad():
+            ce_net.features(meta_x)
+
+    steps["meta_forward"] = meta_forward
+    wall: dict[str, list[float]] = {v: [] for v in steps}
+    cpu: dict[str, list[float]] = {v: [] for v in steps}
     for round_ in range(warmup + repeats):
-        for variant, (method, train, ctx) in setups.items():
+        for variant, step in steps.items():
             _sync(dev)
             t0, c0 = time.perf_counter(), time.process_time()
-            method.update(train, ctx)
+            step()
             _sync(dev)
             if round_ >= warmup:
                 wall[variant].append(time.perf_counter() - t0)
                 cpu[variant].append(time.process_time() - c0)
     result: dict[str, float] = {}
-    for variant in VARIANTS:
+    for variant in steps:
         result[f"{variant}_step_s"] = statistics.mean(wall[variant])
         result[f"{variant}_step_median_s"] = statistics.median(wall[variant])
         if dev.type == "cpu":
             result[f"{variant}_step_cpu_s"] = statistics.median(cpu[variant])
-    for variant in ("meta_head", "meta_full"):
+    for variant in ("meta_head", "meta_full", "meta_forward"):
         result[f"{variant}_over_ce"] = (result[f"{variant}_step_median_s"]
                                         / result["ce_step_median_s"])
         if dev.type == "cpu":
