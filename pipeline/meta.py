@@ -111,18 +111,19 @@ class ConvPrimals:
 
     @contextlib.contextmanager
     def reuse(self) -> Iterator[None]:
-        for module, (x, out, version) in self.saved.items():
-            if module.weight._version != version:
-                raise RuntimeError("ConvPrimals.reuse: the network's weights changed since record()")
-            module.forward = functools.partial(_tangent_only_conv, module, x, out)
+        if any(module.weight._version != version for module, (_, _, version) in self.saved.items()):
+            self.saved.clear()
+            raise RuntimeError("ConvPrimals.reuse: the network's weights changed since record()")
         norms = [m for m in self.norms if m.training] if self.saved else []
-        for module in norms:
-            module.forward = functools.partial(_batch_norm_dual, module)
         try:
+            for module, (x, out, _) in self.saved.items():
+                module.forward = functools.partial(_tangent_only_conv, module, x, out)
+            for module in norms:
+                module.forward = functools.partial(_batch_norm_dual, module)
             yield
         finally:
             for module in [*self.saved, *norms]:
-                del module.forward
+                module.__dict__.pop("forward", None)
             self.saved.clear()
 
 
@@ -281,13 +282,13 @@ def meta_step(net: FeatureClassifier, perturbation_net: PerturbationNet,
               x: torch.Tensor, features: torch.Tensor, logits: torch.Tensor,
               characteristics: torch.Tensor, meta_x: torch.Tensor, meta_y: torch.Tensor, lr: float,
               scope: MetaScope = "full", optimizer: torch.optim.Optimizer | None = None,
-              primals: ConvPrimals | None = None) -> float:
+              primals: ConvPrimals | None = None) -> torch.Tensor:
     """Steps 1-2: :func:`meta_gradient`, then one step of ``perturbation_optimizer`` (Adam) on Ω.
-    Returns L_meta."""
+    Returns L_meta as a detached 0-d tensor (no host sync: the caller sums it on the device)."""
     meta_loss, grads = meta_gradient(net, perturbation_net, train_loss, x, features, logits,
                                      characteristics, meta_x, meta_y, lr, scope, optimizer, primals)
     perturbation_optimizer.zero_grad(set_to_none=True)
     for p, g in zip(perturbation_net.parameters(), grads):
         p.grad = g
     perturbation_optimizer.step()
-    return meta_loss.item()
+    return meta_loss
