@@ -407,9 +407,10 @@ def masked(url: str) -> str:
 def make_sampler(plan: Plan, stream: list[int]) -> optuna.samplers.BaseSampler:
     """The study's sampler, seeded from (sampler.seed, *stream)."""
     seed = int(np.random.SeedSequence([plan.cfg.sampler.seed, *stream]).generate_state(1)[0])
-    if plan.sweep:
-        return optuna.samplers.GridSampler({plan.cfg.param: plan.cfg.values, SEED_PARAM: plan.cfg.seeds}, seed=seed)
-    if plan.cfg.sampler.name == "random":
+    # A sweep runs only its enqueued grid points (``Budget.admits``), whose values are all fixed:
+    # the sampler decides nothing. (Optuna's GridSampler is not used: it skips enqueued trials in
+    # before_trial and then fails in after_trial on a one-point grid.)
+    if plan.sweep or plan.cfg.sampler.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
 
@@ -660,7 +661,7 @@ def parent_run(study: optuna.Study, plan: Plan) -> str:
         log_params({"mode": plan.cfg.mode, "experiment": plan.cfg.experiment, "method": plan.cfg.method,
                     "metric": plan.metric, "objective": "best validation value over the trial's epochs",
                     "seeds": plan.seeds, "train_epochs": plan.exp.train_epochs,
-                    "sampler": "GridSampler" if plan.sweep else plan.cfg.sampler.name,
+                    "sampler": "enqueued grid" if plan.sweep else plan.cfg.sampler.name,
                     "sampler.seed": plan.cfg.sampler.seed, "pruner": make_pruner(plan).__class__.__name__,
                     "pruner.n_startup_trials": plan.cfg.pruner.n_startup_trials,
                     "pruner.n_warmup_steps": plan.cfg.pruner.n_warmup_steps, "storage": masked(plan.storage),

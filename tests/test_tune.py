@@ -226,6 +226,16 @@ def test_sweep_evaluates_the_grid_over_seeds(workspace):
     assert (workspace / "models" / EXPERIMENT / "s1" / "pretrain" / "last.pt").is_file()
 
 
+def test_a_one_point_sweep_runs(workspace):
+    """One value and one seed is a valid sweep (Optuna's GridSampler used to fail on it after the
+    trial, outside the objective's error handling)."""
+    name = "one_point"
+    study_cfg = {"method": "ce", "mode": "sweep", "param": "optim.lr", "values": [GOOD_LR], "seeds": [0]}
+    run(write_params(workspace, name, study_cfg, {}), name)
+    study = load(workspace, name)
+    assert [(t.state, t.params["optim.lr"]) for t in study.trials] == [(TrialState.COMPLETE, GOOD_LR)]
+
+
 def bad_space_error(search: dict[str, Any]) -> str:
     exp = build(ExperimentConfig, experiment_dict(search), f"experiments.{EXPERIMENT}")
     with pytest.raises(ParamError) as err:
