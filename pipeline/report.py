@@ -30,28 +30,35 @@ def collect(metrics_dir: Path, experiments: list[str], methods: list[str],
 ORDER = ("acc", "many_acc", "medium_acc", "few_acc", "worst_group_acc", "avg_acc")
 
 
-def mean_std(values: list[float]) -> str:
-    """``mean ± std`` in percent (std over seeds, ddof=1; just the value for one seed); ``—``
-    where the metric is undefined (e.g. no Few-shot class in CIFAR-10-LT with rho = 100)."""
-    v = 100 * np.asarray(values, dtype=float)
+def stats(values: list[float]) -> dict[str, Any]:
+    """Mean and std over seeds (ddof=1; 0 for one seed) and the number of seeds; mean and std are
+    None where the metric is undefined in any seed (NaN, e.g. no Few-shot class in CIFAR-10-LT
+    with rho = 100), so that the summary stays valid JSON."""
+    v = np.asarray(values, dtype=float)
     if np.isnan(v).any():
+        return {"mean": None, "std": None, "seeds": len(v)}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "seeds": len(v)}
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± std`` in percent (just the value for one seed); ``—`` where undefined."""
+    s = stats(values)
+    if s["mean"] is None:
         return "—"
-    if len(v) == 1:
-        return f"{v[0]:.2f}"
-    return f"{v.mean():.2f} ± {v.std(ddof=1):.2f}"
+    if s["seeds"] == 1:
+        return f"{100 * s['mean']:.2f}"
+    return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
 
 
 def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
-    """Mean and std over seeds of every headline metric, per experiment, method and rule."""
+    """:func:`stats` of every headline metric, per experiment, method and rule."""
     summary: dict[str, Any] = {}
     for exp, runs in results.items():
         for method in runs:
             for rule in ("final", "selected"):
                 for key in runs[method][0][rule]["headline"]:
                     vals = [r[rule]["headline"][key] for r in runs[method]]
-                    summary.setdefault(exp, {}).setdefault(method, {})[f"{rule}.{key}"] = {
-                        "mean": float(np.mean(vals)), "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
-                        "seeds": len(vals)}
+                    summary.setdefault(exp, {}).setdefault(method, {})[f"{rule}.{key}"] = stats(vals)
     return summary
 
 
