@@ -136,14 +136,17 @@ class RunTracker:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
 
     def finish(self, out_dir: Path, method: Any) -> None:
-        for name in ("best.pt", "last.pt", "history.json"):
+        """Log the run's files (checkpoints, history, the method's learned networks as saved by
+        the trainer) and, with ``log_models``, those networks as MLflow models; end the run."""
+        from pipeline.train import BEST, HISTORY, LAST, artifact_file
+
+        networks = method.artifacts()
+        for name in (BEST, LAST, HISTORY, *(artifact_file(n) for n in networks)):
             if (out_dir / name).is_file():
                 mlflow.log_artifact(str(out_dir / name), artifact_path="checkpoint")
-        for name, module in method.artifacts().items():
-            if self.log_models:
+        if self.log_models:
+            for name, module in networks.items():
                 log_network(module, name, self.register_as)
-            else:
-                mlflow.log_artifact(str(out_dir / f"{name}.pt"), artifact_path="checkpoint")
         mlflow.end_run()
 
     def close(self, status: str = "FAILED") -> None:

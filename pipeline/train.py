@@ -34,6 +34,13 @@ from pipeline.metrics import predict, split_metrics
 from pipeline.networks import FeatureClassifier, build_network
 
 LAST, BEST, HISTORY, SCORES, RUN_INFO = "last.pt", "best.pt", "history.json", "sample_scores.npz", "run.json"
+
+
+def artifact_file(name: str) -> str:
+    """File name of a method's learned network (e.g. ``perturbation_net.pt``) in the run directory."""
+    return f"{name}.pt"
+
+
 CHECKPOINT_FORMAT = 1
 META_EPOCH_STRIDE = 1000  # meta-loader epochs reserved per training epoch
 
@@ -253,7 +260,7 @@ def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, 
     scores = method.sample_scores()
     np.savez(out_dir / SCORES, **scores)
     for name, module in method.artifacts().items():
-        atomic_save(module.state_dict(), out_dir / f"{name}.pt")
+        atomic_save(module.state_dict(), out_dir / artifact_file(name))
     summary = {"method": method_name, "seed": seed, "first_epoch": first_epoch, "last_epoch": last_epoch,
                "selection_metric": metric_name, "selected_epoch": state["best"]["epoch"],
                "selected_value": state["best"]["value"], "run_id": state["run_id"],
