@@ -226,6 +226,7 @@ def test_sweep_evaluates_the_grid_over_seeds(workspace):
     assert (workspace / "models" / EXPERIMENT / "s1" / "pretrain" / "last.pt").is_file()
 
 
+@pytest.mark.filterwarnings("ignore:Attempting to set identical:UserWarning")  # one-point plots
 def test_a_one_point_sweep_runs(workspace):
     """One value and one seed is a valid sweep (Optuna's GridSampler used to fail on it after the
     trial, outside the objective's error handling)."""
