@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.losses import iada_loss
-from pipeline.meta import ConvPrimals, meta_gradient, meta_step, pseudo_update
+from pipeline.meta import ConvPrimals, _batch_norm_tangent, meta_gradient, meta_step, pseudo_update
 from pipeline.networks import FeatureClassifier
 from pipeline.perturbation import PerturbationNet
 
@@ -155,6 +155,36 @@ def test_reusing_the_recorded_convolutions_changes_no_gradient():
     for a, b in zip(plain, reused):
         assert a.abs().sum() > 0
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("which", ["all", "input", "affine"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batch_norm_tangent_is_the_derivative_of_batch_norm(which, channels_last):
+    """The closed-form BatchNorm tangent (torch's backward kernel applied to ẋ, by symmetry of
+    ∂y/∂x, plus γ̇·x̂ + β̇) against torch.func.jvp of F.batch_norm with the batch's statistics,
+    for tangents in every input or only some of them."""
+    g = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = (3 * torch.randn(5, 4, 3, 3, generator=g, dtype=torch.float64) + 1).contiguous(memory_format=fmt)
+    weight, bias = torch.rand(4, generator=g, dtype=torch.float64) + 0.5, torch.randn(4, generator=g, dtype=torch.float64)
+    dots = [torch.randn(x.shape, generator=g, dtype=x.dtype).contiguous(memory_format=fmt),
+            torch.randn(4, generator=g, dtype=x.dtype), torch.randn(4, generator=g, dtype=x.dtype)]
+    if which == "input":
+        dots[1:] = [torch.zeros(4, dtype=x.dtype)] * 2
+    elif which == "affine":
+        dots[0] = torch.zeros_like(x)
+    eps = 1e-3
+
+    def bn(x, w, b):
+        return F.batch_norm(x, None, None, w, b, training=True, eps=eps)
+
+    _, expected = torch.func.jvp(bn, (x, weight, bias), tuple(dots))
+    _, mean, rstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
+    x_dot, w_dot, b_dot = dots
+    got = _batch_norm_tangent(x, None if which == "affine" else x_dot, mean, rstd, weight,
+                              None if which == "input" else w_dot, None if which == "input" else b_dot, eps)
+    assert expected.abs().max() > 0.1
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
 def test_recorded_convolutions_are_refused_after_the_weights_change():
