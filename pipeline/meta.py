@@ -72,52 +72,65 @@ def stateless_forward(net: FeatureClassifier, params: dict[str, torch.Tensor],
     return torch.func.functional_call(wrapper, overrides, (x,))
 
 
-class ConvPrimals:
-    """The inputs and outputs of a network's convolutions in one forward, for a forward-mode pass
-    of the same batch at the same θ that then computes only the convolutions' tangents.
+class ForwardPrimals:
+    """The primals of one forward (inputs and outputs of a network's convolutions, outputs of its
+    ReLUs), for a forward-mode pass of the same batch at the same θ that then computes only the
+    tangents of these modules.
 
-    A convolution's JVP is conv(ẋ, W) + conv(x, Ẇ) (+ ḃ) next to its primal conv(x, W); in the
-    meta step's forward-mode pass of the train batch (:func:`meta_gradient`, step 3) the primal
-    is exactly the real forward's, so recomputing it costs a third of that pass for nothing.
-    ``record()`` around the real forward keeps references to every ``nn.Conv2d``'s input and
-    output (tensors autograd keeps anyway: a convolution saves its input, the BatchNorm after it
-    its input, so no extra memory); ``reuse()`` around the forward-mode pass makes each recorded
-    convolution return its recorded output with the exact tangent above, and each
+    A convolution's JVP is conv(ẋ, W) + conv(x, Ẇ) (+ ḃ) next to its primal conv(x, W), a ReLU's
+    is ẋ·[y > 0] next to y = max(x, 0); in the meta step's forward-mode pass of the train batch
+    (:func:`meta_gradient`, step 3) the primals are exactly the real forward's, so recomputing
+    them costs a third of that pass for nothing. ``record()`` around the real forward keeps
+    references to every ``nn.Conv2d``'s input and output and every ``nn.ReLU``'s output (tensors
+    autograd keeps anyway: a convolution saves its input, the BatchNorm after it its input, a
+    ReLU its output, so no extra memory); ``reuse()`` around the forward-mode pass makes each
+    recorded module return its recorded output with the exact tangent above, and each
     ``nn.BatchNorm2d`` in training mode compute its tangent with :func:`_batch_norm_tangent`
     (the same derivative as torch's forward-mode rule, from torch's fused BatchNorm backward
-    kernel instead of a dozen passes over memory). Everything else (ReLU, shortcuts, pooling, the classifier) goes through torch's
-    forward-mode AD. ``reuse()`` refuses if a weight changed since ``record()`` (an optimizer step
-    in between) or a convolution sees an input of another shape, and forgets the recording when
-    it ends.
+    kernel instead of a dozen passes over memory). Everything else (functional ReLUs, shortcuts,
+    pooling, the classifier) goes through torch's forward-mode AD. ``reuse()`` refuses if a
+    weight or a recorded tensor changed since ``record()`` (an optimizer step, an in-place
+    operation in between) or a module sees an input of another shape, and forgets the recording
+    when it ends.
     """
 
     def __init__(self, net: nn.Module) -> None:
         self.convs = [m for m in net.modules() if type(m) is nn.Conv2d]
+        self.relus = [m for m in net.modules() if type(m) is nn.ReLU]
         self.norms = [m for m in net.modules() if type(m) is nn.BatchNorm2d and m.affine]
-        self.saved: dict[nn.Conv2d, tuple[torch.Tensor, torch.Tensor, int]] = {}
+        # module -> (recorded tensors, the tensors whose in-place changes would void them)
+        self.saved: dict[nn.Module, tuple[tuple[torch.Tensor, ...], list[tuple[torch.Tensor, int]]]] = {}
 
     @contextlib.contextmanager
     def record(self) -> Iterator[None]:
         self.saved.clear()
-        handles = [m.register_forward_hook(self._save) for m in self.convs]
+        handles = [m.register_forward_hook(self._save_conv) for m in self.convs]
+        handles += [m.register_forward_hook(self._save_relu) for m in self.relus]
         try:
             yield
         finally:
             for h in handles:
                 h.remove()
 
-    def _save(self, module: nn.Conv2d, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        self.saved[module] = (args[0].detach(), output.detach(), module.weight._version)
+    def _save_conv(self, module: nn.Conv2d, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        x, out = args[0].detach(), output.detach()
+        self.saved[module] = ((x, out), [(t, t._version) for t in (module.weight, x, out)])
+
+    def _save_relu(self, module: nn.ReLU, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        out = output.detach()
+        self.saved[module] = ((out,), [(out, out._version)])
 
     @contextlib.contextmanager
     def reuse(self) -> Iterator[None]:
-        if any(module.weight._version != version for module, (_, _, version) in self.saved.items()):
+        if any(t._version != version for _, checks in self.saved.values() for t, version in checks):
             self.saved.clear()
-            raise RuntimeError("ConvPrimals.reuse: the network's weights changed since record()")
+            raise RuntimeError("ForwardPrimals.reuse: the network's weights or the recorded tensors "
+                               "changed since record()")
         norms = [m for m in self.norms if m.training] if self.saved else []
         try:
-            for module, (x, out, _) in self.saved.items():
-                module.forward = functools.partial(_tangent_only_conv, module, x, out)
+            for module, (tensors, _) in self.saved.items():
+                tangent_only = _tangent_only_conv if isinstance(module, nn.Conv2d) else _tangent_only_relu
+                module.forward = functools.partial(tangent_only, module, *tensors)
             for module in norms:
                 module.forward = functools.partial(_batch_norm_dual, module)
             yield
@@ -127,25 +140,40 @@ class ConvPrimals:
             self.saved.clear()
 
 
+def _check_shape(module: nn.Module, inp: torch.Tensor, recorded: torch.Tensor) -> None:
+    if inp.shape != recorded.shape:
+        raise RuntimeError(f"ForwardPrimals.reuse: {type(module).__name__} input {tuple(inp.shape)} is "
+                           f"not the recorded {tuple(recorded.shape)}")
+
+
 def _tangent_only_conv(self: nn.Conv2d, x: torch.Tensor, out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
-    """``nn.Conv2d.forward`` under :meth:`ConvPrimals.reuse`: the recorded output ``out`` as the
-    primal, the tangent conv(ẋ, W) + conv(x, Ẇ) + ḃ from the recorded input ``x``."""
-    if inp.shape != x.shape:
-        raise RuntimeError(f"ConvPrimals.reuse: input {tuple(inp.shape)} is not the recorded {tuple(x.shape)}")
+    """``nn.Conv2d.forward`` under :meth:`ForwardPrimals.reuse`: the recorded output ``out`` as
+    the primal, the tangent conv(ẋ, W) + conv(x, Ẇ) + ḃ from the recorded input ``x``."""
+    _check_shape(self, inp, x)
     weight, weight_dot = fwAD.unpack_dual(self.weight)
     tangent = self._conv_forward(x, weight_dot, None) if weight_dot is not None else torch.zeros_like(out)
     inp_dot = fwAD.unpack_dual(inp).tangent
     if inp_dot is not None:
-        tangent = tangent + self._conv_forward(inp_dot, weight, None)
+        tangent = tangent.add_(self._conv_forward(inp_dot, weight, None))
     if self.bias is not None:
         bias_dot = fwAD.unpack_dual(self.bias).tangent
         if bias_dot is not None:
-            tangent = tangent + bias_dot.view(1, -1, 1, 1)
+            tangent = tangent.add_(bias_dot.view(1, -1, 1, 1))
     return fwAD.make_dual(out, tangent)
 
 
+def _tangent_only_relu(self: nn.ReLU, out: torch.Tensor, inp: torch.Tensor) -> torch.Tensor:
+    """``nn.ReLU.forward`` under :meth:`ForwardPrimals.reuse`: the recorded output ``out`` as the
+    primal, the tangent ẋ·[out > 0] (the input is not written, even for ``inplace=True``)."""
+    _check_shape(self, inp, out)
+    inp_dot = fwAD.unpack_dual(inp).tangent
+    if inp_dot is None:
+        return out
+    return fwAD.make_dual(out, torch.ops.aten.threshold_backward(inp_dot, out, 0))
+
+
 def _batch_norm_dual(self: nn.BatchNorm2d, inp: torch.Tensor) -> torch.Tensor:
-    """``nn.BatchNorm2d.forward`` in training mode under :meth:`ConvPrimals.reuse`: the primal
+    """``nn.BatchNorm2d.forward`` in training mode under :meth:`ForwardPrimals.reuse`: the primal
     with the batch's statistics (running statistics untouched) and its tangent."""
     x, x_dot = fwAD.unpack_dual(inp)
     weight, weight_dot = fwAD.unpack_dual(self.weight)
@@ -177,7 +205,8 @@ def _batch_norm_tangent(x: torch.Tensor, x_dot: torch.Tensor | None, mean: torch
         tangent = torch.zeros_like(x)
     if weight_dot is not None:
         a = weight_dot * rstd
-        tangent = tangent.addcmul_(x, a.view(shape)).sub_((a * mean).view(shape))
+        tangent = tangent.addcmul_(x, a.view(shape))
+        bias_dot = -a * mean if bias_dot is None else bias_dot - a * mean
     if bias_dot is not None:
         tangent = tangent.add_(bias_dot.view(shape))
     return tangent
@@ -208,7 +237,7 @@ def meta_gradient(net: FeatureClassifier, perturbation_net: PerturbationNet,
                   train_loss: TrainLoss, x: torch.Tensor, features: torch.Tensor,
                   logits: torch.Tensor, characteristics: torch.Tensor, meta_x: torch.Tensor,
                   meta_y: torch.Tensor, lr: float, scope: MetaScope = "full",
-                  optimizer: torch.optim.Optimizer | None = None, primals: ConvPrimals | None = None,
+                  optimizer: torch.optim.Optimizer | None = None, primals: ForwardPrimals | None = None,
                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """L_meta and ∇_Ω L_meta (one tensor per parameter of Ω); nothing is written.
 
@@ -282,7 +311,7 @@ def meta_step(net: FeatureClassifier, perturbation_net: PerturbationNet,
               x: torch.Tensor, features: torch.Tensor, logits: torch.Tensor,
               characteristics: torch.Tensor, meta_x: torch.Tensor, meta_y: torch.Tensor, lr: float,
               scope: MetaScope = "full", optimizer: torch.optim.Optimizer | None = None,
-              primals: ConvPrimals | None = None) -> torch.Tensor:
+              primals: ForwardPrimals | None = None) -> torch.Tensor:
     """Steps 1-2: :func:`meta_gradient`, then one step of ``perturbation_optimizer`` (Adam) on Ω.
     Returns L_meta as a detached 0-d tensor (no host sync: the caller sums it on the device)."""
     meta_loss, grads = meta_gradient(net, perturbation_net, train_loss, x, features, logits,

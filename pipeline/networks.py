@@ -38,6 +38,11 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
+        # ReLU modules (one per call site) so that the meta step can reuse their outputs
+        # (pipeline.meta.ForwardPrimals); in place on BatchNorm outputs, as torchvision's ResNets:
+        # BatchNorm's backward needs its input, not its output, so nothing saved is overwritten.
+        self.relu1 = nn.ReLU(inplace=True)
+        self.relu2 = nn.ReLU(inplace=True)
         self.pad = planes - in_planes if (stride != 1 or in_planes != planes) else 0
         self.stride = stride
 
@@ -48,9 +53,9 @@ class BasicBlock(nn.Module):
         return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.relu2(out + self.shortcut(x))
 
 
 class CifarResNet(FeatureClassifier):
@@ -63,6 +68,7 @@ class CifarResNet(FeatureClassifier):
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
         layers, in_planes = [], 16
         for planes, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(n):
@@ -76,7 +82,7 @@ class CifarResNet(FeatureClassifier):
                 nn.init.kaiming_normal_(m.weight)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.layers(F.relu(self.bn1(self.conv1(x))))
+        out = self.layers(self.relu(self.bn1(self.conv1(x))))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)  # [B, 64]
 
 
@@ -89,7 +95,7 @@ class SmallCNN(FeatureClassifier):
         strides = (1, 2, 1, 1)
         blocks = []
         for cin, cout, s in zip(chans[:-1], chans[1:], strides):
-            blocks += [nn.Conv2d(cin, cout, 3, s, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
+            blocks += [nn.Conv2d(cin, cout, 3, s, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         self.body = nn.Sequential(*blocks)
         self.feature_dim = 128
         self.classifier = nn.Linear(128, num_classes)

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.losses import iada_loss
-from pipeline.meta import ConvPrimals, _batch_norm_tangent, meta_gradient, meta_step, pseudo_update
-from pipeline.networks import FeatureClassifier
+from pipeline.meta import ForwardPrimals, _batch_norm_tangent, meta_gradient, meta_step, pseudo_update
+from pipeline.networks import FeatureClassifier, build_network
 from pipeline.perturbation import PerturbationNet
 
 
@@ -103,7 +103,7 @@ def test_meta_gradient_matches_finite_differences(kind, scope, pseudo_step):
         optimizer.step()
         optimizer.zero_grad()
     lr = 0.5
-    primals = ConvPrimals(net)  # as in training: the real forward's convolutions are reused
+    primals = ForwardPrimals(net)  # as in training: the real forward's convolutions are reused
     with primals.record():
         features = net.features(x)
     logits = net.classifier(features)
@@ -137,18 +137,25 @@ def test_meta_gradient_matches_finite_differences(kind, scope, pseudo_step):
         assert (up - down) / (2 * step) == pytest.approx(analytic, rel=1e-5, abs=1e-10)
 
 
-def test_reusing_the_recorded_convolutions_changes_no_gradient():
+@pytest.mark.parametrize("kind", ["cnn", "resnet"])
+def test_reusing_the_recorded_primals_changes_no_gradient(kind):
     """The forward-mode pass with the recorded primals (tangents only) gives the Ω gradient of
-    the plain forward-mode pass, for convolutions with and without bias, strided or not."""
+    the plain forward-mode pass: convolutions with and without bias, strided or not, ReLU modules
+    (in place in the ResNet), BatchNorm, residual additions and padded shortcuts."""
     torch.manual_seed(0)
-    net = TinyCNN()
-    net.body[3] = nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False)
-    net, omega, x, y, meta_x, meta_y, c, train_loss = problem(net, (3, 6, 6), torch.float64)
-    primals = ConvPrimals(net)
+    if kind == "cnn":
+        net = TinyCNN()
+        net.body[3] = nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False)
+        recorded = 4  # 2 convolutions, 2 ReLUs
+    else:
+        net = build_network("resnet8", 3)
+        recorded = 7 + 7  # stem + 3 blocks x 2 convolutions; as many ReLUs
+    net, omega, x, y, meta_x, meta_y, c, train_loss = problem(net, (3, 8, 8), torch.float64)
+    primals = ForwardPrimals(net)
     with primals.record():
         features = net.features(x)
     logits = net.classifier(features)
-    assert len(primals.saved) == 2
+    assert len(primals.saved) == recorded
     _, plain = meta_gradient(net, omega, train_loss, x, features, logits, c, meta_x, meta_y, 0.5)
     _, reused = meta_gradient(net, omega, train_loss, x, features, logits, c, meta_x, meta_y, 0.5,
                               primals=primals)
@@ -189,7 +196,7 @@ def test_batch_norm_tangent_is_the_derivative_of_batch_norm(which, channels_last
 
 def test_recorded_convolutions_are_refused_after_the_weights_change():
     net = TinyCNN()
-    primals = ConvPrimals(net)
+    primals = ForwardPrimals(net)
     with primals.record():
         net(torch.randn(4, 3, 6, 6))
     with torch.no_grad():

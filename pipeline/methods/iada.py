@@ -32,7 +32,7 @@ from pipeline.characteristics import CHARACTERISTICS, Characteristics, check_nam
 from pipeline.config import ParamError, bounded
 from pipeline.covariance import ClassCovariance, CovarianceMode
 from pipeline.losses import Direction, alpha_at, iada_loss
-from pipeline.meta import ConvPrimals, MetaScope, PseudoStep, TrainLoss, meta_step
+from pipeline.meta import ForwardPrimals, MetaScope, PseudoStep, TrainLoss, meta_step
 from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register
 from pipeline.networks import FeatureClassifier
 from pipeline.perturbation import EpsilonSign, PerturbationNet
@@ -164,7 +164,7 @@ class MetaIADA(FeatureAugmentation):
                                                info.num_train, info.device)
         self.perturbation_net = PerturbationNet(self.characteristics.num_inputs, cfg.epsilon_sign,
                                                 input_names=cfg.characteristics).to(info.device)
-        self.conv_primals = ConvPrimals(net)
+        self.primals = ForwardPrimals(net)
         self.perturbation_optimizer = torch.optim.Adam(
             self.perturbation_net.parameters(), lr=cfg.perturbation_lr,
             weight_decay=cfg.perturbation_weight_decay)
@@ -180,7 +180,7 @@ class MetaIADA(FeatureAugmentation):
 
     def forward_context(self, ctx: StepContext) -> contextlib.AbstractContextManager:
         if self.cfg.meta_scope == "full" and self.meta_step_due(ctx):
-            return self.conv_primals.record()
+            return self.primals.record()
         return contextlib.nullcontext()
 
     def epsilon(self, batch: Batch, ctx: StepContext, features: torch.Tensor,
@@ -193,7 +193,7 @@ class MetaIADA(FeatureAugmentation):
             meta_loss = meta_step(
                 net, self.perturbation_net, self.perturbation_optimizer, train_loss, batch.x,
                 features, logits, c, meta.x, meta.y, ctx.lr, self.cfg.meta_scope,
-                self.optimizer if self.cfg.pseudo_step == "optimizer" else None, self.conv_primals)
+                self.optimizer if self.cfg.pseudo_step == "optimizer" else None, self.primals)
             self.epoch_sums[4] += meta_loss
             self.epoch_sums[5] += 1
         with torch.no_grad():
