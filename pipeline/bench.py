@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.allocator import keep_freed_memory
 from pipeline.data.prepared import PreparedData, load_prepared
 from pipeline.loader import BatchLoader, channel_stats
 from pipeline.networks import build_network
@@ -104,6 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-meta", action="store_true", help="only the input-pipeline benchmark")
     p.add_argument("--json", action="store_true", help="last line: one JSON object with every figure")
     args = p.parse_args(argv)
+    keep_freed_memory()  # as training does (pipeline.train.fit)
     cl = not args.no_channels_last
     result: dict = {"arch": args.arch, "batch": args.batch, "threads": torch.get_num_threads(),
                     "device": "cpu", "channels_last": cl}

@@ -82,6 +82,8 @@ def _proc_status_kib(field: str) -> int:
 
 def _cpu_peak_child(variant: str, arch: str, batch: int, num_classes: int, channels_last: bool,
                     queue: multiprocessing.Queue) -> None:
+    # glibc's default allocator here, not keep_freed_memory(): memory kept by the process after
+    # the warm-up step would already be resident, and the peak would not show the step's own.
     method, train, ctx = _setup(variant, arch, batch, num_classes, torch.device("cpu"), channels_last)
     method.update(train, ctx)
     try:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.allocator import keep_freed_memory
 from pipeline.config import flatten, to_dict
 from pipeline.data.prepared import PreparedData
 from pipeline.experiment import ExperimentConfig, config_hash
@@ -151,7 +152,10 @@ def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, 
         tracker: an object with ``log_epoch(epoch, metrics)`` and ``finish(out_dir, method)``
             (see :mod:`pipeline.stages.common`), or None.
         on_epoch: called after each epoch with the epoch's metrics (Optuna reporting/pruning).
+
+    Sets the process's allocator to keep freed memory (:func:`pipeline.allocator.keep_freed_memory`).
     """
+    keep_freed_memory()
     dev = resolve_device(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     init_ckpt = load_checkpoint(init) if init is not None else None

@@ -1,0 +1,40 @@
+"""Keep freed memory in the process for the next training step instead of returning it to the OS.
+
+A training step on CPU frees and re-allocates activations of megabytes every step. glibc's
+malloc serves blocks above a (dynamic) threshold with fresh ``mmap`` pages and trims free memory
+at the top of the heap back to the OS, so these blocks come back as new pages whose first touch
+is a page fault (kernel entry and zeroing of 4 KiB). Measured on ResNet-32, batch 100, 2-core
+CPU: about 6,000 minor page faults per CE step, 43,000 per Meta-IADA ``head`` step and 119,000
+per ``full`` step, the meta steps spending several percent of their time there; with the setting
+below, a few hundred or none.
+
+:func:`keep_freed_memory` is the glibc equivalent of the allocator swap PyTorch's CPU
+performance guide recommends (preloading jemalloc or tcmalloc), without a native dependency:
+``mallopt`` fixes the mmap threshold at its maximum (32 MiB; larger blocks, such as a data set,
+still get their own mapping) and trims the heap only above 1 GiB of free memory at its top.
+Freed memory stays with the process, so its resident set stays at its peak. Elsewhere than
+glibc (macOS, musl) it does nothing and returns False.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 32 * 2**20  # glibc's largest (HEAP_MAX_SIZE / 2 on 64-bit)
+TRIM_THRESHOLD = 2**30
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Set glibc's malloc to reuse freed blocks (see the module docstring); True if it did.
+    Process-wide and idempotent; call it before training."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # glibc only: musl's mallopt accepts and ignores the options
+    except (OSError, AttributeError):
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
