@@ -10,10 +10,14 @@ Peak memory of a step, per variant:
 
 - CUDA: ``torch.cuda.max_memory_allocated`` during one step minus the memory allocated just
   before it (the step's activations, graphs and temporaries), in this process;
-- CPU (Linux): in a fresh process per variant (spawned), after one warm-up step (which creates
-  the optimizer states), the resident-set high-water mark is reset (``/proc/self/clear_refs``)
-  and the peak ``VmHWM`` over two more steps minus the resident set before them is reported:
-  the step's transient memory (activations, autograd graphs, temporaries), not the model.
+- CPU (Linux): in a fresh process per variant (spawned) whose allocator gives every freed block
+  of 64 KiB or more back to the OS (:func:`pipeline.allocator.return_freed_memory`, so that the
+  resident set follows the live tensors), after one warm-up step (which creates the optimizer
+  states), the resident-set high-water mark is reset (``/proc/self/clear_refs``) and the peak
+  ``VmHWM`` over two more steps minus the resident set before them is reported: the step's
+  transient memory (activations, autograd graphs, temporaries), not the model. (With glibc's
+  default allocator, memory kept after the warm-up step hid part of the peak: the figures
+  moved by 100 MiB between runs.)
 
 Step times are reported as the mean and the median over the timed rounds; the ratios use the
 medians, which are robust to the load spikes of a shared machine. On CPU the median process
@@ -30,6 +34,7 @@ from typing import Any
 
 import torch
 
+from pipeline.allocator import return_freed_memory
 from pipeline.config import build
 from pipeline.methods import REGISTRY, Batch, Method, StepContext, TrainInfo
 from pipeline.networks import build_network
@@ -82,8 +87,9 @@ def _proc_status_kib(field: str) -> int:
 
 def _cpu_peak_child(variant: str, arch: str, batch: int, num_classes: int, channels_last: bool,
                     queue: multiprocessing.Queue) -> None:
-    # glibc's default allocator here, not keep_freed_memory(): memory kept by the process after
-    # the warm-up step would already be resident, and the peak would not show the step's own.
+    # Blocks go back to the OS when freed, so the resident set follows the live tensors: memory
+    # merely kept by the allocator after the warm-up step would hide the step's own peak.
+    return_freed_memory()
     method, train, ctx = _setup(variant, arch, batch, num_classes, torch.device("cpu"), channels_last)
     method.update(train, ctx)
     try:
