@@ -88,7 +88,8 @@ class ForwardPrimals:
     ``nn.BatchNorm2d`` in training mode compute its tangent with :func:`_batch_norm_tangent`
     (the same derivative as torch's forward-mode rule, from torch's fused BatchNorm backward
     kernel instead of a dozen passes over memory). Everything else (functional ReLUs, shortcuts,
-    pooling, the classifier) goes through torch's forward-mode AD. ``reuse()`` refuses if a
+    pooling, the classifier, and modules called more than once in the forward, such as one ReLU
+    shared by several layers) goes through torch's forward-mode AD. ``reuse()`` refuses if a
     weight or a recorded tensor changed since ``record()`` (an optimizer step, an in-place
     operation in between) or a module sees an input of another shape, and forgets the recording
     when it ends.
@@ -100,10 +101,12 @@ class ForwardPrimals:
         self.norms = [m for m in net.modules() if type(m) is nn.BatchNorm2d and m.affine]
         # module -> (recorded tensors, the tensors whose in-place changes would void them)
         self.saved: dict[nn.Module, tuple[tuple[torch.Tensor, ...], list[tuple[torch.Tensor, int]]]] = {}
+        self.called_again: set[nn.Module] = set()  # one record per module: these are not reused
 
     @contextlib.contextmanager
     def record(self) -> Iterator[None]:
         self.saved.clear()
+        self.called_again.clear()
         handles = [m.register_forward_hook(self._save_conv) for m in self.convs]
         handles += [m.register_forward_hook(self._save_relu) for m in self.relus]
         try:
@@ -112,13 +115,20 @@ class ForwardPrimals:
             for h in handles:
                 h.remove()
 
+    def _save(self, module: nn.Module, tensors: tuple[torch.Tensor, ...], watched: tuple[torch.Tensor, ...]) -> None:
+        if module in self.saved or module in self.called_again:
+            self.saved.pop(module, None)
+            self.called_again.add(module)
+            return
+        self.saved[module] = (tensors, [(t, t._version) for t in watched])
+
     def _save_conv(self, module: nn.Conv2d, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         x, out = args[0].detach(), output.detach()
-        self.saved[module] = ((x, out), [(t, t._version) for t in (module.weight, x, out)])
+        self._save(module, (x, out), (module.weight, x, out))
 
     def _save_relu(self, module: nn.ReLU, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         out = output.detach()
-        self.saved[module] = ((out,), [(out, out._version)])
+        self._save(module, (out,), (out,))
 
     @contextlib.contextmanager
     def reuse(self) -> Iterator[None]:

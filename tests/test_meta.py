@@ -137,16 +137,21 @@ def test_meta_gradient_matches_finite_differences(kind, scope, pseudo_step):
         assert (up - down) / (2 * step) == pytest.approx(analytic, rel=1e-5, abs=1e-10)
 
 
-@pytest.mark.parametrize("kind", ["cnn", "resnet"])
+@pytest.mark.parametrize("kind", ["cnn", "shared_relu", "resnet"])
 def test_reusing_the_recorded_primals_changes_no_gradient(kind):
     """The forward-mode pass with the recorded primals (tangents only) gives the Ω gradient of
     the plain forward-mode pass: convolutions with and without bias, strided or not, ReLU modules
-    (in place in the ResNet), BatchNorm, residual additions and padded shortcuts."""
+    (in place in the ResNet; one module called twice is not reused), BatchNorm, residual
+    additions and padded shortcuts."""
     torch.manual_seed(0)
     if kind == "cnn":
         net = TinyCNN()
         net.body[3] = nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False)
         recorded = 4  # 2 convolutions, 2 ReLUs
+    elif kind == "shared_relu":
+        net = TinyCNN()
+        net.body[5] = net.body[2]  # the same ReLU after both BatchNorms: its outputs differ
+        recorded = 2  # the convolutions only
     else:
         net = build_network("resnet8", 3)
         recorded = 7 + 7  # stem + 3 blocks x 2 convolutions; as many ReLUs
