@@ -17,7 +17,7 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from pipeline import tune
+from pipeline import tune, tune_config
 from pipeline.config import ParamError, build, to_dict
 from pipeline.data.prepared import save_prepared
 from pipeline.experiment import ExperimentConfig, parse_params
@@ -240,7 +240,7 @@ def test_a_one_point_sweep_runs(workspace):
 def bad_space_error(search: dict[str, Any]) -> str:
     exp = build(ExperimentConfig, experiment_dict(search), f"experiments.{EXPERIMENT}")
     with pytest.raises(ParamError) as err:
-        tune.parse_space(exp, f"experiments.{EXPERIMENT}")
+        tune_config.parse_space(exp, f"experiments.{EXPERIMENT}")
     return str(err.value)
 
 
@@ -269,7 +269,7 @@ def test_invalid_study_names_the_key(study, expected):
     raw = {"run": {"experiments": [EXPERIMENT]}, "experiments": {EXPERIMENT: experiment_dict(LR_WD_SPACE)},
            "tune": {"run": ["s"], "studies": {"s": study}}}
     with pytest.raises(ParamError) as err:
-        tune.load_tune(parse_params(raw))
+        tune_config.load_tune(parse_params(raw))
     assert expected in str(err.value)
 
 

@@ -66,7 +66,7 @@ def main_guard(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] |
 def load(args: argparse.Namespace) -> tuple[Params, ExperimentConfig]:
     """Validate all of params.yaml (so every mistake shows before any work), then pick the experiment."""
     params = load_params(args.params)
-    from pipeline.tune import load_tune
+    from pipeline.tune_config import load_tune
 
     load_tune(params)  # the studies and their search spaces are params too
     exp = params.experiment(args.experiment)
