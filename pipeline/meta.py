@@ -83,25 +83,28 @@ def meta_features(net: FeatureClassifier, meta_x: torch.Tensor) -> torch.Tensor:
 
 class ForwardPrimals:
     """The primals of one forward (inputs and outputs of a network's convolutions, outputs of its
-    ReLUs), for a forward-mode pass of the same batch at the same θ that then computes only the
-    tangents of these modules.
+    ReLUs, batch statistics of its BatchNorms), for a forward-mode pass of the same batch at the
+    same θ that then computes only the tangents of these modules.
 
     A convolution's JVP is conv(ẋ, W) + conv(x, Ẇ) (+ ḃ) next to its primal conv(x, W), a ReLU's
     is ẋ·[y > 0] next to y = max(x, 0); in the meta step's forward-mode pass of the train batch
     (:func:`meta_gradient`, step 3) the primals are exactly the real forward's, so recomputing
     them costs a third of that pass for nothing. ``record()`` around the real forward keeps
-    references to every ``nn.Conv2d``'s input and output and every ``nn.ReLU``'s output (tensors
-    autograd keeps anyway: a convolution saves its input, the BatchNorm after it its input, a
-    ReLU its output, so no extra memory); ``reuse()`` around the forward-mode pass makes each
-    recorded module return its recorded output with the exact tangent above, and each
-    ``nn.BatchNorm2d`` in training mode compute its tangent with :func:`_batch_norm_tangent`
-    (the same derivative as torch's forward-mode rule, from torch's fused BatchNorm backward
-    kernel instead of a dozen passes over memory). Everything else (functional ReLUs, shortcuts,
-    pooling, the classifier, and modules called more than once in the forward, such as one ReLU
-    shared by several layers) goes through torch's forward-mode AD. ``reuse()`` refuses if a
-    weight or a recorded tensor changed since ``record()`` (an optimizer step, an in-place
-    operation in between) or a module sees an input of another shape, and forgets the recording
-    when it ends.
+    references to every ``nn.Conv2d``'s input and output, every ``nn.ReLU``'s output and, for
+    every ``nn.BatchNorm2d`` in training mode, its input and the batch mean and inverse standard
+    deviation its autograd node saved (tensors autograd keeps anyway: a convolution saves its
+    input, the BatchNorm after it its input and statistics, a ReLU its output, so no extra
+    memory); ``reuse()`` around the forward-mode pass makes each recorded module return its
+    recorded output with the exact tangent above, and each such BatchNorm compute its output
+    from the recorded statistics (one pass instead of torch's statistics and normalisation
+    passes) and its tangent with :func:`_batch_norm_tangent` (the same derivative as torch's
+    forward-mode rule, from torch's fused BatchNorm backward kernel instead of a dozen passes
+    over memory; a training-mode BatchNorm without a recording computes its statistics again).
+    Everything else (functional ReLUs, shortcuts, pooling, the classifier, and modules called
+    more than once in the forward, such as one ReLU shared by several layers) goes through
+    torch's forward-mode AD. ``reuse()`` refuses if a weight or a recorded tensor changed since
+    ``record()`` (an optimizer step, an in-place operation in between) or a module sees an input
+    of another shape, and forgets the recording when it ends.
     """
 
     def __init__(self, net: nn.Module) -> None:
@@ -118,6 +121,7 @@ class ForwardPrimals:
         self.called_again.clear()
         handles = [m.register_forward_hook(self._save_conv) for m in self.convs]
         handles += [m.register_forward_hook(self._save_relu) for m in self.relus]
+        handles += [m.register_forward_hook(self._save_norm) for m in self.norms]
         try:
             yield
         finally:
@@ -139,17 +143,26 @@ class ForwardPrimals:
         out = output.detach()
         self._save(module, (out,), (out,))
 
+    def _save_norm(self, module: nn.BatchNorm2d, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        # The batch mean and 1/√(σ² + eps) that the forward computed, as saved for its backward
+        # (torch's documented ``grad_fn._saved_*`` access); other kernels (cuDNN) save other
+        # things: such a BatchNorm is not recorded and computes its statistics again.
+        node = output.grad_fn
+        if not module.training or type(node).__name__ != "NativeBatchNormBackward0":
+            return
+        x = args[0].detach()
+        self._save(module, (x, node._saved_result1, node._saved_result2), (module.weight, module.bias, x))
+
     @contextlib.contextmanager
     def reuse(self) -> Iterator[None]:
         if any(t._version != version for _, checks in self.saved.values() for t, version in checks):
             self.saved.clear()
             raise RuntimeError("ForwardPrimals.reuse: the network's weights or the recorded tensors "
                                "changed since record()")
-        norms = [m for m in self.norms if m.training] if self.saved else []
+        norms = [m for m in self.norms if m.training and m not in self.saved] if self.saved else []
         try:
             for module, (tensors, _) in self.saved.items():
-                tangent_only = _tangent_only_conv if isinstance(module, nn.Conv2d) else _tangent_only_relu
-                module.forward = functools.partial(tangent_only, module, *tensors)
+                module.forward = functools.partial(_REUSE[type(module)], module, *tensors)
             for module in norms:
                 module.forward = functools.partial(_batch_norm_dual, module)
             yield
@@ -191,6 +204,23 @@ def _tangent_only_relu(self: nn.ReLU, out: torch.Tensor, inp: torch.Tensor) -> t
     return fwAD.make_dual(out, torch.ops.aten.threshold_backward(inp_dot, out, 0))
 
 
+def _recorded_batch_norm_dual(self: nn.BatchNorm2d, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                              inp: torch.Tensor) -> torch.Tensor:
+    """``nn.BatchNorm2d.forward`` in training mode under :meth:`ForwardPrimals.reuse`, from the
+    recorded input ``x`` and batch statistics μ (``mean``), r (``rstd``): the primal
+    γ·r·(x − μ) + β = a·x + (β − a·μ), a = γ·r, in one pass, and its tangent."""
+    _check_shape(self, inp, x)
+    x_dot = fwAD.unpack_dual(inp).tangent
+    weight, weight_dot = fwAD.unpack_dual(self.weight)
+    bias, bias_dot = fwAD.unpack_dual(self.bias)
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    scale = weight * rstd
+    out = torch.addcmul((bias - scale * mean).view(shape), x, scale.view(shape))
+    if x_dot is None and weight_dot is None and bias_dot is None:
+        return out
+    return fwAD.make_dual(out, _batch_norm_tangent(x, x_dot, mean, rstd, weight, weight_dot, bias_dot, self.eps))
+
+
 def _batch_norm_dual(self: nn.BatchNorm2d, inp: torch.Tensor) -> torch.Tensor:
     """``nn.BatchNorm2d.forward`` in training mode under :meth:`ForwardPrimals.reuse`: the primal
     with the batch's statistics (running statistics untouched) and its tangent."""
@@ -229,6 +259,10 @@ def _batch_norm_tangent(x: torch.Tensor, x_dot: torch.Tensor | None, mean: torch
     if bias_dot is not None:
         tangent = tangent.add_(bias_dot.view(shape))
     return tangent
+
+
+# What a recorded module computes under ForwardPrimals.reuse, by its type.
+_REUSE = {nn.Conv2d: _tangent_only_conv, nn.ReLU: _tangent_only_relu, nn.BatchNorm2d: _recorded_batch_norm_dual}
 
 
 def pseudo_update(params: dict[str, torch.Tensor], grads: Sequence[torch.Tensor], lr: float,

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 
@@ -141,20 +142,20 @@ def test_meta_gradient_matches_finite_differences(kind, scope, pseudo_step):
 def test_reusing_the_recorded_primals_changes_no_gradient(kind):
     """The forward-mode pass with the recorded primals (tangents only) gives the Ω gradient of
     the plain forward-mode pass: convolutions with and without bias, strided or not, ReLU modules
-    (in place in the ResNet; one module called twice is not reused), BatchNorm, residual
-    additions and padded shortcuts."""
+    (in place in the ResNet; one module called twice is not reused), BatchNorm from its recorded
+    statistics, residual additions and padded shortcuts."""
     torch.manual_seed(0)
     if kind == "cnn":
         net = TinyCNN()
         net.body[3] = nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False)
-        recorded = 4  # 2 convolutions, 2 ReLUs
+        recorded = 6  # 2 convolutions, 2 ReLUs, 2 BatchNorms
     elif kind == "shared_relu":
         net = TinyCNN()
         net.body[5] = net.body[2]  # the same ReLU after both BatchNorms: its outputs differ
-        recorded = 2  # the convolutions only
+        recorded = 4  # the convolutions and BatchNorms only
     else:
         net = build_network("resnet8", 3)
-        recorded = 7 + 7  # stem + 3 blocks x 2 convolutions; as many ReLUs
+        recorded = 7 * 3  # stem + 3 blocks x 2 convolutions; as many ReLUs and BatchNorms
     net, omega, x, y, meta_x, meta_y, c, train_loss = problem(net, (3, 8, 8), torch.float64)
     primals = ForwardPrimals(net)
     with primals.record():
@@ -250,3 +251,34 @@ def test_pseudo_update_follows_the_sgd_rule():
     for name, p in net.named_parameters():
         torch.testing.assert_close(predicted[name], p.detach())
     assert all(not torch.equal(plain[name], predicted[name]) for name in params)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_recorded_batch_norm_gives_the_primal_and_tangent_of_batch_norm(channels_last):
+    """A training-mode BatchNorm under reuse() (its output from the statistics recorded in the
+    real forward, in one pass) against torch.func.jvp of F.batch_norm with the batch's statistics."""
+    g = torch.Generator().manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    bn = nn.BatchNorm2d(4, eps=1e-3).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(4, generator=g, dtype=torch.float64) + 0.5)
+        bn.bias.copy_(torch.randn(4, generator=g, dtype=torch.float64))
+    x = (3 * torch.randn(5, 4, 3, 3, generator=g, dtype=torch.float64) + 1).contiguous(memory_format=fmt)
+    dots = [torch.randn(x.shape, generator=g, dtype=x.dtype).contiguous(memory_format=fmt),
+            torch.randn(4, generator=g, dtype=x.dtype), torch.randn(4, generator=g, dtype=x.dtype)]
+    primals = ForwardPrimals(bn)
+    with primals.record():
+        bn(x.requires_grad_())
+    assert bn in primals.saved
+    x = x.detach()
+
+    def batch_norm(x, w, b):
+        return F.batch_norm(x, None, None, w, b, training=True, eps=bn.eps)
+
+    expected, expected_dot = torch.func.jvp(batch_norm, (x, bn.weight.detach(), bn.bias.detach()), tuple(dots))
+    with primals.reuse(), fwAD.dual_level():
+        params = {"weight": fwAD.make_dual(bn.weight.detach(), dots[1]),
+                  "bias": fwAD.make_dual(bn.bias.detach(), dots[2])}
+        out, out_dot = fwAD.unpack_dual(torch.func.functional_call(bn, params, (fwAD.make_dual(x, dots[0]),)))
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out_dot, expected_dot, rtol=1e-12, atol=1e-12)
