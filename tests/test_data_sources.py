@@ -84,6 +84,7 @@ def test_jpeg_tarball_decodes_only_the_chosen_files(tmp_path, isolated, monkeypa
     assert decoded == [20, 20]  # 2 per class of the training split, the whole test split
     assert source.provenance["dataset"] == "CIFAR-10 (JPEG)"
     assert source.provenance["matches_official_checksums"] is False
+    assert source.provenance["path"] == "cifar10-jpeg.tar.gz"  # within data.root: no checkout path
     assert np.bincount(source.train_y).tolist() == [2] * 10
     assert np.array_equal(source.train_y, source.train_index // 5)  # ImageFolder order
     for split, x, index in (("train", source.train_x, source.train_index), ("test", source.test_x, source.test_index)):
@@ -161,7 +162,7 @@ def test_mnist_idx_in_torchvision_layout(tmp_path, isolated, gz):
     source = load_source("mnist", str(tmp_path / "root"))
     assert np.array_equal(source.train_x[..., 0], arrays["train_x"])
     assert np.array_equal(source.test_y, arrays["test_y"])
-    assert source.provenance["location"] == "root"
+    assert source.provenance["location"] == "root" and source.provenance["path"] == "MNIST/raw"
 
 
 def test_truncated_idx_file_is_a_clear_error(tmp_path, isolated):

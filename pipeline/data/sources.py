@@ -131,7 +131,7 @@ def load_source(name: str, root: str | None = None, *, limit_per_class: int | No
                 test_limit_per_class: int | None = None, seed: int = 0) -> Source:
     """Load source ``name`` from the first place that holds it (see the module docstring),
     keeping at most ``limit_per_class`` training / ``test_limit_per_class`` test images per class."""
-    found, location = _find(name, root)
+    found, location, folder = _find(name, root)
     limits = {"train": limit_per_class, "test": test_limit_per_class}
     picked = {}
     for split, limit in limits.items():
@@ -139,7 +139,9 @@ def load_source(name: str, root: str | None = None, *, limit_per_class: int | No
         picked[split] = (np.arange(len(labels)) if limit is None else choose_per_class(
             labels, [limit] * len(found.class_names), stream(seed, f"limit/{split}")))
     provenance = {
-        "dataset": found.dataset, "location": location, "path": str(found.path),
+        # The path within the location's folder: the card (and so the prepared data's hash in
+        # dvc.lock) must not depend on where the checkout lives.
+        "dataset": found.dataset, "location": location, "path": found.path.relative_to(folder).as_posix(),
         "sha256": found.files, "matches_official_checksums": found.matches_official,
         "checksum_reference": found.reference,
         "limit_per_class": limit_per_class, "test_limit_per_class": test_limit_per_class,
@@ -160,8 +162,9 @@ def load_labels(name: str, root: str | None = None) -> dict[str, np.ndarray]:
     return _find(name, root)[0].labels
 
 
-def _find(name: str, root: str | None) -> tuple[_Found, str]:
-    """The first of root, shared copy, download cache that holds ``name``."""
+def _find(name: str, root: str | None) -> tuple[_Found, str, Path]:
+    """The first of root, shared copy, download cache that holds ``name``: what was found there,
+    the location's name and its folder."""
     display = DISPLAY_NAMES[name]
     tried = []
     if root is None:
@@ -169,17 +172,17 @@ def _find(name: str, root: str | None) -> tuple[_Found, str]:
     else:
         found = _read_location(name, Path(root), verify=False)
         if found:
-            return found, "root"
+            return found, "root", Path(root)
         tried.append(f"data.root = {root}: {_expected_layouts(name)} not found")
     shared = shared_data_dir()
     found = _read_location(name, shared, verify=True)
     if found:
-        return found, "shared"
+        return found, "shared", shared
     tried.append(f"offline copies in {shared}: {_expected_layouts(name)} not found")
     cache = download_dir()
     found = _read_location(name, cache, verify=True)
     if found:
-        return found, "download"
+        return found, "download", cache
     try:
         download_official(name, cache)
     except (OSError, RuntimeError) as err:
@@ -188,7 +191,7 @@ def _find(name: str, root: str | None) -> tuple[_Found, str]:
     else:
         found = _read_location(name, cache, verify=True)
         if found:
-            return found, "download"
+            return found, "download", cache
         tried.append(f"official download into {cache}: finished but {_expected_layouts(name)} not found")
     raise DataNotFoundError(
         f"{display} could not be found. Places tried:\n  - " + "\n  - ".join(tried) +
