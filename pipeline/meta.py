@@ -204,33 +204,32 @@ def _tangent_only_relu(self: nn.ReLU, out: torch.Tensor, inp: torch.Tensor) -> t
     return fwAD.make_dual(out, torch.ops.aten.threshold_backward(inp_dot, out, 0))
 
 
-def _recorded_batch_norm_dual(self: nn.BatchNorm2d, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
-                              inp: torch.Tensor) -> torch.Tensor:
-    """``nn.BatchNorm2d.forward`` in training mode under :meth:`ForwardPrimals.reuse`, from the
-    recorded input ``x`` and batch statistics μ (``mean``), r (``rstd``): the primal
-    γ·r·(x − μ) + β = a·x + (β − a·μ), a = γ·r, in one pass, and its tangent."""
-    _check_shape(self, inp, x)
-    x_dot = fwAD.unpack_dual(inp).tangent
-    weight, weight_dot = fwAD.unpack_dual(self.weight)
-    bias, bias_dot = fwAD.unpack_dual(self.bias)
-    shape = [1, -1] + [1] * (x.dim() - 2)
-    scale = weight * rstd
-    out = torch.addcmul((bias - scale * mean).view(shape), x, scale.view(shape))
-    if x_dot is None and weight_dot is None and bias_dot is None:
-        return out
-    return fwAD.make_dual(out, _batch_norm_tangent(x, x_dot, mean, rstd, weight, weight_dot, bias_dot, self.eps))
-
-
-def _batch_norm_dual(self: nn.BatchNorm2d, inp: torch.Tensor) -> torch.Tensor:
+def _batch_norm_dual(self: nn.BatchNorm2d, inp: torch.Tensor,
+                     recorded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """``nn.BatchNorm2d.forward`` in training mode under :meth:`ForwardPrimals.reuse`: the primal
-    with the batch's statistics (running statistics untouched) and its tangent."""
+    with the batch's statistics (running statistics untouched) and its tangent. With ``recorded``
+    = (x, μ, r), the real forward's input and batch statistics, the primal
+    γ·r·(x − μ) + β = a·x + (β − a·μ), a = γ·r, takes one pass; without, torch computes them."""
     x, x_dot = fwAD.unpack_dual(inp)
     weight, weight_dot = fwAD.unpack_dual(self.weight)
     bias, bias_dot = fwAD.unpack_dual(self.bias)
-    out, mean, rstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, self.eps)
+    if recorded is None:
+        out, mean, rstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, self.eps)
+    else:
+        x, mean, rstd = recorded
+        _check_shape(self, inp, x)
+        shape = [1, -1] + [1] * (x.dim() - 2)  # per-channel vectors broadcast over [N, C, ...]
+        scale = weight * rstd
+        out = torch.addcmul((bias - scale * mean).view(shape), x, scale.view(shape))
     if x_dot is None and weight_dot is None and bias_dot is None:
         return out
     return fwAD.make_dual(out, _batch_norm_tangent(x, x_dot, mean, rstd, weight, weight_dot, bias_dot, self.eps))
+
+
+def _recorded_batch_norm_dual(self: nn.BatchNorm2d, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
+                              inp: torch.Tensor) -> torch.Tensor:
+    """:func:`_batch_norm_dual` from the statistics recorded by :meth:`ForwardPrimals.record`."""
+    return _batch_norm_dual(self, inp, (x, mean, rstd))
 
 
 def _batch_norm_tangent(x: torch.Tensor, x_dot: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
