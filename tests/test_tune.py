@@ -92,7 +92,9 @@ def test_two_workers_run_exactly_n_trials_nested_pruned_and_analysed(workspace):
     path = write_params(workspace, name, {"n_trials": 4, "workers": 2,
                                           "pruner": {"n_startup_trials": 1, "n_warmup_steps": 0}}, LR_WD_SPACE)
     queued = optuna.create_study(study_name=name, storage=storage(workspace, name), direction="maximize")
-    for lr, wd in ((GOOD_LR, 1e-4), (GOOD_LR, 2e-4), (BAD_LR, 1e-4), (BETTER_LR, 1e-4)):
+    # Trial 3 (always complete) has a weight decay that neither trial 0 nor 1 has: with two workers
+    # either of them may be the one pruned, and fANOVA needs both parameters to vary.
+    for lr, wd in ((GOOD_LR, 2e-4), (GOOD_LR, 3e-4), (BAD_LR, 1e-4), (BETTER_LR, 1e-4)):
         queued.enqueue_trial({"optim.lr": lr, "optim.weight_decay": wd})
 
     run(path, name)
