@@ -31,10 +31,7 @@ from pipeline.methods import REGISTRY
 from pipeline.networks import Arch
 
 PARAMS_FILE = "params.yaml"
-# Top-level ``methods`` and ``search`` are shared blocks that experiments reference with YAML
-# anchors (``methods: *methods``); only the experiments' resolved copies are used.
-SHARED_BLOCKS = ("methods", "search")
-TOP_LEVEL_KEYS = ("run", "experiments", "tune", *SHARED_BLOCKS)
+TOP_LEVEL_KEYS = ("run", "experiments", "tune")
 
 # The validation metric each scenario selects checkpoints (and tunes) on.
 SELECTION_METRIC = {"longtail": "val_acc", "noisy": "val_acc", "glt": "val_acc",
@@ -52,7 +49,12 @@ class NetworkConfig:
 
 @dataclass
 class OptimConfig:
-    """SGD with a step schedule and linear warm-up (method.md §6); epochs are global."""
+    """SGD with a step schedule and a linear warm-up (method.md §6); epochs are global.
+
+    Schedule of the peers' CIFAR-LT code (LDAM-DRW, MetaSAug): lr ramps linearly over the first
+    ``warmup_epochs`` epochs, then is multiplied by ``gamma`` at each milestone; the spec's
+    ``gamma`` = 0.01 at epochs 160 and 180 gives 0.1 -> 1e-3 -> 1e-5.
+    """
 
     lr: float = bounded(0.1, gt=0)
     momentum: float = bounded(0.9, ge=0, lt=1)
@@ -61,12 +63,19 @@ class OptimConfig:
     batch_size: int = bounded(100, ge=1)
     warmup_epochs: int = bounded(5, ge=0)
     milestones: list[int] = bounded([160, 180])
-    gamma: float = bounded(0.1, gt=0, le=1)
+    gamma: float = bounded(0.01, gt=0, le=1)
 
-    def lr_at(self, epoch: int) -> float:
-        """lr of global epoch ``epoch``: linear warm-up, then x gamma at each milestone."""
-        if epoch < self.warmup_epochs:
-            return self.lr * (epoch + 1) / self.warmup_epochs
+    def lr_at(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+        """lr of iteration ``step`` (of ``steps_per_epoch``) of global epoch ``epoch``.
+
+        Warm-up: at position p = epoch + (step + 1)/steps_per_epoch ≤ w (w = ``warmup_epochs``),
+        lr·p/w, so the ramp spans all w epochs and reaches lr at the end of epoch w − 1 (per
+        iteration; with steps_per_epoch = 1 it is LDAM-DRW's per-epoch lr·(epoch + 1)/w). After
+        it, lr·gamma^(number of milestones ≤ epoch).
+        """
+        position = epoch + (step + 1) / steps_per_epoch
+        if position < self.warmup_epochs:
+            return self.lr * position / self.warmup_epochs
         return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
 
 
@@ -142,6 +151,11 @@ class Params:
             if name not in REGISTRY:
                 raise ParamError(f"run.methods[{i}] = {name!r} is unknown: use one of "
                                  f"{', '.join(sorted(REGISTRY))}")
+        for exp in self.run.experiments:  # the train stage's params dependency names the block
+            for name in self.run.methods:
+                if name not in self.experiments[exp].methods:
+                    raise ParamError(f"experiments.{exp}.methods has no block for method {name!r} of "
+                                     f"run.methods: add `{name}: {{}}` (code defaults) or its hyperparameters")
 
     def experiment(self, name: str) -> ExperimentConfig:
         if name not in self.experiments:
@@ -156,9 +170,6 @@ def parse_params(raw: Any) -> Params:
     if unknown:
         raise ParamError(f"unknown top-level key {unknown[0]!r} in params.yaml: allowed keys are "
                          f"{', '.join(TOP_LEVEL_KEYS)}")
-    for key in SHARED_BLOCKS:
-        if not isinstance(raw.get(key, {}), dict):
-            raise ParamError(f"{key} must be a mapping (a shared block referenced by YAML anchors)")
     exps = raw.get("experiments")
     if not isinstance(exps, dict) or not exps:
         raise ParamError("experiments must be a non-empty mapping of experiment name -> settings")
@@ -171,11 +182,30 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     path = Path(path)
     if not path.is_file():
         raise ParamError(f"{path} not found: run from the project root or pass --params")
+    text = path.read_text()
     try:
-        raw = yaml.safe_load(path.read_text())
+        reject_aliases(text, path)
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ParamError(f"{path} is not valid YAML: {err}") from err
     return parse_params(raw)
+
+
+def reject_aliases(text: str, path: str | Path = PARAMS_FILE) -> None:
+    """Refuse YAML anchors, aliases and merge keys: ``dvc exp run -S key=value`` edits params.yaml
+    through a round trip that drops a change made through an alias (``methods: *methods``) or a
+    merge (``<<: *lt``), so the run would silently keep the old value."""
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            raise ParamError(f"{path} line {line}: YAML alias *{event.anchor} is not allowed (dvc exp run -S "
+                             "drops changes made through it): write the block out in full")
+        if getattr(event, "anchor", None):
+            raise ParamError(f"{path} line {line}: YAML anchor &{event.anchor} is not allowed (dvc exp run -S "
+                             "drops changes made through its aliases): write each block out in full")
+        if isinstance(event, yaml.ScalarEvent) and event.value == "<<" and event.style is None:
+            raise ParamError(f"{path} line {line}: YAML merge key << is not allowed (dvc exp run -S drops "
+                             "changes made through it): write the block out in full")
 
 
 def config_hash(*parts: Any) -> str:

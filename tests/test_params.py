@@ -1,6 +1,9 @@
 """params.yaml validation: every user mistake stops before any work with one message naming the key."""
 
 import copy
+import functools
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.config import ParamError
-from pipeline.experiment import parse_params
+from pipeline.experiment import load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,3 +80,82 @@ def test_stage_reports_a_bad_param_in_one_line_before_any_work(tmp_path, raw):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "imbalance_ratio" in lines[0]
     assert not (tmp_path / "data").exists()  # nothing written
+
+
+def test_the_committed_params_use_no_yaml_aliases():
+    load_params(ROOT / "params.yaml")  # raises on an anchor, alias or merge key
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("base: &b {lr: 0.1}\nother: {x: 1}\n", r"line 1: YAML anchor &b"),
+    ("a: {x: 1}\nb: *a\n", r"line 2: YAML alias \*a"),
+    ("b:\n  <<: {lr: 0.1}\n  x: 1\n", r"line 2: YAML merge key <<"),
+])
+def test_yaml_aliases_anchors_and_merges_are_rejected(tmp_path, text, expect):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamError, match=expect):
+        load_params(path)
+
+
+def test_a_run_method_without_a_block_in_a_run_experiment_is_rejected(raw):
+    bad = mutate(raw, "run.methods", ["ce", "la"])
+    del bad["experiments"]["lt"]["methods"]["la"]
+    with pytest.raises(ParamError, match=r"experiments\.lt\.methods has no block for method 'la'"):
+        parse_params(bad)
+
+
+# One key per experiment, including every kind that used to be reached through a YAML alias
+# (methods: *methods) or merge (<<: *lt): DVC's writer dropped those silently.
+OVERRIDES = {
+    "experiments.lt.methods.meta_iada.alpha": 0.25,
+    "experiments.lt.methods.meta_iada.meta_scope": "head",
+    "experiments.lt.optim.lr": 0.05,
+    "experiments.lt_paper.data.longtail.imbalance_ratio": 50,
+    "experiments.lt_paper.methods.meta_iada.perturbation_lr": 0.003,
+    "experiments.lt_paper.optim.warmup_epochs": 3,
+    "experiments.noisy.methods.meta_iada.meta_interval": 2,
+    "experiments.noisy_paper.methods.la.tau": 0.5,
+    "experiments.subpop.methods.iada.epsilon": -0.2,
+    "experiments.subpop_cifar.optim.lr": 0.02,
+    "experiments.subpop_paper.methods.isda.alpha": 0.75,
+    "experiments.glt.methods.meta_iada.direction": "gradient",
+    "experiments.glt_paper.pretrain_epochs": 150,
+}
+
+
+def get(node, dotted):
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def test_dvc_exp_run_set_param_lands_in_the_queued_params_for_every_experiment(tmp_path):
+    """The way a user runs a variant: ``dvc exp run --queue -S key=value``, then the queued
+    commit's params.yaml must hold the value (and still pass validation)."""
+    dvc = Path(sys.executable).parent / "dvc"
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    env.pop("DVC_ROOT", None)
+    run = functools.partial(subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True)
+    shutil.copy(ROOT / "params.yaml", tmp_path)
+    shutil.copy(ROOT / "dvc.yaml", tmp_path)
+    for cmd in (["git", "init", "-q"], [str(dvc), "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "p"]):
+        assert run(cmd).returncode == 0
+    sets = [a for k, v in OVERRIDES.items() for a in ("-S", f"{k}={v}")]
+    proc = run([str(dvc), "exp", "run", "--queue", *sets])
+    assert proc.returncode == 0, proc.stderr
+    stash = run(["git", "for-each-ref", "--format=%(objectname)", "refs/exps/celery/stash"]).stdout.split()
+    assert len(stash) == 1
+    queued_text = run(["git", "show", f"{stash[0]}:params.yaml"]).stdout
+    queued = yaml.safe_load(queued_text)
+    for key, value in OVERRIDES.items():
+        assert get(queued, key) == value, key
+    (tmp_path / "queued.yaml").write_text(queued_text)
+    params = load_params(tmp_path / "queued.yaml")
+    assert params.experiment("lt").method_config("meta_iada").alpha == 0.25
+    assert params.experiment("lt_paper").data.longtail.imbalance_ratio == 50
+    assert params.experiment("lt").data.longtail.imbalance_ratio == 100  # the others keep theirs
+    # A key that does not exist is refused by DVC itself (nothing queued), never dropped.
+    proc = run([str(dvc), "exp", "run", "--queue", "-S", "experiments.lt.methods.meta_iada.alpah=0.25"])
+    assert proc.returncode != 0 and "alpah" in proc.stderr + proc.stdout
