@@ -92,14 +92,21 @@ class BatchLoader:
             x = x.contiguous(memory_format=torch.channels_last)
         return Batch(x, self.y[idx].to(self.device), idx.to(self.device))
 
-    def epoch(self, epoch: int = 0) -> Iterator[Batch]:
-        """Batches of one epoch; the order and augmentation depend only on (seed, epoch)."""
+    def epoch(self, epoch: int = 0, *, drop_last: bool | None = None) -> Iterator[Batch]:
+        """Batches of one epoch; the order and augmentation depend only on (seed, epoch).
+        ``drop_last`` overrides the loader's own setting."""
+        drop_last = self.drop_last if drop_last is None else drop_last
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
-        bs = min(self.batch_size, self.n) if self.drop_last else self.batch_size
-        stop = (self.n // bs) * bs if self.drop_last else self.n
+        bs = min(self.batch_size, self.n) if drop_last else self.batch_size
+        stop = (self.n // bs) * bs if drop_last else self.n
         for start in range(0, stop, bs):
             yield self.batch(order[start:start + bs], gen)
+
+    def sweep(self) -> Iterator[Batch]:
+        """Every sample exactly once, shuffled and augmented as a training epoch would be but
+        with the last, smaller batch kept (an epoch number no training epoch uses: -1)."""
+        return self.epoch(-1, drop_last=False)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch(0)

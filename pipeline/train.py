@@ -192,6 +192,8 @@ def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, 
             torch.set_rng_state(prev["rng"])
             state = {k: prev[k] for k in ("epoch", "history", "best", "run_id")}
             print(f"resuming {out_dir} at epoch {state['epoch']}", file=sys.stderr)
+    if state["epoch"] == first_epoch:  # a fresh run, not a resumed one
+        method.start(loaders.train.sweep())
     if tracker is not None:
         state["run_id"] = tracker.start(state["run_id"], fingerprint=fingerprint,
                                         params={"method": method_name, "seed": seed,
@@ -216,17 +218,18 @@ def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, 
     epochs = tqdm(range(state["epoch"], last_epoch), desc=desc or method_name, initial=state["epoch"] - first_epoch,
                   total=last_epoch - first_epoch, disable=not tty, file=sys.stderr, dynamic_ncols=True)
     for epoch in epochs:
-        lr = exp.optim.lr_at(epoch)
-        for group in opt.param_groups:
-            group["lr"] = lr
         net.train()
         sums: dict[str, float] = defaultdict(float)
         n_batches = 0
         # Meta batches restart from a per-epoch seed, so a resumed run draws the same ones.
         meta_next = functools.partial(next, loaders.meta.endless(start_epoch=epoch * META_EPOCH_STRIDE))
         t0 = time.perf_counter()
-        for batch in tqdm(loaders.train.epoch(epoch), total=len(loaders.train), leave=False, disable=not tty,
-                          desc=f"epoch {epoch}"):
+        lr = exp.optim.lr_at(epoch, len(loaders.train) - 1, len(loaders.train))  # the epoch's last lr, logged
+        for i, batch in enumerate(tqdm(loaders.train.epoch(epoch), total=len(loaders.train), leave=False,
+                                       disable=not tty, desc=f"epoch {epoch}")):
+            lr = exp.optim.lr_at(epoch, i, len(loaders.train))  # per iteration (warm-up ramp)
+            for group in opt.param_groups:
+                group["lr"] = lr
             ctx = StepContext(epoch=epoch, total_epochs=exp.total_epochs, step=step, lr=lr,
                               meta_batch=meta_next)
             for k, v in method.update(batch, ctx).items():

@@ -1,13 +1,18 @@
 """The training loop: resumable, deterministic, validation-selected checkpoints, clear errors."""
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from pipeline.experiment import load_params
 from pipeline.methods import REGISTRY
 from pipeline.train import BEST, HISTORY, LAST, CheckpointError, fit, load_checkpoint
 from tests.tiny import tiny_data, tiny_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Interrupt(Exception):
@@ -62,9 +67,75 @@ def test_best_checkpoint_is_the_validation_argmax(tmp_path):
     assert best["selected_value"] == max(vals)
 
 
-def test_lr_schedule_warmup_and_milestones():
-    o = tiny_experiment(optim={"lr": 0.1, "warmup_epochs": 2, "milestones": [4, 6], "gamma": 0.1}).optim
-    assert [round(o.lr_at(e), 6) for e in range(8)] == [0.05, 0.1, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+def test_lr_schedule_of_the_paper_profile_follows_the_spec():
+    """method.md §6: lr 0.1, x0.01 at epochs 160 and 180 (0.1 -> 1e-3 -> 1e-5, as LDAM-DRW and
+    MetaSAug), after a 5-epoch linear warm-up."""
+    o = load_params(ROOT / "params.yaml").experiment("lt_paper").optim
+    assert o.lr_at(159) == pytest.approx(0.1)
+    assert o.lr_at(160) == pytest.approx(1e-3)
+    assert o.lr_at(179) == pytest.approx(1e-3)
+    assert o.lr_at(180) == pytest.approx(1e-5)
+    assert o.lr_at(199) == pytest.approx(1e-5)
+    # per epoch (one step an epoch) the warm-up is LDAM-DRW's lr * (epoch + 1) / 5
+    assert [round(o.lr_at(e), 6) for e in range(6)] == [0.02, 0.04, 0.06, 0.08, 0.1, 0.1]
+
+
+def test_warmup_ramps_over_its_epochs_per_iteration():
+    o = tiny_experiment(optim={"lr": 0.1, "warmup_epochs": 1, "milestones": [4, 6], "gamma": 0.1}).optim
+    # one warm-up epoch of 4 iterations: lr/4, lr/2, 3lr/4, lr; then the full lr
+    assert [round(o.lr_at(0, i, 4), 6) for i in range(4)] == [0.025, 0.05, 0.075, 0.1]
+    assert o.lr_at(1, 0, 4) == o.lr_at(3, 3, 4) == 0.1
+    assert [round(o.lr_at(e, 0, 4), 6) for e in (4, 5, 6, 7)] == [0.01, 0.01, 0.001, 0.001]
+    two = tiny_experiment(optim={"lr": 0.1, "warmup_epochs": 2}).optim
+    assert [round(two.lr_at(e, i, 2), 6) for e in (0, 1) for i in (0, 1)] == [0.025, 0.05, 0.075, 0.1]
+    none = tiny_experiment(optim={"lr": 0.1, "warmup_epochs": 0}).optim
+    assert none.lr_at(0, 0, 4) == 0.1
+
+
+def test_training_applies_the_per_iteration_warmup(tmp_path):
+    """A one-epoch warm-up changes the trained weights (before the fix ``warmup_epochs: 1`` gave
+    the full lr from the first step, i.e. the same weights as no warm-up)."""
+    data = tiny_data()
+    runs = {}
+    for w in (0, 1):
+        exp = tiny_experiment(optim={"lr": 0.05, "batch_size": 8, "warmup_epochs": w, "milestones": [3]})
+        fit(exp, data, "ce", 0, tmp_path / f"w{w}", first_epoch=0, last_epoch=1, device="cpu")
+        runs[w] = weights(tmp_path / f"w{w}" / LAST)
+    assert any(not torch.equal(runs[0][k], runs[1][k]) for k in runs[0] if runs[0][k].is_floating_point())
+
+
+def test_history_warmup_fills_every_sample_before_the_first_meta_step(tmp_path):
+    """With ``history_warmup`` the characteristics' history holds every training sample and the
+    class-average loss is measured before the method's first step; the network is unchanged."""
+    exp, data = tiny_experiment(), tiny_data()
+    fit(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu")
+    init = load_checkpoint(tmp_path / "pre" / LAST)
+    seen = {}
+
+    for flag in (True, False):
+        exp = tiny_experiment(methods={"meta_iada": {"history_warmup": flag}})
+        original = REGISTRY["meta_iada"].start
+
+        def spy(self, batches, original=original, flag=flag):
+            buffers = {k: v.clone() for k, v in self.network.state_dict().items()}
+            original(self, batches)
+            seen[flag] = (self.characteristics.seen.clone(), self.characteristics.class_avg_loss.clone())
+            after = self.network.state_dict()
+            assert all(torch.equal(buffers[k], after[k]) for k in buffers)  # θ and BN statistics
+
+        REGISTRY["meta_iada"].start = spy
+        try:
+            fit(exp, data, "meta_iada", 0, tmp_path / f"h{flag}", first_epoch=1, last_epoch=2,
+                init=tmp_path / "pre" / LAST, device="cpu")
+        finally:
+            REGISTRY["meta_iada"].start = original
+    filled, class_loss = seen[True]
+    assert bool(filled.all()) and len(filled) == len(data.splits["train"].y)
+    assert not torch.allclose(class_loss, torch.full_like(class_loss, math.log(data.num_classes)))
+    empty, initial = seen[False]
+    assert not bool(empty.any())
+    assert torch.equal(initial, torch.full_like(initial, math.log(data.num_classes)))
+    assert init["epoch"] == 1
 
 
 def test_broken_checkpoint_gives_one_clear_error(tmp_path):

@@ -10,7 +10,7 @@ dataclass of hyperparameters (defaults here, overrides in ``params.yaml``), deco
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -88,6 +88,11 @@ class Method(nn.Module):
         self.optimizer.step()
         acc = (logits.argmax(1) == batch.y).float().mean()
         return {"loss": loss.item(), "acc": acc.item()}
+
+    def start(self, batches: Iterable[Batch]) -> None:
+        """Called once before the first epoch of a fresh (not resumed) run with every training
+        sample in batches (:meth:`pipeline.loader.BatchLoader.sweep`); e.g. to fill per-sample
+        buffers. Nothing by default: the batches are not even drawn."""
 
     def epoch_metrics(self) -> dict[str, float]:
         """Metrics to log at the end of an epoch (e.g. statistics of epsilon)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -64,8 +65,9 @@ class MetaIADAConfig:
     meta_interval: int = bounded(1, ge=1)  # meta step every k iterations, Ω reused between
     epsilon_sign: EpsilonSign = "both"  # both: (−1, 1); adversarial: (0, 1); anti: (−1, 0)
     pseudo_step: PseudoStep = "plain"  # plain SGD (MWN/MetaSAug) or the network optimizer's rule
-    perturbation_lr: float = bounded(1e-3, gt=0)  # Adam on Ω
-    perturbation_weight_decay: float = bounded(1e-4, ge=0)
+    perturbation_lr: float = bounded(1e-3, gt=0)  # AdamW on Ω
+    perturbation_weight_decay: float = bounded(1e-4, ge=0)  # decoupled (AdamW), see MetaIADA
+    history_warmup: bool = True  # fill the characteristics' history with one no-grad pass first
 
     def __post_init__(self) -> None:
         try:
@@ -166,13 +168,16 @@ class MetaIADA(FeatureAugmentation):
                                                 input_names=cfg.characteristics).to(info.device)
         self.primals = ForwardPrimals(net)
         self._meta: tuple[Batch, torch.Tensor | None] | None = None  # this step's meta batch, h_meta
-        self.perturbation_optimizer = torch.optim.Adam(
+        # Decoupled weight decay (AdamW, method.md §4): the meta gradient reaching Ω scales with
+        # the pseudo step's lr η, so an L2 term added to it (Adam's ``weight_decay``) outweighs
+        # it once η is small, and Adam's normalised step then shrinks Ω towards a constant.
+        self.perturbation_optimizer = torch.optim.AdamW(
             self.perturbation_net.parameters(), lr=cfg.perturbation_lr,
             weight_decay=cfg.perturbation_weight_decay)
         c, dev = info.num_classes, info.device
         self.register_buffer("last_epsilon", torch.full((info.num_train,), math.nan, device=dev))
-        # This epoch's sums: [count, Σε, Σε², #(ε > 0), Σ L_meta, #meta steps].
-        self.register_buffer("epoch_sums", torch.zeros(6, dtype=torch.float64, device=dev))
+        # This epoch's sums: [count, Σε, Σε², #(ε > 0), Σ L_meta, #meta steps, Σ ||∇_Ω L_meta||].
+        self.register_buffer("epoch_sums", torch.zeros(7, dtype=torch.float64, device=dev))
         self.register_buffer("class_eps_sum", torch.zeros(c, dtype=torch.float64, device=dev))
         self.register_buffer("class_eps_count", torch.zeros(c, dtype=torch.float64, device=dev))
 
@@ -208,6 +213,8 @@ class MetaIADA(FeatureAugmentation):
                 self.optimizer if self.cfg.pseudo_step == "optimizer" else None, self.primals, meta_h)
             self.epoch_sums[4] += meta_loss
             self.epoch_sums[5] += 1
+            self.epoch_sums[6] += torch.linalg.vector_norm(
+                torch.stack([p.grad.norm() for p in self.perturbation_net.parameters()]))
         with torch.no_grad():
             return self.perturbation_net(c)
 
@@ -223,12 +230,33 @@ class MetaIADA(FeatureAugmentation):
         self.class_eps_sum.index_add_(0, batch.y, eps)
         self.class_eps_count.index_add_(0, batch.y, torch.ones_like(eps))
 
+    @torch.no_grad()
+    def start(self, batches: Iterable[Batch]) -> None:
+        """History warm-up (``history_warmup``): one no-grad pass over the training set fills
+        the per-sample history (characteristics 7-12) and the class-average loss (14), which
+        would otherwise be constant for the whole first epoch. The network runs in training mode
+        (BatchNorm with batch statistics, as in the real steps, on augmented batches) and its
+        running statistics are restored afterwards, so θ and its buffers are unchanged."""
+        if not self.cfg.history_warmup:
+            return
+        net = self.network
+        buffers = {k: v.clone() for k, v in net.named_buffers()}
+        net.train()
+        for batch in batches:
+            self.characteristics.record(net(batch.x), batch.y, batch.index)
+        self.characteristics.end_epoch()
+        for k, v in net.named_buffers():
+            v.copy_(buffers[k])
+
     def epoch_metrics(self) -> dict[str, float]:
         """ε statistics of the epoch (``eps_mean``, ``eps_std``, ``eps_adv_share`` = share of
-        ε > 0, ``eps_class_mean/<c>`` per visited class) and the mean ``meta_loss``; then the
+        ε > 0, ``eps_class_mean/<c>`` per visited class), the mean ``meta_loss``, Ω's norm
+        ``omega_norm``, the mean norm of its meta gradient ``omega_meta_grad_norm`` and its ratio
+        to the L2 decay term λ||Ω|| (``omega_grad_over_decay``: below 1, coupled decay would
+        dominate the meta signal); then the
         epoch's sums restart and the characteristics' class-average loss rolls over. Call once
         at the end of every epoch."""
-        n, s, sq, adv, meta_sum, meta_n = self.epoch_sums.tolist()
+        n, s, sq, adv, meta_sum, meta_n, grad_sum = self.epoch_sums.tolist()
         metrics: dict[str, float] = {}
         if n:
             mean = s / n
@@ -237,8 +265,15 @@ class MetaIADA(FeatureAugmentation):
             for cls in torch.nonzero(self.class_eps_count).flatten().tolist():
                 metrics[f"eps_class_mean/{cls}"] = (self.class_eps_sum[cls]
                                                     / self.class_eps_count[cls]).item()
+        omega_norm = torch.linalg.vector_norm(
+            torch.stack([p.norm() for p in self.perturbation_net.parameters()])).item()
+        metrics["omega_norm"] = omega_norm
         if meta_n:
             metrics["meta_loss"] = meta_sum / meta_n
+            metrics["omega_meta_grad_norm"] = grad_sum / meta_n
+            decay = self.cfg.perturbation_weight_decay * omega_norm  # ||λΩ||, the L2 term's gradient
+            if decay > 0:
+                metrics["omega_grad_over_decay"] = grad_sum / meta_n / decay
         self.epoch_sums.zero_()
         self.class_eps_sum.zero_()
         self.class_eps_count.zero_()
