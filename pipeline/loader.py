@@ -8,6 +8,7 @@ whole batch: no per-image PIL work in the training loop. Each batch carries its 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -22,10 +23,22 @@ def to_tensor_images(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
-def channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and standard deviation (0-255 scale) of uint8 images [N, H, W, C]."""
-    flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
-    return flat.mean(0).tolist(), flat.std(0).tolist()
+def channel_stats(x: np.ndarray, chunk: int = 1024) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) standard deviation, 0-255 scale, of uint8 images
+    [N, H, W, C], from exact integer sums S = Σx and Q = Σx² taken ``chunk`` images at a time:
+    mean = S/n, var = (Q − S²/n)/n. A float64 copy of the whole set would cost 8 bytes a pixel
+    (2.4 GB for 50k CIFAR images); the sums stay within int64 for any data set that fits in memory."""
+    channels = x.shape[-1]
+    s = np.zeros(channels, dtype=np.int64)
+    q = np.zeros(channels, dtype=np.int64)
+    for start in range(0, len(x), chunk):
+        block = x[start:start + chunk].reshape(-1, channels).astype(np.int64)
+        s += block.sum(0)
+        q += np.square(block).sum(0)
+    n = len(x) * int(np.prod(x.shape[1:-1]))
+    sums, squares = (int(v) for v in s), (int(v) for v in q)
+    moments = [(si / n, (qi * n - si * si) / (n * n)) for si, qi in zip(sums, squares)]  # exact integers
+    return [m for m, _ in moments], [math.sqrt(v) for _, v in moments]
 
 
 def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:

@@ -72,3 +72,24 @@ def test_shuffled_epoch_visits_every_sample_once_and_is_reproducible():
 def test_drop_last_drops_the_small_tail_batch():
     loader = BatchLoader(make_split(n=37), [0.0] * 3, [1.0] * 3, batch_size=10, shuffle=True, drop_last=True)
     assert len(loader) == 3 and [len(b.y) for b in loader.epoch(0)] == [10, 10, 10]
+
+
+def test_channel_stats_equal_the_float64_moments_without_a_float_copy():
+    """Exact against numpy's float64 mean/std, and the peak of allocations stays a fraction of
+    the data (a float64 copy would be 8x the uint8 images)."""
+    import tracemalloc
+
+    from pipeline.loader import channel_stats
+
+    x = np.random.default_rng(3).integers(0, 256, size=(3000, 16, 16, 3), dtype=np.uint8)
+    x[:, :, :, 2] //= 7  # channels with different moments
+    flat = x.reshape(-1, 3).astype(np.float64)
+    mean, std = channel_stats(x, chunk=256)
+    np.testing.assert_allclose(mean, flat.mean(0), rtol=1e-13)
+    np.testing.assert_allclose(std, flat.std(0), rtol=1e-12)
+    del flat
+    tracemalloc.start()
+    channel_stats(x, chunk=64)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < x.nbytes / 2, (peak, x.nbytes)  # chunks of 64 images: int64 block + squares
