@@ -115,7 +115,9 @@ def build(cls: type[T], raw: Mapping[str, Any] | None, where: str) -> T:
     """Build dataclass ``cls`` from ``raw``; missing keys take their defaults.
 
     Raises :class:`ParamError` for unknown keys, missing required keys, wrong types and
-    out-of-range values. ``__post_init__`` may raise :class:`ParamError` for cross-field rules.
+    out-of-range values. ``__post_init__`` may raise :class:`ParamError` for cross-field rules;
+    a ``validate(where)`` method, if the class has one, is called with the dotted prefix so that
+    its errors can name the full key (e.g. ``experiments.lt.methods.meta_iada.alpha``).
     """
     raw = dict(raw or {})
     hints = get_type_hints(cls)
@@ -134,11 +136,15 @@ def build(cls: type[T], raw: Mapping[str, Any] | None, where: str) -> T:
         _check_bounds(value, f.metadata, key)
         kwargs[name] = value
     try:
-        return cls(**kwargs)
+        obj = cls(**kwargs)
     except ParamError as err:  # a cross-field rule of __post_init__: give the full dotted key
         parent, _, last = where.rpartition(".")
         msg = str(err)
         raise ParamError(f"{parent}.{msg}" if parent and msg.startswith(last + ".") else msg) from None
+    validate = getattr(obj, "validate", None)
+    if callable(validate):  # cross-field rules that name keys under ``where`` themselves
+        validate(where)
+    return obj
 
 
 def to_dict(obj: Any) -> Any:

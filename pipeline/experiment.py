@@ -98,12 +98,27 @@ class ExperimentConfig:
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
     search: dict[str, dict[str, Any]] = field(default_factory=dict)  # Optuna search space
 
-    def __post_init__(self) -> None:
+    def validate(self, where: str) -> None:
+        """Rules across keys; errors name the full key under ``where`` (``experiments.<name>``)."""
         for name, raw in self.methods.items():
-            where = f"methods.{name}"
             if name not in REGISTRY:
-                raise ParamError(f"unknown method {where}: use one of {', '.join(sorted(REGISTRY))}")
-            build(REGISTRY[name].Config, raw, where)
+                raise ParamError(f"unknown method {where}.methods.{name}: use one of {', '.join(sorted(REGISTRY))}")
+            build(REGISTRY[name].Config, raw, f"{where}.methods.{name}")
+
+    def check_schedule(self, where: str) -> None:
+        """The lr schedule fits the experiment's epochs: a milestone that never applies or a
+        warm-up longer than training is a mistake in params.yaml (not checked in :meth:`validate`:
+        an Optuna trial may legitimately shorten ``train_epochs``)."""
+        o, total = self.optim, self.total_epochs
+        if any(b <= a for a, b in zip(o.milestones, o.milestones[1:])):
+            raise ParamError(f"{where}.optim.milestones = {o.milestones} must be strictly increasing")
+        late = [m for m in o.milestones if not 0 < m < total]
+        if late:
+            raise ParamError(f"{where}.optim.milestones = {o.milestones}: {late[0]} is outside the schedule "
+                             f"(epochs 0-{total - 1}, pretrain_epochs + train_epochs), so it would never apply")
+        if o.warmup_epochs > total:
+            raise ParamError(f"{where}.optim.warmup_epochs = {o.warmup_epochs} is longer than the schedule "
+                             f"({total} epochs): the lr would never reach optim.lr")
 
     @property
     def scenario(self) -> str:
@@ -131,9 +146,21 @@ class ExperimentConfig:
 @dataclass
 class RunConfig:
     experiments: list[str] = bounded(["lt"])
-    methods: list[str] = bounded(["ce", "meta_iada"])
+    methods: list[str] = bounded(["ce", "la", "meta_iada"])
     seeds: list[int] = bounded([0])
     device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        for key in ("experiments", "methods", "seeds"):  # an empty or repeated entry gives a wrong report
+            values = getattr(self, key)
+            if not values:
+                raise ParamError(f"run.{key} is empty: list at least one")
+            repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+            if repeated:
+                raise ParamError(f"run.{key} = {values} repeats {repeated[0]!r}: list each once")
+        negative = [s for s in self.seeds if s < 0]
+        if negative:
+            raise ParamError(f"run.seeds = {self.seeds}: seed {negative[0]} is negative; use seeds >= 0")
 
 
 @dataclass
@@ -174,6 +201,8 @@ def parse_params(raw: Any) -> Params:
     if not isinstance(exps, dict) or not exps:
         raise ParamError("experiments must be a non-empty mapping of experiment name -> settings")
     experiments = {name: build(ExperimentConfig, cfg, f"experiments.{name}") for name, cfg in exps.items()}
+    for name, exp in experiments.items():
+        exp.check_schedule(f"experiments.{name}")
     return Params(build(RunConfig, raw.get("run"), "run"), experiments, raw.get("tune") or {})
 
 

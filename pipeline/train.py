@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.allocator import keep_freed_memory
-from pipeline.config import flatten, to_dict
+from pipeline.config import ParamError, flatten, to_dict
 from pipeline.data.prepared import PreparedData
 from pipeline.experiment import ExperimentConfig, config_hash
 from pipeline.loader import BatchLoader, channel_stats
@@ -155,6 +155,11 @@ def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, 
 
     Sets the process's allocator to keep freed memory (:func:`pipeline.allocator.keep_freed_memory`).
     """
+    sizes = {"optim.batch_size": (exp.optim.batch_size, "train"), "meta_batch_size": (exp.meta_batch_size, "meta")}
+    for key, (size, split) in sizes.items():  # a loader would shrink the batch silently
+        if size > len(data.splits[split].y):
+            raise ParamError(f"{key} = {size} is larger than the {split} split ({len(data.splits[split].y)} "
+                             "images): lower it")
     keep_freed_memory()
     dev = resolve_device(device)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -184,7 +189,9 @@ def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, 
     last_path = out_dir / LAST
     if last_path.is_file():
         prev = load_checkpoint(last_path)
-        if prev.get("fingerprint") == fingerprint and prev["epoch"] < last_epoch:
+        # A finished state (epoch == last_epoch) is reused too: a run killed while finishing
+        # (scores, artifacts, MLflow logging) reruns only those steps.
+        if prev.get("fingerprint") == fingerprint and prev["epoch"] <= last_epoch:
             net.load_state_dict(prev["model"])
             opt.load_state_dict(prev["optimizer"])
             method.load_state_dict(prev["method"])

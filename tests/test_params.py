@@ -50,9 +50,17 @@ def mutate(raw, path, value):
     ("experiments.lt.pretrain_epochs", -1, "pretrain_epochs"),
     ("run.methods", ["ce", "mixup"], "run.methods"),
     ("run.experiments", ["nope"], "run.experiments"),
+    ("experiments.lt.methods.meta_iada.beta", -1.0, "experiments.lt.methods.meta_iada.beta"),
+    ("run.seeds", [0, 0], r"run.seeds = \[0, 0\] repeats 0"),
+    ("run.seeds", [-1], "seed -1 is negative"),
+    ("run.methods", [], "run.methods is empty"),
+    ("run.experiments", ["lt", "lt"], "run.experiments = .* repeats 'lt'"),
+    ("experiments.lt.optim.milestones", [16, 25], "experiments.lt.optim.milestones = .* 25 is outside the schedule"),
+    ("experiments.lt.optim.milestones", [18, 16], "must be strictly increasing"),
+    ("experiments.lt.optim.warmup_epochs", 21, "experiments.lt.optim.warmup_epochs = 21 is longer"),
 ])
 def test_bad_values_name_the_key(raw, path, value, expect):
-    with pytest.raises(ParamError, match=expect.replace(".", r"\.")):
+    with pytest.raises(ParamError, match=expect):  # a regular expression
         parse_params(mutate(raw, path, value))
 
 
@@ -65,7 +73,7 @@ def test_unknown_keys_are_rejected_with_the_allowed_ones(raw, path):
 
 
 def test_unknown_method_block(raw):
-    with pytest.raises(ParamError, match="unknown method methods.mixup"):
+    with pytest.raises(ParamError, match=r"unknown method experiments\.lt\.methods\.mixup"):
         parse_params(mutate(raw, "experiments.lt.methods.mixup", {}))
 
 
@@ -159,3 +167,12 @@ def test_dvc_exp_run_set_param_lands_in_the_queued_params_for_every_experiment(t
     # A key that does not exist is refused by DVC itself (nothing queued), never dropped.
     proc = run([str(dvc), "exp", "run", "--queue", "-S", "experiments.lt.methods.meta_iada.alpah=0.25"])
     assert proc.returncode != 0 and "alpah" in proc.stderr + proc.stdout
+
+
+def test_every_searched_key_exists_so_the_printed_apply_line_lands(raw):
+    """``pipeline.tune`` prints ``dvc exp run -S 'experiments.<exp>.<key>=<best>'``: DVC refuses a
+    key that is not in params.yaml, and before this layout dropped keys reached through aliases."""
+    searched = [(name, key) for name, exp in raw["experiments"].items() for key in exp.get("search", {})]
+    assert searched
+    for name, key in searched:
+        get(raw["experiments"][name], key)  # KeyError if the key is not written out

@@ -81,7 +81,8 @@ def test_lr_schedule_of_the_paper_profile_follows_the_spec():
 
 
 def test_warmup_ramps_over_its_epochs_per_iteration():
-    o = tiny_experiment(optim={"lr": 0.1, "warmup_epochs": 1, "milestones": [4, 6], "gamma": 0.1}).optim
+    o = tiny_experiment(pretrain_epochs=4, train_epochs=4,
+                        optim={"lr": 0.1, "warmup_epochs": 1, "milestones": [4, 6], "gamma": 0.1}).optim
     # one warm-up epoch of 4 iterations: lr/4, lr/2, 3lr/4, lr; then the full lr
     assert [round(o.lr_at(0, i, 4), 6) for i in range(4)] == [0.025, 0.05, 0.075, 0.1]
     assert o.lr_at(1, 0, 4) == o.lr_at(3, 3, 4) == 0.1
@@ -169,3 +170,46 @@ def test_every_method_trains_from_the_pretrain_checkpoint(tmp_path, method):
     row = summary["history"][0]
     assert row["epoch"] == 1 and torch.isfinite(torch.tensor(row["train_loss"])) and 0 <= row["val_acc"] <= 1
     assert (tmp_path / method / BEST).is_file()
+
+
+@pytest.mark.parametrize("overrides, expect", [
+    ({"optim": {"batch_size": 1000}}, r"optim\.batch_size = 1000 is larger than the train split \(42 images\)"),
+    ({"meta_batch_size": 50}, r"meta_batch_size = 50 is larger than the meta split \(12 images\)"),
+])
+def test_a_batch_larger_than_its_split_is_refused_before_any_work(tmp_path, overrides, expect):
+    from pipeline.config import ParamError
+
+    with pytest.raises(ParamError, match=expect):
+        fit(tiny_experiment(**overrides), tiny_data(), "meta_iada", 0, tmp_path / "run", first_epoch=0,
+            last_epoch=1, device="cpu")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_killed_while_finishing_is_not_retrained(tmp_path, monkeypatch):
+    """Killed after its last epoch (here: while writing the scores): the rerun reuses the
+    finished ``last.pt``, trains no epoch and writes the missing files."""
+    import numpy as np
+
+    import pipeline.train as train
+
+    exp, data = tiny_experiment(), tiny_data()
+    fit(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu")
+    init = tmp_path / "pre" / LAST
+
+    def killed(*args, **kwargs):
+        raise Interrupt
+
+    monkeypatch.setattr(train.np, "savez", killed)
+    with pytest.raises(Interrupt):
+        fit(exp, data, "meta_iada", 0, tmp_path / "run", first_epoch=1, last_epoch=3, init=init, device="cpu")
+    assert load_checkpoint(tmp_path / "run" / LAST)["epoch"] == 3 and not (tmp_path / "run" / HISTORY).exists()
+    finished = weights(tmp_path / "run" / LAST)
+    monkeypatch.undo()
+    seen = []
+    summary = fit(exp, data, "meta_iada", 0, tmp_path / "run", first_epoch=1, last_epoch=3, init=init,
+                  device="cpu", on_epoch=lambda e, m: seen.append(e))
+    assert seen == [] and [h["epoch"] for h in summary["history"]] == [1, 2]
+    assert (tmp_path / "run" / HISTORY).is_file() and (tmp_path / "run" / "perturbation_net.pt").is_file()
+    assert all(torch.equal(finished[k], v) for k, v in weights(tmp_path / "run" / LAST).items())
+    with np.load(tmp_path / "run" / "sample_scores.npz") as scores:
+        assert np.isfinite(scores["epsilon"]).any()  # the restored ε, not a fresh buffer of NaNs
