@@ -1,4 +1,4 @@
-"""Subpopulation shift: exact group counts and correlations, rendering, carve-outs."""
+"""Subpopulation shift: exact group counts and correlations, rendering, clean carve-outs, IRM environments."""
 
 from __future__ import annotations
 
@@ -95,6 +95,53 @@ def test_subpop_is_seeded():
     for name in a.splits:
         assert np.array_equal(a.splits[name].extras["attribute"], b.splits[name].extras["attribute"])
         assert np.array_equal(a.splits[name].index, b.splits[name].index)
+
+
+def irm_build(**subpop):
+    """Colored MNIST on a synthetic source sized so that every count below is exact: 46 images
+    per digit = 230 per clean label; meta 2 + val 3 per group carve 10 per label, leaving 220
+    (25 % = 55 flips, halves of 110: 90 % = 99, 80 % = 88); test 100 per label (25 flips, 10 agree)."""
+    source = synthetic_source(num_classes=10, train_per_class=46, test_per_class=20, shape=(28, 28, 1))
+    cfg = data_config(scenario="subpop", source="mnist", meta_per_class=2, val_per_class=3, subpop=subpop)
+    return source, build_from_source(source, cfg)
+
+
+def test_meta_and_val_keep_clean_labels_train_and_test_have_the_noise_rate():
+    source, data = irm_build()  # label_noise null = 0.25 for colored_mnist
+    flips = {"train": 55, "test": 25, "meta": 0, "val": 0}  # per clean label, by hand (see irm_build)
+    for name, split in data.splits.items():
+        digits = (source.test_y if name == "test" else source.train_y)[split.index]
+        clean = (digits >= 5).astype(int)  # the truth from the source, not from the split's extras
+        assert np.array_equal(split.extras["clean_y"], clean)
+        for v in (0, 1):
+            assert np.sum((clean == v) & (split.y != v)) == flips[name], (name, v)
+    assert data.card["subpop"]["realised_label_noise"] == {"train": 0.25, "test": 0.25, "meta": 0.0, "val": 0.0}
+    assert data.card["counts"]["per_group"]["meta"] == [2] * 4 and data.card["counts"]["per_group"]["val"] == [3] * 4
+    assert np.array_equal(data.splits["train"].extras["environment"], np.zeros(440, dtype=int))
+    assert data.card["subpop"]["realised_correlation"]["train"] == 0.9  # 198 of 220 per label
+
+
+def test_two_environments_realise_irm_agreements_exactly():
+    _, data = irm_build(environments=[0.9, 0.8])
+    train = data.splits["train"]
+    env, a = train.extras["environment"], train.extras["attribute"]
+    for e, agree in ((0, 99), (1, 88)):  # 90 % and 80 % of 110 images per label and environment
+        for v in (0, 1):
+            members = (env == e) & (train.y == v)
+            assert members.sum() == 110 and np.sum(members & (a == v)) == agree, (e, v)
+    card = data.card["subpop"]
+    assert card["realised_correlation_per_environment"] == [0.9, 0.8]
+    assert card["environment_sizes"] == [220, 220] and card["environments"] == [0.9, 0.8]
+    assert card["realised_correlation"]["train"] == 0.85 and card["realised_correlation"]["test"] == 0.1
+    assert card["realised_label_noise"]["train"] == 0.25 and card["realised_label_noise"]["meta"] == 0.0
+    assert "subpop/environment" in data.card["seeds"]["streams"]
+
+
+@pytest.mark.parametrize("environments", [[], [0.9, 1.2], [-0.1]])
+def test_bad_environments_give_one_param_error(environments):
+    with pytest.raises(ParamError, match=r"experiments\.test\.data\.subpop\.environments = .* is not allowed") as err:
+        data_config(scenario="subpop", source="mnist", subpop={"environments": environments})
+    assert "[0, 1]" in str(err.value)
 
 
 @pytest.mark.parametrize(("raw", "key"), [

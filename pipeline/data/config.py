@@ -49,15 +49,24 @@ class SubpopParams:
     """Spurious attribute a ∈ {0, 1} correlated with the binary label y.
 
     ``correlation`` = share of training images with a = y (per label, exactly);
+    ``environments`` = the colour agreements ρ_e of several training environments, the training
+    split cut into equal parts per label, each with exactly its ρ_e (IRM, Arjovsky et al. 2019:
+    [0.9, 0.8]); null = one environment with ``correlation`` (which is ignored otherwise);
     ``test_correlation`` the same in the test split (0.1 = reversed, 0.5 = removed);
-    ``label_noise`` = share of binary labels flipped in every split (null = the benchmark
-    value of the kind: 0.25 for colored_mnist, 0 for cifar_border).
+    ``label_noise`` = share of binary labels flipped in the training and test splits, the meta
+    set and validation split keep clean labels (null = the benchmark value of the kind: 0.25
+    for colored_mnist, 0 for cifar_border).
     """
 
     kind: Literal["colored_mnist", "cifar_border"] = "colored_mnist"
     correlation: float = bounded(0.9, ge=0, le=1)
     test_correlation: float = bounded(0.1, ge=0, le=1)
     label_noise: float | None = bounded(None, ge=0, lt=0.5)
+    environments: list[float] | None = None
+
+    def resolved_environments(self) -> list[float]:
+        """The agreement of each training environment: ``environments``, or [``correlation``]."""
+        return [self.correlation] if self.environments is None else list(self.environments)
 
     def resolved_label_noise(self) -> float:
         """``label_noise``, or the kind's benchmark value when it is null."""
@@ -112,6 +121,12 @@ class DataConfig:
             raise ParamError(
                 f"data.source = {self.source!r} is not allowed with data.scenario = "
                 f"{self.scenario!r}: use 'cifar10' or 'cifar100'")
+        envs = self.subpop.environments
+        if envs is not None and (not envs or not all(0 <= e <= 1 for e in envs)):
+            raise ParamError(
+                f"data.subpop.environments = {envs!r} is not allowed: use null (one environment with "
+                f"data.subpop.correlation) or a non-empty list of colour agreements in [0, 1], "
+                f"e.g. [0.9, 0.8] for IRM's two training environments")
         total = self.noisy.meta_clean_total
         classes = SOURCE_CLASSES[self.source]
         if self.scenario == "noisy" and total is not None and total % classes:

@@ -2,42 +2,62 @@
 
 Kinds (``data.subpop.kind``):
 
-- ``colored_mnist`` (as in the subpopulation benchmarks): y = 1 if the digit is ≥ 5; the digit
-  is drawn in red (a = 0: channel 0) or green (a = 1: channel 1) of a 28x28 RGB image.
+- ``colored_mnist`` (as in IRM, Arjovsky et al. 2019, and the subpopulation benchmarks):
+  y = 1 if the digit is ≥ 5; the digit is drawn in red (a = 0: channel 0) or green (a = 1:
+  channel 1) of a 28x28 RGB image.
 - ``cifar_border``: y = 1 for vehicles (CIFAR-10: airplane, automobile, ship, truck; CIFAR-100:
   the ten classes of its two vehicle superclasses), 0 otherwise (for CIFAR-10 the six animal
   classes); a = colour of a ``BORDER_WIDTH``-pixel border (a = 0 red, a = 1 blue).
 
 Construction, in every split the label is the observed one and group g = 2·y + a:
 
-1. y from the source class; then ``label_noise`` flips exactly round(η · n_v) labels of each
-   value v (η = 0.25 in the Colored MNIST benchmark), in the training pool and in the test set
-   (extra ``clean_y`` keeps the label before the flip).
-2. Meta set and validation split: ``meta_per_class`` / ``val_per_class`` images per group, carved
-   out of the training pool with their attribute assigned to balance the groups (as Waterbirds'
-   validation split is group-balanced).
-3. Training split: the rest of the pool, a = y for exactly round(ρ · n_v) images of each label v
-   (ρ = ``correlation``), a = 1 − y for the others.
-4. Test split: the official test set with a = y for exactly round(ρ_test · n_v) images of each
-   label (ρ_test = ``test_correlation``: 0.1 reverses the correlation, 0.5 removes it).
+1. Clean y from the source class.
+2. Meta set and validation split: ``meta_per_class`` / ``val_per_class`` images per group,
+   carved out of the training pool by their clean label, with their attribute assigned to
+   balance the groups (as Waterbirds' validation split is group-balanced). They keep their
+   clean labels: the method's premise is a small clean meta set, and worst-group model
+   selection on noisy validation labels would select for the noise.
+3. Label noise (``label_noise`` η, 0.25 in IRM's Colored MNIST) on the rest of the training
+   pool and on the test set, as in IRM: exactly round(η · n_v) labels of each clean value v are
+   flipped (extra ``clean_y`` keeps the label before the flip; it equals y in meta and val).
+4. Training split: the rest of the pool in E training environments with colour agreements
+   ρ_1..ρ_E (``environments``; null = one environment with ρ_1 = ``correlation``). The images
+   of each observed label v are split into E parts of equal size (sizes differ by at most one),
+   and in environment e exactly round(ρ_e · n_{v,e}) of them get a = y, the others a = 1 − y.
+   IRM: ``environments: [0.9, 0.8]``. Extra ``environment`` = e (0 with one environment).
+5. Test split (the test environment): the official test set with a = y for exactly
+   round(ρ_test · n_v) images of each label (ρ_test = ``test_correlation``: 0.1 reverses the
+   correlation, as IRM's test environment; 0.5 removes it). Its accuracy (``avg_acc`` in the
+   metrics) is therefore IRM's headline number, measured against the noisy test labels as there.
+
+The attribute agrees (or not) with the *observed* label, as in IRM, where the colour is drawn
+from the noisy label.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from pipeline.config import ParamError
 from pipeline.data.config import DataConfig
 from pipeline.data.prepared import PreparedData, Split
 from pipeline.data.sampling import carve_per_class, floor_tol, stream
 from pipeline.data.sources import Source
 
 STREAMS = {
-    "subpop/label_noise/train": "which binary labels of the training pool are flipped",
+    "subpop/carve": "which images of each clean label form the meta set and validation split, and their attributes",
+    "subpop/label_noise/train": "which binary labels of the training split (the pool after the carve-out) are flipped",
     "subpop/label_noise/test": "which binary labels of the test set are flipped",
-    "subpop/carve": "which images of each label form the meta set and validation split, and their attributes",
-    "subpop/attribute/train": "which training images get the attribute that agrees with their label",
+    "subpop/environment": "which training images of each label form each training environment "
+                          "(drawn only with data.subpop.environments of two or more)",
+    "subpop/attribute/train": "which training images get the attribute that agrees with their label "
+                              "(environment 0, then 1, ...)",
     "subpop/attribute/test": "which test images get the attribute that agrees with their label",
 }
+
+TEST_ENVIRONMENT = ("the test split is the test environment: a = y for test_correlation of each label's images "
+                    "(0.1 = IRM's reversed colour), labels with label_noise as in training; the metrics' avg_acc "
+                    "(accuracy over all test images) is IRM's headline, test accuracy on this environment")
 
 BORDER_WIDTH = 2
 BORDER_COLOURS = np.array([[255, 0, 0], [0, 0, 255]], dtype=np.uint8)  # a = 0 red, a = 1 blue
@@ -97,40 +117,90 @@ def render(kind: str, images: np.ndarray, attribute: np.ndarray) -> np.ndarray:
     return out
 
 
+def split_environments(y: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Environment e ∈ {0..count−1} of each sample: for each label v (0 then 1) its samples in
+    the order of one ``rng.permutation`` are cut into ``count`` consecutive parts whose sizes
+    differ by at most one (``numpy.array_split``: the first n_v mod count parts get one more).
+    One environment draws nothing."""
+    environment = np.zeros(len(y), dtype=np.int64)
+    if count == 1:
+        return environment
+    for v in (0, 1):
+        members = np.flatnonzero(y == v)
+        if len(members) < count:
+            raise ParamError(f"data.subpop.environments asks for {count} training environments but label {v} "
+                             f"has only {len(members)} training images: raise data.limit_per_class")
+        for e, part in enumerate(np.array_split(rng.permutation(members), count)):
+            environment[part] = e
+    return environment
+
+
+def environment_attributes(y: np.ndarray, environment: np.ndarray, agreements: list[float],
+                           rng: np.random.Generator) -> np.ndarray:
+    """:func:`assign_attributes` inside each environment e (in order) with agreement ρ_e; with one
+    environment the same draws as ``assign_attributes(y, ρ_1, rng)``."""
+    attribute = np.empty_like(y)
+    for e, agreement in enumerate(agreements):
+        members = np.flatnonzero(environment == e)
+        attribute[members] = assign_attributes(y[members], agreement, rng)
+    return attribute
+
+
+def agreement_share(split: Split, mask: np.ndarray | None = None) -> float:
+    """Share of images with a = y (all images, or those in ``mask``)."""
+    agree = split.extras["attribute"] == split.y
+    return float(np.mean(agree if mask is None else agree[mask]))
+
+
 def build_subpop(source: Source, cfg: DataConfig) -> PreparedData:
-    """Splits train (correlated), meta and val (group-balanced) and test (``test_correlation``)."""
+    """Splits meta and val (clean labels, group-balanced), train (noisy labels, correlated, in
+    one or more environments) and test (noisy labels, ``test_correlation``)."""
     params, seed = cfg.subpop, cfg.seed
     noise = params.resolved_label_noise()
+    agreements = params.resolved_environments()
     clean = {s: binary_label(params.kind, y, source.class_names)
              for s, y in (("train", source.train_y), ("test", source.test_y))}
-    y = {s: flip_labels(clean[s], noise, stream(seed, f"subpop/label_noise/{s}")) for s in clean}
     carve_rng = stream(seed, "subpop/carve")
-    carved, rest = carve_per_class(y["train"], 2, {"meta": 2 * cfg.meta_per_class, "val": 2 * cfg.val_per_class},
+    carved, rest = carve_per_class(clean["train"], 2, {"meta": 2 * cfg.meta_per_class, "val": 2 * cfg.val_per_class},
                                    carve_rng)
-    positions = {"train": rest, **carved, "test": np.arange(len(y["test"]))}
+    positions = {"train": rest, **carved, "test": np.arange(len(clean["test"]))}
+    truth = {name: clean["test" if name == "test" else "train"][pos] for name, pos in positions.items()}
+    labels = {**truth,
+              "train": flip_labels(truth["train"], noise, stream(seed, "subpop/label_noise/train")),
+              "test": flip_labels(truth["test"], noise, stream(seed, "subpop/label_noise/test"))}
+    environment = split_environments(labels["train"], len(agreements), stream(seed, "subpop/environment"))
     attributes = {
-        "train": assign_attributes(y["train"][rest], params.correlation, stream(seed, "subpop/attribute/train")),
-        "meta": assign_attributes(y["train"][carved["meta"]], 0.5, carve_rng),
-        "val": assign_attributes(y["train"][carved["val"]], 0.5, carve_rng),
-        "test": assign_attributes(y["test"], params.test_correlation, stream(seed, "subpop/attribute/test")),
+        "train": environment_attributes(labels["train"], environment, agreements,
+                                        stream(seed, "subpop/attribute/train")),
+        "meta": assign_attributes(labels["meta"], 0.5, carve_rng),
+        "val": assign_attributes(labels["val"], 0.5, carve_rng),
+        "test": assign_attributes(labels["test"], params.test_correlation, stream(seed, "subpop/attribute/test")),
     }
     splits = {}
     for name, pos in positions.items():
-        src, a = ("test" if name == "test" else "train"), attributes[name]
-        base, labels = source.take(src, pos), y[src][pos]
-        splits[name] = Split(render(params.kind, base.x, a), labels, base.index,
-                             {"attribute": a, "group": 2 * labels + a, "clean_y": clean[src][pos]})
+        a, y = attributes[name], labels[name]
+        base = source.take("test" if name == "test" else "train", pos)
+        extras = {"attribute": a, "group": 2 * y + a, "clean_y": truth[name]}
+        if name == "train":
+            extras["environment"] = environment
+        splits[name] = Split(render(params.kind, base.x, a), y, base.index, extras)
     names = DESCRIPTIONS[params.kind]
     positive = binary_label(params.kind, np.arange(source.num_classes), source.class_names)
+    train = splits["train"]
     card = {
         "num_classes": 2, "class_names": names["class_names"], "num_groups": 4,
         "group_names": [f"y={label}, a={colour}" for label in names["class_names"] for colour in names["attribute_names"]],
         "subpop": {
             "kind": params.kind, "label": names["label"], "attribute": names["attribute"],
             "positive_classes": [name for name, y1 in zip(source.class_names, positive) if y1],
-            "correlation": params.correlation, "test_correlation": params.test_correlation,
-            "label_noise": noise,
-            "realised_correlation": {n: float(np.mean(s.extras["attribute"] == s.y)) for n, s in splits.items()},
+            "correlation": params.correlation, "environments": params.environments,
+            "environment_agreements": agreements, "test_correlation": params.test_correlation,
+            "label_noise": noise, "label_noise_splits": ["train", "test"], "clean_splits": ["meta", "val"],
+            "test_environment": TEST_ENVIRONMENT,
+            "environment_sizes": np.bincount(environment, minlength=len(agreements)).tolist(),
+            "realised_correlation": {n: agreement_share(s) for n, s in splits.items()},
+            "realised_correlation_per_environment": [agreement_share(train, environment == e)
+                                                     for e in range(len(agreements))],
             "realised_label_noise": {n: float(np.mean(s.extras["clean_y"] != s.y)) for n, s in splits.items()},
         },
     }
