@@ -4,6 +4,9 @@ weights, per-class / shot / group breakdowns, epsilon analyses, and the plot dat
 Selection rules (never best-epoch-on-test): ``final`` = weights after the last epoch;
 ``selected`` = weights of the epoch with the best validation metric of the scenario
 (``val_acc``, or ``val_worst_group_acc`` for subpopulation shift).
+
+Undefined values (e.g. ``few_acc`` when no class has fewer than 20 training images) are NaN
+here and ``null`` in the metrics JSON (:func:`pipeline.stages.common.write_json`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from pipeline.data.longtail import shot_groups
 from pipeline.data.prepared import PreparedData
 from pipeline.experiment import ExperimentConfig
-from pipeline.metrics import per_class_accuracy, predict, shot_accuracy, split_metrics
+from pipeline.metrics import group_accuracy, per_class_accuracy, predict, shot_accuracy, split_metrics
 from pipeline.train import BEST, HISTORY, LAST, SCORES, build_model, load_checkpoint, make_loaders, resolve_device
 
 # Test-split names of the generalized long-tail protocols.
@@ -32,29 +35,49 @@ def evaluate_weights(exp: ExperimentConfig, data: PreparedData, state_dict: dict
     net, _ = build_model(exp, data, device)
     net.load_state_dict(state_dict)
     loaders = make_loaders(exp, data, 0, device, exp.network.channels_last).eval
+    logits = {name: predict(net, loader) for name, loader in loaders.items()}
+    return {"metrics": prediction_metrics(exp.scenario, data, logits), "test_pred": logits["test"].argmax(1)}
+
+
+def prediction_metrics(scenario: str, data: PreparedData, logits: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Metrics of the predictions ``logits[split]`` [N, C] of each evaluation split.
+
+    Every split: accuracy, macro precision, ``class_mean_acc`` = (1/C') Σ_c acc_c over the C'
+    classes present (balanced accuracy) and, with groups, worst-group / average group accuracy.
+    The test split also: ``per_class_acc``, ``per_group_acc`` where it has groups, and for the
+    long-tailed scenarios ``many_acc`` / ``medium_acc`` / ``few_acc`` = mean per-class test
+    accuracy over the classes with > 100 / 20-100 / < 20 *training* images (NaN where a shot
+    group is empty).
+    """
     out: dict[str, Any] = {}
-    preds: dict[str, np.ndarray] = {}
-    for name, loader in loaders.items():
+    for name, split_logits in logits.items():
         split = data.splits[name]
-        logits = predict(net, loader)
-        preds[name] = logits.argmax(1)
-        out[name] = split_metrics(logits, split.y, data.num_classes, split.extras.get("group"))
-    test = data.splits["test"]
-    per_class = per_class_accuracy(preds["test"], test.y, data.num_classes)
+        out[name] = split_metrics(split_logits, split.y, data.num_classes, split.extras.get("group"))
+        class_acc = per_class_accuracy(split_logits.argmax(1), split.y, data.num_classes)
+        out[name]["class_mean_acc"] = float(np.nanmean(class_acc)) if len(split.y) else float("nan")
+    test, pred = data.splits["test"], logits["test"].argmax(1)
+    per_class = per_class_accuracy(pred, test.y, data.num_classes)
     train_counts = np.bincount(data.splits["train"].y, minlength=data.num_classes)
-    if exp.scenario in ("longtail", "glt"):
+    if scenario in ("longtail", "glt"):
         out["test"].update({f"{k}_acc": v for k, v in shot_accuracy(per_class, shot_groups(train_counts)).items()})
     out["test"]["per_class_acc"] = {str(c): float(a) for c, a in enumerate(per_class)}
     if "group" in test.extras:
-        groups = test.extras["group"]
-        out["test"]["per_group_acc"] = {str(int(g)): float((preds["test"][groups == g] == test.y[groups == g]).mean())
-                                        for g in np.unique(groups)}
-    return {"metrics": out, "test_pred": preds["test"]}
+        per_group = group_accuracy(pred, test.y, test.extras["group"])
+        out["test"]["per_group_acc"] = {str(g): a for g, a in per_group.items()}
+    return out
 
 
 def epsilon_analysis(data: PreparedData, scores: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Statistics of the last epsilon of each training sample: per class, and per clean/noisy
-    label (with AUROC of epsilon for "label is noisy") or per group where the data has them."""
+    """Statistics of the last epsilon of each training sample seen in training (finite ε): per
+    class, and per clean/noisy label or per group where the data has them.
+
+    Separation of noisy from clean labels by ε, with the direction in the key:
+    ``auroc_noisy_higher_eps`` = P(ε_noisy > ε_clean) + ½ P(ε_noisy = ε_clean) over all pairs
+    of a noisy and a clean training sample (= ``roc_auc_score(is_noisy, ε)``: ε as the score
+    for "label is noisy"); ``auroc_noisy_lower_eps`` = 1 − that = P(ε_noisy < ε_clean) + ½ P(=),
+    the AUROC of −ε. A network that gives noisy labels anti-adversarial (lower) ε has
+    ``auroc_noisy_lower_eps`` > 0.5. Both NaN without seen samples of both kinds.
+    """
     from sklearn.metrics import roc_auc_score
 
     eps = scores.get("epsilon")
@@ -67,10 +90,11 @@ def epsilon_analysis(data: PreparedData, scores: dict[str, np.ndarray]) -> dict[
                                               for c in range(data.num_classes) if np.any(seen & (train.y == c))}}
     if "is_noisy" in train.extras:
         noisy = train.extras["is_noisy"].astype(bool)
-        out["clean_mean"] = float(np.mean(eps[seen & ~noisy]))
+        out["clean_mean"] = float(np.mean(eps[seen & ~noisy])) if np.any(seen & ~noisy) else float("nan")
         out["noisy_mean"] = float(np.mean(eps[seen & noisy])) if np.any(seen & noisy) else float("nan")
         both = np.any(seen & noisy) and np.any(seen & ~noisy)
-        out["auroc_noisy"] = float(roc_auc_score(noisy[seen], eps[seen])) if both else float("nan")
+        higher = float(roc_auc_score(noisy[seen], eps[seen])) if both else float("nan")
+        out["auroc_noisy_higher_eps"], out["auroc_noisy_lower_eps"] = higher, 1.0 - higher
     if "group" in train.extras:
         g = train.extras["group"]
         out["per_group_mean"] = {str(int(k)): float(np.mean(eps[seen & (g == k)])) for k in np.unique(g[seen])}
@@ -78,13 +102,38 @@ def epsilon_analysis(data: PreparedData, scores: dict[str, np.ndarray]) -> dict[
 
 
 def headline(scenario: str, metrics: dict[str, Any]) -> dict[str, float]:
-    """The numbers a reader of this scenario looks at first (fractions)."""
+    """The numbers a reader of this scenario looks at first (fractions).
+
+    - subpop: ``worst_group_acc`` = min over the test groups (label, attribute) of their
+      accuracy, and ``avg_acc`` = accuracy over all test images. The test split is the test
+      environment (colour agreement ``test_correlation``; 0.1 = IRM's reversed colour), so
+      ``avg_acc`` is IRM's headline, test-environment accuracy, and no separate key is kept.
+    - glt: accuracy and macro precision per protocol: ``clt_*`` on ``test`` (class-balanced),
+      ``glt_*`` on ``test_glt`` (class- and attribute-balanced), and for ALT
+      ``alt_class_mean_acc`` = the class-mean accuracy (1/C) Σ_c acc_c on ``test_alt``
+      (attribute-balanced, classes in the training proportions) with ``alt_macro_precision``.
+      The class mean undoes the class long tail that ``test_alt`` keeps (its plain accuracy,
+      still in ``metrics["test_alt"]["acc"]``, is dominated by the head classes). It differs
+      from Tang et al.'s ALT (ECCV 2022), which trains on a *class-balanced*,
+      attribute-long-tailed set and tests on a class- and attribute-balanced one: here the
+      training set is the class-long-tailed one of CLT and GLT, and since every (class,
+      attribute) cell then weighs equally, ``alt_class_mean_acc`` estimates the same quantity as
+      ``glt_acc``, from fewer tail-class images. Tang et al.'s ALT is ``glt_acc`` of an
+      experiment with ``glt.class_imbalance_ratio: 1``.
+    - longtail, noisy: ``acc``, and for the long-tailed data ``many_acc`` / ``medium_acc`` /
+      ``few_acc``.
+    """
     t = metrics["test"]
     if scenario == "subpop":
         return {"worst_group_acc": t["worst_group_acc"], "avg_acc": t["acc"]}
     if scenario == "glt":
-        return {f"{GLT_PROTOCOLS[s]}_{k}": metrics[s][k] for s in GLT_PROTOCOLS if s in metrics
-                for k in ("acc", "macro_precision")}
+        out: dict[str, float] = {}
+        for split, protocol in GLT_PROTOCOLS.items():
+            if split in metrics:
+                acc = "class_mean_acc" if protocol == "alt" else "acc"
+                out[f"{protocol}_{acc}"] = metrics[split][acc]
+                out[f"{protocol}_macro_precision"] = metrics[split]["macro_precision"]
+        return out
     out = {"acc": t["acc"]}
     out.update({k: t[k] for k in ("many_acc", "medium_acc", "few_acc") if k in t})
     return out

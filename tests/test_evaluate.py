@@ -1,0 +1,129 @@
+"""Evaluation on hand-made predictions: Many / Medium / Few wiring, the GLT and subpop headlines,
+the AUROC of epsilon for noisy labels, and strict JSON for undefined metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.data.prepared import PreparedData, Split
+from pipeline.evaluate import epsilon_analysis, headline, prediction_metrics
+from pipeline.stages.common import write_json
+
+
+def split(y: list[int], **extras: list) -> Split:
+    """A split of 1x1 black images with labels ``y`` and the given extras."""
+    n = len(y)
+    return Split(np.zeros((n, 1, 1, 3), dtype=np.uint8), np.array(y, dtype=np.int64), np.arange(n),
+                 {k: np.array(v) for k, v in extras.items()})
+
+
+def labels(counts: list[int]) -> list[int]:
+    """Class c repeated counts[c] times."""
+    return np.repeat(np.arange(len(counts)), counts).tolist()
+
+
+def one_hot(pred: list[int], num_classes: int) -> np.ndarray:
+    """Logits whose argmax is ``pred``."""
+    return np.eye(num_classes)[pred]
+
+
+def predictions(correct: list[int], per_class: int, num_classes: int) -> list[int]:
+    """Test predictions for ``per_class`` images of each class (in class order): the first
+    correct[c] of class c right, the others predicted as class (c + 1) mod C."""
+    return [c if i < correct[c] else (c + 1) % num_classes for c in range(num_classes) for i in range(per_class)]
+
+
+def data_with(train_counts: list[int], test: Split, **more: Split) -> PreparedData:
+    num_classes = len(train_counts)
+    return PreparedData({"train": split(labels(train_counts)), "test": test, **more}, {"num_classes": num_classes})
+
+
+def test_shot_accuracy_uses_the_training_counts():
+    # training images per class: Many > 100, Medium 20-100, Few < 20 (boundaries 101/100 and 20/19)
+    train_counts = [150, 101, 100, 50, 20, 19, 5]  # Many {0, 1}, Medium {2, 3, 4}, Few {5, 6}
+    correct = [4, 2, 3, 1, 0, 4, 1]  # of 4 test images per class: acc 1, .5, .75, .25, 0, 1, .25
+    data = data_with(train_counts, split(labels([4] * 7)))
+    m = prediction_metrics("longtail", data, {"test": one_hot(predictions(correct, 4, 7), 7)})["test"]
+    assert m["many_acc"] == pytest.approx((1 + 0.5) / 2)
+    assert m["medium_acc"] == pytest.approx((0.75 + 0.25 + 0) / 3)
+    assert m["few_acc"] == pytest.approx((1 + 0.25) / 2)
+    assert m["acc"] == pytest.approx(15 / 28) and m["per_class_acc"]["2"] == 0.75
+    assert headline("longtail", {"test": m}) == {"acc": m["acc"], "many_acc": m["many_acc"],
+                                                 "medium_acc": m["medium_acc"], "few_acc": m["few_acc"]}
+
+
+def test_empty_shot_group_is_undefined_and_noisy_has_no_shots():
+    data = data_with([500, 300, 40], split(labels([2] * 3)))  # no class under 20 images: Few is empty
+    logits = {"test": one_hot(predictions([2, 1, 0], 2, 3), 3)}
+    m = prediction_metrics("longtail", data, logits)["test"]
+    assert m["many_acc"] == 0.75 and m["medium_acc"] == 0.0 and math.isnan(m["few_acc"])
+    assert "many_acc" not in prediction_metrics("noisy", data, logits)["test"]
+
+
+def test_glt_alt_headline_is_the_class_mean_accuracy():
+    # test_alt keeps the class long tail: 8, 2, 2 images; class 0 all right, class 1 one of two,
+    # class 2 none. Plain accuracy 9/12 = 0.75, class-mean accuracy (1 + 0.5 + 0) / 3 = 0.5.
+    alt_y = labels([8, 2, 2])
+    alt_pred = alt_y[:8] + [1, 2] + [0, 0]
+    clt = split(labels([2, 2, 2]))
+    data = data_with([100, 30, 10], clt, test_glt=split(labels([2, 2, 2])), test_alt=split(alt_y))
+    logits = {"test": one_hot([0, 0, 1, 1, 2, 0], 3), "test_glt": one_hot([0, 0, 1, 1, 2, 2], 3),
+              "test_alt": one_hot(alt_pred, 3)}
+    metrics = prediction_metrics("glt", data, logits)
+    head = headline("glt", metrics)
+    assert set(head) == {"clt_acc", "clt_macro_precision", "glt_acc", "glt_macro_precision",
+                         "alt_class_mean_acc", "alt_macro_precision"}
+    assert head["alt_class_mean_acc"] == pytest.approx(0.5)
+    assert metrics["test_alt"]["acc"] == pytest.approx(0.75)  # kept in the metrics, not the headline
+    assert head["clt_acc"] == pytest.approx(5 / 6) and head["glt_acc"] == 1.0
+    # alt precision: class 0 predicted 10x (8 right), class 1 predicted 1x (right), class 2 1x (wrong)
+    assert head["alt_macro_precision"] == pytest.approx((8 / 10 + 1 + 0) / 3)
+
+
+def test_subpop_headline_worst_group_and_test_environment_accuracy():
+    # groups g = 2y + a; errors: one of two in group 1, both in group 2; group 3 has 4 images.
+    # avg_acc is the accuracy over all 10 test images (7/10), not the mean over groups (0.625)
+    test = split([0, 0, 0, 0, 1, 1, 1, 1, 1, 1], group=[0, 0, 1, 1, 2, 2, 3, 3, 3, 3])
+    data = data_with([10, 10], test)
+    metrics = prediction_metrics("subpop", data, {"test": one_hot([0, 0, 0, 1, 0, 0, 1, 1, 1, 1], 2)})
+    assert metrics["test"]["per_group_acc"] == {"0": 1.0, "1": 0.5, "2": 0.0, "3": 1.0}
+    assert headline("subpop", metrics) == {"worst_group_acc": 0.0, "avg_acc": 0.7}
+
+
+def test_auroc_of_epsilon_names_its_direction():
+    # noisy labels get lower epsilon: noisy {-0.2, -0.5}, clean {0.5, 0.3, -0.4, -0.2}; the last
+    # sample (noisy) was never seen (NaN) and is left out. Of the 8 (noisy, clean) pairs,
+    # eps_noisy > eps_clean in 1 (-0.2 > -0.4) and ties in 1 (-0.2 = -0.2):
+    # P(>) + P(=)/2 = 1.5 / 8 = 0.1875, and the lower direction 6.5 / 8 = 0.8125.
+    eps = np.array([0.5, 0.3, -0.4, -0.2, -0.2, -0.5, np.nan])
+    noisy = [False, False, False, False, True, True, True]
+    data = PreparedData({"train": split([0, 0, 0, 0, 1, 1, 1], is_noisy=noisy)}, {"num_classes": 2})
+    out = epsilon_analysis(data, {"epsilon": eps})
+    assert out["auroc_noisy_higher_eps"] == pytest.approx(0.1875)
+    assert out["auroc_noisy_lower_eps"] == pytest.approx(0.8125)
+    assert out["noisy_mean"] == pytest.approx(-0.35) and out["clean_mean"] == pytest.approx(0.05)
+    assert "auroc_noisy" not in out
+
+
+def strict_loads(text: str):
+    """json.loads that rejects NaN / Infinity (as strict parsers do)."""
+    def reject(token: str):
+        raise ValueError(f"non-standard JSON constant {token}")
+    return json.loads(text, parse_constant=reject)
+
+
+def test_metrics_json_is_strict_with_null_for_undefined(tmp_path):
+    data = data_with([500, 300, 40], split(labels([2] * 3)))  # Few is empty: few_acc undefined
+    metrics = prediction_metrics("longtail", data, {"test": one_hot(predictions([2, 1, 0], 2, 3), 3)})
+    result = {"selected": {**metrics, "headline": headline("longtail", metrics)},
+              "epsilon": {"noisy_mean": np.float32("nan"), "mean": np.float64(0.25), "count": np.int64(3)}}
+    write_json(result, tmp_path / "m.json")
+    back = strict_loads((tmp_path / "m.json").read_text())
+    assert back["selected"]["headline"]["few_acc"] is None and back["selected"]["test"]["few_acc"] is None
+    assert back["selected"]["headline"]["many_acc"] == 0.75
+    assert back["epsilon"] == {"noisy_mean": None, "mean": 0.25, "count": 3}
+    assert math.isnan(result["selected"]["headline"]["few_acc"])  # the caller's object is left as it was
