@@ -30,18 +30,19 @@ def collect(metrics_dir: Path, experiments: list[str], methods: list[str],
 ORDER = ("acc", "many_acc", "medium_acc", "few_acc", "worst_group_acc", "avg_acc")
 
 
-def stats(values: list[float]) -> dict[str, Any]:
+def stats(values: list[float | None]) -> dict[str, Any]:
     """Mean and std over seeds (ddof=1; 0 for one seed) and the number of seeds; mean and std are
-    None where the metric is undefined in any seed (NaN, e.g. no Few-shot class in CIFAR-10-LT
-    with rho = 100), so that the summary stays valid JSON."""
-    v = np.asarray(values, dtype=float)
+    None where the metric is undefined in any seed (``null`` in the metrics file, NaN in memory,
+    e.g. no Few-shot class in CIFAR-10-LT with rho = 100), so that the summary stays valid JSON."""
+    v = np.array([np.nan if x is None else x for x in values], dtype=float)
     if np.isnan(v).any():
         return {"mean": None, "std": None, "seeds": len(v)}
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "seeds": len(v)}
 
 
-def mean_std(values: list[float]) -> str:
-    """``mean ± std`` in percent (just the value for one seed); ``—`` where undefined."""
+def mean_std(values: list[float | None]) -> str:
+    """``mean ± std`` in percent (just the value for one seed); ``—`` where undefined (None or
+    NaN in any seed)."""
     s = stats(values)
     if s["mean"] is None:
         return "—"

@@ -46,3 +46,21 @@ def test_report_mean_and_std_over_the_seeds_of_the_run_matrix(tmp_path):
     text = markdown(results)
     assert "| ce | 2 | 55.00 ± 7.07 | 54.00 ± 7.07 |" in text
     assert "| meta_iada | 1 | 70.00 | 69.00 |" in text and "CIFAR-10 (JPEG)" in text
+
+
+def test_report_prints_a_dash_for_a_null_metric(tmp_path):
+    """few_acc is undefined (no Few-shot class): NaN in memory, null in the metrics file
+    (written by the evaluate stage's writer), "—" in the table and None in the summary."""
+    from pipeline.stages.common import write_json
+
+    for seed, few in ((0, float("nan")), (1, 0.25)):
+        head = {"acc": 0.5, "few_acc": few}
+        result = {"scenario": "longtail", "data": "CIFAR-10 (JPEG)", "selection_metric": "val_acc", "method": "ce",
+                  "final": {"headline": head}, "selected": {"headline": {"acc": 0.5, "few_acc": 0.25}}}
+        write_json(result, tmp_path / "lt" / f"ce-s{seed}.json")
+    assert '"few_acc": null' in (tmp_path / "lt" / "ce-s0.json").read_text()
+    results = collect(tmp_path, ["lt"], ["ce"], [0, 1])
+    assert "| ce | 2 | 50.00 ± 0.00 | — | 50.00 ± 0.00 | 25.00 ± 0.00 |" in markdown(results)
+    summary = summarise(results)
+    assert summary["lt"]["ce"]["final.few_acc"] == {"mean": None, "std": None, "seeds": 2}
+    json.dumps(summary, allow_nan=False)
