@@ -36,16 +36,43 @@ def test_attributes_are_the_clusters_ordered_by_size():
 
 
 def test_training_cells_follow_the_double_long_tail():
+    """Counts on paper: C = 4, k = 3, rho_c = 10, rho_a = 4, so f = (1, 10^(-1/3), 10^(-2/3), 0.1)
+    = (1, 0.46416, 0.21544, 0.1), w = (1, 1/2, 1/4), W = 7/4. Every cell of the pool holds
+    (60, 40, 25) images; the carve (2 meta + 3 val per class) leaves avail. The largest n_max with
+    n_max f_c w_a / W <= avail_{c,a} is bound by class 0, attribute 0: n_max <= 7/4 (60 - r) with
+    r = images carved from that cell (the other cells allow >= 7/4 * 35 / (1/2) = 122.5).
+    Seed 0 carves r = 3, so n_max = floor(7/4 * 57) = floor(99.75) = 99, n_max / W = 56.571 and
+    n_{c,a} = floor(56.571 f_c w_a):
+      c = 0: 56.57, 28.29, 14.14 -> 56, 28, 14
+      c = 1: 26.26, 13.13,  6.56 -> 26, 13, 6
+      c = 2: 12.19,  6.09,  3.05 -> 12, 6, 3
+      c = 3:  5.66,  2.83,  1.41 -> 5, 2, 1
+    """
     data, _ = build()
-    f, w = class_factors(4, 10), attribute_weights(3, 4)
-    available = np.array([TRAIN_SIZES] * 4) - cells(data.splits["meta"]) - cells(data.splits["val"])
-    n_max = data.card["glt"]["n_max"]
-    assert n_max == largest_n_max(available, f, w)
-    assert ((n_max + 1) * np.outer(f, w) / w.sum() > available).any()  # n_max is the largest that fits
-    assert np.array_equal(cells(data.splits["train"]), train_cell_counts(n_max, f, w))
+    carved = cells(data.splits["meta"]) + cells(data.splits["val"])
+    assert carved[0, 0] == 3, "seed 0's carve changed: recompute the counts below on paper"
+    assert carved.sum(axis=1).tolist() == [5] * 4
+    assert data.card["glt"]["n_max"] == 99
+    assert cells(data.splits["train"]).tolist() == [[56, 28, 14], [26, 13, 6], [12, 6, 3], [5, 2, 1]]
+    assert data.card["counts"]["per_class"]["train"] == [98, 45, 21, 8]
     assert data.card["counts"]["per_class"]["meta"] == [2] * 4
     pooled = np.concatenate([data.splits[s].index for s in ("train", "meta", "val")])
     assert len(np.unique(pooled)) == len(pooled)
+
+
+def test_cell_count_formulas_by_hand():
+    """The module's formulas on a second small case: C = 3, rho_c = 4 (f = 1, 1/2, 1/4), k = 2,
+    rho_a = 3 (w = 1, 1/3, W = 4/3), n_max = 40: n_{c,a} = floor(30 f_c w_a) = 30, 10 / 15, 5 /
+    7, 2 (7.5 and 2.5 floored). With avail = (30, 10) in every cell, class 0 binds:
+    min(30 * 4/3, 10 * 4/3 / (1/3)) = min(40, 40), so n_max = 40; one image less in cell (0, 1)
+    gives floor(9 * 4) = 36."""
+    f, w = class_factors(3, 4), attribute_weights(2, 3)
+    assert np.allclose(f, [1, 0.5, 0.25]) and np.allclose(w, [1, 1 / 3])
+    assert train_cell_counts(40, f, w).tolist() == [[30, 10], [15, 5], [7, 2]]
+    available = np.array([[30, 10]] * 3)
+    assert largest_n_max(available, f, w) == 40
+    available[0, 1] = 9
+    assert largest_n_max(available, f, w) == 36
 
 
 def test_three_test_protocols_have_their_balance():

@@ -4,12 +4,15 @@ end-to-end DVC test covers tracking)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
+from pipeline.data.prepared import load_prepared
 from pipeline.stages import evaluate, prepare, pretrain, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,19 +55,57 @@ def test_scenario_end_to_end(tmp_path, monkeypatch, name):
         assert train.main(common + ["--seed", "0", "--method", method]) == 0
         assert evaluate.main(common + ["--seed", "0", "--method", method]) == 0
     card = json.loads((tmp_path / "data/prepared" / name / "card.json").read_text())
-    m = json.loads((tmp_path / "metrics" / name / "meta_iada-s0.json").read_text())
-    head = m["selected"]["headline"]
+    m = strict_loads((tmp_path / "metrics" / name / "meta_iada-s0.json").read_text())
+    data = load_prepared(tmp_path / "data/prepared" / name)
+    test, pred = data.splits["test"], saved_test_predictions(tmp_path / "plots" / name / "meta_iada-s0", card)
+    t, head = m["selected"]["test"], m["selected"]["headline"]
     assert m["scenario"] == SCENARIOS[name]["scenario"]
+    assert t["acc"] == pytest.approx(np.mean(pred == test.y))  # from the saved predictions
     if name == "noisy":
         assert card["noisy"]["realised_rate"] > 0
-        assert set(head) == {"acc"} and 0 <= head["acc"] <= 1
-        assert 0 <= m["epsilon"]["auroc_noisy"] <= 1  # epsilon separating clean from corrupted labels
+        assert head == {"acc": t["acc"]}
+        eps = np.load(tmp_path / "models" / name / "s0" / "meta_iada" / "sample_scores.npz")["epsilon"]
+        higher = pairwise_higher(eps, data.splits["train"].extras["is_noisy"].astype(bool))
+        assert m["epsilon"]["auroc_noisy_higher_eps"] == pytest.approx(higher)
+        assert m["epsilon"]["auroc_noisy_lower_eps"] == pytest.approx(1 - higher)
     elif name.startswith("subpop"):
         assert m["selection_metric"] == "val_worst_group_acc"
-        assert set(head) == {"worst_group_acc", "avg_acc"} and head["worst_group_acc"] <= head["avg_acc"]
-        assert len(m["selected"]["test"]["per_group_acc"]) == 4
+        group = test.extras["group"]
+        per_group = {str(g): np.mean(pred[group == g] == test.y[group == g]) for g in range(4)}
+        assert t["per_group_acc"] == pytest.approx(per_group)
+        assert head == pytest.approx({"worst_group_acc": min(per_group.values()), "avg_acc": np.mean(pred == test.y)})
+        noise = card["subpop"]["realised_label_noise"]
+        assert noise["meta"] == 0 and noise["val"] == 0  # carved before the label noise
         assert set(m["epsilon"]["per_group_mean"]) == {"0", "1", "2", "3"}
     else:
-        assert {"clt_acc", "glt_acc", "alt_acc", "clt_macro_precision", "glt_macro_precision",
-                "alt_macro_precision"} == set(head)
+        assert head == {"clt_acc": t["acc"], "clt_macro_precision": t["macro_precision"],
+                        "glt_acc": m["selected"]["test_glt"]["acc"],
+                        "glt_macro_precision": m["selected"]["test_glt"]["macro_precision"],
+                        "alt_class_mean_acc": m["selected"]["test_alt"]["class_mean_acc"],
+                        "alt_macro_precision": m["selected"]["test_alt"]["macro_precision"]}
+        per_class = [np.mean(pred[test.y == c] == c) for c in range(data.num_classes)]
+        assert [t["per_class_acc"][str(c)] for c in range(data.num_classes)] == pytest.approx(per_class)
     assert (tmp_path / "plots" / name / "meta_iada-s0" / "summary.png").stat().st_size > 0
+
+
+def strict_loads(text: str) -> dict:
+    """json.loads that rejects NaN / Infinity, as strict JSON parsers do."""
+    def reject(token: str):
+        raise ValueError(f"non-standard JSON constant {token}")
+    return json.loads(text, parse_constant=reject)
+
+
+def saved_test_predictions(plots: Path, card: dict) -> np.ndarray:
+    """Predicted class of each test image, in test-split order, from the selected weights'
+    ``confusion.csv`` (class names mapped back to indices)."""
+    index = {n: c for c, n in enumerate(card["class_names"])}
+    with open(plots / "confusion.csv", newline="") as f:
+        return np.array([index[row["predicted"]] for row in csv.DictReader(f)])
+
+
+def pairwise_higher(eps: np.ndarray, noisy: np.ndarray) -> float:
+    """P(eps_noisy > eps_clean) + P(eps_noisy = eps_clean) / 2 over all (noisy, clean) pairs of
+    the samples seen in training (finite eps), counted pair by pair."""
+    seen = np.isfinite(eps)
+    a, b = eps[seen & noisy][:, None], eps[seen & ~noisy][None, :]
+    return float(np.mean((a > b) + 0.5 * (a == b)))
