@@ -9,6 +9,8 @@ is started again with the same configuration continues from its last finished ep
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import math
@@ -16,7 +18,7 @@ import os
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,46 @@ EpochCallback = Callable[[int, dict[str, float]], None]
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says which file and what to do."""
+
+
+class RunLockedError(CheckpointError):
+    """Another process is training into the same run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` (``flock`` on ``.<name>.lock`` beside it, outside the
+    DVC output) while training writes it: a second trainer, e.g. from a ``dvc repro`` started while
+    an orphaned trainer of a killed one still runs, stops with one line instead of writing the
+    same checkpoints and MLflow run. The kernel releases the lock when the process dies."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = out_dir.parent / f".{out_dir.name}.lock"
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise RunLockedError(f"run folder {out_dir} is being trained by another process (pid {owner}, lock "
+                                 f"{path}): wait for it to finish or stop it, then rerun") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def holds_run_lock(train: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Decorator: run ``train(exp, data, method, seed, out_dir, ...)`` under :func:`run_lock`."""
+    @functools.wraps(train)
+    def locked(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, out_dir: Path,
+               **kwargs: Any) -> dict[str, Any]:
+        with run_lock(out_dir):
+            return train(exp, data, method_name, seed, out_dir, **kwargs)
+    return locked
 
 
 def resolve_device(device: str) -> torch.device:
@@ -136,6 +178,7 @@ def is_interactive() -> bool:
     return sys.stderr.isatty()
 
 
+@holds_run_lock
 def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, out_dir: Path, *,
         first_epoch: int, last_epoch: int, init: Path | None = None, device: str = "auto",
         tracker: Any = None, on_epoch: EpochCallback | None = None, desc: str = "") -> dict[str, Any]:

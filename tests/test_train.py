@@ -213,3 +213,20 @@ def test_a_run_killed_while_finishing_is_not_retrained(tmp_path, monkeypatch):
     assert all(torch.equal(finished[k], v) for k, v in weights(tmp_path / "run" / LAST).items())
     with np.load(tmp_path / "run" / "sample_scores.npz") as scores:
         assert np.isfinite(scores["epsilon"]).any()  # the restored ε, not a fresh buffer of NaNs
+
+
+def test_a_run_folder_being_trained_is_locked(tmp_path):
+    """A second trainer on the same run folder stops with one line naming the holder."""
+    import fcntl
+
+    from pipeline.train import RunLockedError, run_lock
+
+    exp, data = tiny_experiment(), tiny_data()
+    with run_lock(tmp_path / "run"):
+        with pytest.raises(RunLockedError, match=r"being trained by another process \(pid \d+"):
+            fit(exp, data, "ce", 0, tmp_path / "run", first_epoch=0, last_epoch=1, device="cpu")
+    assert not (tmp_path / "run" / LAST).exists()
+    with open(tmp_path / ".run.lock") as handle:  # released: another holder can take it
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fit(exp, data, "ce", 0, tmp_path / "run", first_epoch=0, last_epoch=1, device="cpu")
+    assert (tmp_path / "run" / LAST).is_file()

@@ -98,22 +98,40 @@ def save_prepared(data: PreparedData, out_dir: str | os.PathLike) -> None:
     data.card = card
 
 
+class PreparedDataError(ValueError):
+    """A prepared data set that cannot be used; the message says which folder and what to do."""
+
+
 def load_prepared(path: str | os.PathLike) -> PreparedData:
-    """Read a prepared data set, with a clear error if it is missing or broken."""
+    """Read a prepared data set, with one clear error if it is missing or broken (truncated or
+    garbage ``arrays.npz``, corrupt ``card.json``, a card without ``splits``, missing arrays)."""
     path = Path(path)
     if not (path / ARRAYS).is_file() or not (path / CARD).is_file():
         raise FileNotFoundError(
             f"no prepared data set at {path}: run the prepare stage first (dvc repro prepare)")
+    fix = "delete the folder and rerun the prepare stage (dvc repro prepare)"
     try:
         card = json.loads((path / CARD).read_text())
         with np.load(path / ARRAYS, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as err:
-        raise ValueError(f"prepared data set at {path} is unreadable ({err}): rerun the prepare stage") from err
+    except Exception as err:  # BadZipFile, zlib/EOF errors of a truncated file, JSON errors...
+        raise PreparedDataError(f"prepared data set at {path} is unreadable ({type(err).__name__}: {err}); "
+                                f"{fix}") from err
+    if not isinstance(card, dict) or not isinstance(card.get("splits"), dict) or "num_classes" not in card:
+        raise PreparedDataError(f"{path / CARD} is not a data card of this project (it needs 'splits' and "
+                                f"'num_classes'); {fix}")
     splits: dict[str, Split] = {}
     for name in card["splits"]:
         prefix = f"{name}/"
+        missing = [k for k in ("x", "y", "index") if prefix + k not in arrays]
+        if missing:
+            raise PreparedDataError(f"{path / ARRAYS} has no array {prefix + missing[0]} for split {name!r} of the "
+                                    f"card; {fix}")
         extras = {k[len(prefix):]: v for k, v in arrays.items()
                   if k.startswith(prefix) and k[len(prefix):] not in ("x", "y", "index")}
-        splits[name] = Split(arrays[prefix + "x"], arrays[prefix + "y"], arrays[prefix + "index"], extras)
+        try:
+            splits[name] = Split(arrays[prefix + "x"], arrays[prefix + "y"], arrays[prefix + "index"], extras)
+        except ValueError as err:
+            raise PreparedDataError(f"prepared data set at {path}: split {name!r} is inconsistent ({err}); "
+                                    f"{fix}") from err
     return PreparedData(splits, card)
