@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from fixtures import data_config, labels_only_source, real_cifar10_labels, synth
 from pipeline.config import ParamError
 from pipeline.data.build import build_from_source
 from pipeline.data.longtail import longtail_counts, shot_groups
-from pipeline.data.prepared import load_prepared, save_prepared
+from pipeline.data.prepared import PreparedDataError, load_prepared, save_prepared
 
 # CIFAR-10, no carve-out (scenarios.md; LDAM-DRW's CIFAR-10-LT)
 CIFAR10_RHO100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
@@ -102,3 +103,38 @@ def test_carve_out_larger_than_pool_names_the_keys():
 def test_invalid_longtail_params_name_the_key(raw, key):
     with pytest.raises(ParamError, match=f"experiments.test.data.{key}"):
         data_config(scenario="longtail", source="cifar10", **raw)
+
+
+@pytest.mark.parametrize("damage", ["truncated_arrays", "garbage_card", "card_without_splits", "missing_array"])
+def test_a_broken_prepared_data_set_gives_one_line_through_the_stage(tmp_path, damage):
+    """What a user sees when ``data/prepared/<exp>`` is damaged: one ``error:`` line naming the
+    folder and the fix, exit 2, no traceback."""
+    import subprocess
+    import sys
+
+    source = synthetic_source(num_classes=10, train_per_class=30, test_per_class=2)
+    data = build_from_source(source, data_config(scenario="longtail", source="cifar10", meta_per_class=2,
+                                                 val_per_class=2, longtail={"imbalance_ratio": 2}))
+    folder = tmp_path / "data" / "prepared" / "lt"
+    save_prepared(data, folder)
+    arrays, card = folder / "arrays.npz", folder / "card.json"
+    if damage == "truncated_arrays":
+        arrays.write_bytes(arrays.read_bytes()[: arrays.stat().st_size // 2])
+    elif damage == "garbage_card":
+        card.write_text("{not json")
+    elif damage == "card_without_splits":
+        card.write_text(json.dumps({"num_classes": 10}))
+    else:
+        with np.load(arrays) as npz:
+            kept = {k: npz[k] for k in npz.files if k != "val/y"}
+        np.savez(arrays, **kept)
+    with pytest.raises(PreparedDataError, match=str(folder)):
+        load_prepared(folder)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.pretrain", "--experiment", "lt", "--seed", "0",
+                           "--params", str(root / "params.yaml"), "--no-mlflow"], cwd=tmp_path,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:"), proc.stderr[-2000:]
+    assert "rerun the prepare stage" in lines[0]
+    assert not (tmp_path / "models").exists()

@@ -49,9 +49,10 @@ def parser(description: str, *, method: bool = False, seed: bool = True) -> argp
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: reported in one line, without a traceback."""
+    from pipeline.data.prepared import PreparedDataError
     from pipeline.data.sources import DataSourceError
     from pipeline.train import CheckpointError
-    return (ParamError, DataSourceError, CheckpointError, FileNotFoundError)
+    return (ParamError, DataSourceError, CheckpointError, PreparedDataError, FileNotFoundError)
 
 
 def main_guard(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
