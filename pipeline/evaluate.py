@@ -6,7 +6,7 @@ Selection rules (never best-epoch-on-test): ``final`` = weights after the last e
 (``val_acc``, or ``val_worst_group_acc`` for subpopulation shift).
 
 Undefined values (e.g. ``few_acc`` when no class has fewer than 20 training images) are NaN
-here and ``null`` in the metrics JSON (:func:`pipeline.stages.common.write_json`).
+here and ``null`` in the metrics JSON (:func:`pipeline.jsonfile.write_json`).
 """
 
 from __future__ import annotations

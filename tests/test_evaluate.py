@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.data.prepared import PreparedData, Split
 from pipeline.evaluate import epsilon_analysis, headline, prediction_metrics
-from pipeline.stages.common import write_json
+from pipeline.jsonfile import write_json
 
 
 def split(y: list[int], **extras: list) -> Split:

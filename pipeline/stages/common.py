@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.config import ParamError
 from pipeline.experiment import ExperimentConfig, Params, load_params
+from pipeline.jsonfile import json_safe, write_json  # noqa: F401  (the stages' writer)
 
 DATA_DIR = Path("data/prepared")
 MODELS_DIR = Path("models")
@@ -79,29 +76,3 @@ def load(args: argparse.Namespace) -> tuple[Params, ExperimentConfig]:
     return params, exp
 
 
-def json_safe(obj: Any) -> Any:
-    """A copy of ``obj`` that strict JSON can hold: NaN and ±inf (undefined metrics, e.g.
-    ``few_acc`` with no Few-shot class) become None (``null``), numpy scalars and arrays become
-    Python numbers and lists, tuples become lists; mappings and lists are converted recursively."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return json_safe(obj.tolist())
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
-
-
-def write_json(obj: Any, path: Path) -> None:
-    """Write ``obj`` as strict JSON (undefined values as ``null``, see :func:`json_safe`;
-    ``allow_nan=False`` so that no NaN slips through), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False, default=float) + "\n")
-    tmp.replace(path)
