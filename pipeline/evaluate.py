@@ -23,7 +23,8 @@ from pipeline.data.longtail import shot_groups
 from pipeline.data.prepared import PreparedData
 from pipeline.experiment import ExperimentConfig
 from pipeline.metrics import group_accuracy, per_class_accuracy, predict, shot_accuracy, split_metrics
-from pipeline.train import BEST, HISTORY, LAST, SCORES, build_model, load_checkpoint, make_loaders, resolve_device
+from pipeline.train import (BEST, HISTORY, LAST, SCORES, CheckpointError, build_model, load_checkpoint,
+                            make_loaders, resolve_device)
 
 # Test-split names of the generalized long-tail protocols.
 GLT_PROTOCOLS = {"test": "clt", "test_glt": "glt", "test_alt": "alt"}
@@ -139,26 +140,61 @@ def headline(scenario: str, metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def load_finished_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, np.ndarray]]:
+    """``history.json``, the ``final`` (``last.pt``) and ``selected`` (``best.pt``) checkpoints and
+    the per-sample scores of a run that finished, all of the same run (fingerprint).
+
+    Raises :class:`~pipeline.train.CheckpointError` (one line) for a run that did not finish
+    (``last.pt`` short of the last epoch), for files left by another run (e.g. the ``history.json``
+    of an earlier configuration beside an interrupted run's ``last.pt``) and for corrupt files:
+    evaluating such a folder would report a partial epoch as final under an older run's id.
+    """
+    rerun = "rerun the run's train stage (it resumes from last.pt)"
+    path = run_dir / HISTORY
+    if not path.is_file():
+        raise CheckpointError(f"{run_dir} has no {HISTORY}: the run has not finished; {rerun}")
+    try:
+        history = json.loads(path.read_text())
+        fingerprint = history["fingerprint"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path} is corrupt or from an older version ({type(err).__name__}); {rerun}") from err
+    checkpoints = {"final": load_checkpoint(run_dir / LAST), "selected": load_checkpoint(run_dir / BEST)}
+    last = checkpoints["final"]
+    if last.get("fingerprint") != fingerprint:
+        raise CheckpointError(f"{run_dir / LAST} and {HISTORY} belong to different runs (an interrupted run beside "
+                              f"an earlier one's files); {rerun}")
+    if last["epoch"] != history.get("last_epoch"):
+        raise CheckpointError(f"run {run_dir} did not finish: {LAST} is at epoch {last['epoch']} of "
+                              f"{history.get('last_epoch')}; {rerun}")
+    if checkpoints["selected"].get("fingerprint") != fingerprint:
+        raise CheckpointError(f"{run_dir / BEST} belongs to another run than {LAST}; {rerun}")
+    scores: dict[str, np.ndarray] = {}
+    if (run_dir / SCORES).is_file():
+        try:
+            with np.load(run_dir / SCORES, allow_pickle=False) as npz:
+                scores = {k: npz[k] for k in npz.files}
+        except Exception as err:  # truncated or garbage file
+            raise CheckpointError(f"{run_dir / SCORES} is unreadable ({type(err).__name__}); {rerun}") from err
+        if str(scores.pop("fingerprint", "")) != fingerprint:
+            raise CheckpointError(f"{run_dir / SCORES} belongs to another run than {LAST}; {rerun}")
+    return history, checkpoints, scores
+
+
 def evaluate_run(exp: ExperimentConfig, data: PreparedData, run_dir: Path, plots_dir: Path,
                  device: str = "auto") -> dict[str, Any]:
     """Metrics JSON content of one run; writes confusion / per-class CSVs and PNGs to ``plots_dir``."""
     dev = resolve_device(device)
-    history = json.loads((run_dir / HISTORY).read_text())
+    history, checkpoints, scores = load_finished_run(run_dir)
     result: dict[str, Any] = {"scenario": exp.scenario, "method": history["method"], "seed": history["seed"],
                               "data": data.card.get("source", {}).get("dataset", exp.data.source),
                               "selection_metric": history["selection_metric"], "run_id": history["run_id"]}
-    for rule, ckpt_name in (("final", LAST), ("selected", BEST)):
-        ckpt = load_checkpoint(run_dir / ckpt_name)
+    for rule, ckpt in checkpoints.items():
         ev = evaluate_weights(exp, data, ckpt["model"], dev)
         result[rule] = {"epoch": int(ckpt["epoch"]) - 1, **ev["metrics"],
                         "headline": headline(exp.scenario, ev["metrics"])}
         if rule == "selected":
             write_plot_files(data, ev["test_pred"], plots_dir)
             selected_pred = ev["test_pred"]
-    scores: dict[str, np.ndarray] = {}
-    if (run_dir / SCORES).is_file():
-        with np.load(run_dir / SCORES) as npz:
-            scores = {k: npz[k] for k in npz.files}
     eps = epsilon_analysis(data, scores)
     if eps:
         result["epsilon"] = eps

@@ -29,10 +29,10 @@ def json_safe(obj: Any) -> Any:
     return obj
 
 
-def write_json(obj: Any, path: Path) -> None:
+def write_json(obj: Any, path: Path, *, sort_keys: bool = True) -> None:
     """Write ``obj`` as strict JSON (undefined values as ``null``, see :func:`json_safe`;
     ``allow_nan=False`` so that no NaN slips through), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(json_safe(obj), indent=2, sort_keys=True, allow_nan=False, default=float) + "\n")
+    tmp.write_text(json.dumps(json_safe(obj), indent=2, sort_keys=sort_keys, allow_nan=False, default=float) + "\n")
     tmp.replace(path)

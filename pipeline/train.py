@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import json
 import math
 import os
 import sys
@@ -31,6 +30,7 @@ from pipeline.allocator import keep_freed_memory
 from pipeline.config import ParamError, flatten, to_dict
 from pipeline.data.prepared import PreparedData
 from pipeline.experiment import ExperimentConfig, config_hash
+from pipeline.jsonfile import write_json
 from pipeline.loader import BatchLoader, channel_stats
 from pipeline.methods import REGISTRY, Method, StepContext, TrainInfo
 from pipeline.metrics import predict, split_metrics
@@ -121,12 +121,6 @@ def atomic_save(obj: Any, path: Path) -> None:
     """Write ``obj`` to ``path`` through a temporary file and a rename (never half-written)."""
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -315,15 +309,19 @@ def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, 
         save_last()
         save_best(last_epoch, "initial", float("nan"))
     scores = method.sample_scores()
-    np.savez(out_dir / SCORES, **scores)
+    tmp = out_dir / f".{SCORES}.tmp"
+    with open(tmp, "wb") as f:  # the run's fingerprint too: evaluation checks every file is of this run
+        np.savez(f, **scores, fingerprint=np.array(fingerprint))
+    os.replace(tmp, out_dir / SCORES)
     for name, module in method.artifacts().items():
         atomic_save(module.state_dict(), out_dir / artifact_file(name))
-    summary = {"method": method_name, "seed": seed, "first_epoch": first_epoch, "last_epoch": last_epoch,
+    summary = {"method": method_name, "seed": seed, "fingerprint": fingerprint,
+               "first_epoch": first_epoch, "last_epoch": last_epoch,
                "selection_metric": metric_name, "selected_epoch": state["best"]["epoch"],
                "selected_value": state["best"]["value"], "run_id": state["run_id"],
                "characteristics": list(getattr(method_cfg, "characteristics", []) or []),
                "history": state["history"]}
-    atomic_write_text(json.dumps(summary, indent=2, default=float) + "\n", out_dir / HISTORY)
+    write_json(summary, out_dir / HISTORY, sort_keys=False)  # strict JSON: an undefined value is null
     if tracker is not None:
         tracker.finish(out_dir, method)
     return summary

@@ -127,3 +127,49 @@ def test_metrics_json_is_strict_with_null_for_undefined(tmp_path):
     assert back["selected"]["headline"]["many_acc"] == 0.75
     assert back["epsilon"] == {"noisy_mean": None, "mean": 0.25, "count": 3}
     assert math.isnan(result["selected"]["headline"]["few_acc"])  # the caller's object is left as it was
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_evaluation_refuses_an_unfinished_or_mixed_run_folder(tmp_path):
+    """Interrupted run beside an earlier run's files: evaluation used to exit 0, report the
+    partial epoch as final and take the older run's id; now one CheckpointError each."""
+    import shutil
+
+    from pipeline.evaluate import evaluate_run
+    from pipeline.train import HISTORY, LAST, SCORES, CheckpointError, fit
+    from tests.tiny import tiny_data, tiny_experiment
+
+    data, run = tiny_data(), tmp_path / "run"
+    fit(tiny_experiment(), data, "meta_iada", 0, run, first_epoch=0, last_epoch=2, device="cpu")
+    assert evaluate_run(tiny_experiment(), data, run, tmp_path / "plots", device="cpu")["final"]["epoch"] == 1
+    finished = {name: (run / name).read_bytes() for name in (HISTORY, SCORES)}
+
+    def stop(epoch, metrics):
+        raise Interrupt
+
+    other = tiny_experiment(optim={"lr": 0.01, "batch_size": 8, "warmup_epochs": 1, "milestones": [3]})
+    with pytest.raises(Interrupt):  # another configuration into the same folder, killed after epoch 0
+        fit(other, data, "meta_iada", 0, run, first_epoch=0, last_epoch=2, device="cpu", on_epoch=stop)
+    with pytest.raises(CheckpointError, match="belong to different runs"):
+        evaluate_run(other, data, run, tmp_path / "plots", device="cpu")
+    (run / HISTORY).unlink()
+    with pytest.raises(CheckpointError, match="has no history.json: the run has not finished"):
+        evaluate_run(other, data, run, tmp_path / "plots", device="cpu")
+    # the same configuration, its history written but last.pt one epoch short
+    shutil.copy(run / LAST, tmp_path / "partial.pt")
+    fit(other, data, "meta_iada", 0, run, first_epoch=0, last_epoch=2, device="cpu")
+    evaluate_run(other, data, run, tmp_path / "plots", device="cpu")
+    shutil.copy(tmp_path / "partial.pt", run / LAST)
+    with pytest.raises(CheckpointError, match=r"did not finish: last.pt is at epoch 1 of 2"):
+        evaluate_run(other, data, run, tmp_path / "plots", device="cpu")
+    (run / SCORES).write_bytes(finished[SCORES])  # scores of the first run
+    fit(other, data, "meta_iada", 0, run, first_epoch=0, last_epoch=2, device="cpu")  # resumes and finishes
+    (run / SCORES).write_bytes(finished[SCORES])
+    with pytest.raises(CheckpointError, match="sample_scores.npz belongs to another run"):
+        evaluate_run(other, data, run, tmp_path / "plots", device="cpu")
+    (run / HISTORY).write_text("{truncated")
+    with pytest.raises(CheckpointError, match="history.json is corrupt"):
+        evaluate_run(other, data, run, tmp_path / "plots", device="cpu")
