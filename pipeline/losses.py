@@ -10,6 +10,19 @@ with a_ij = ||Δw_ij|| (``direction="pairwise"``) or a_ij = Δw_ijᵀ d_i, d_i =
 g_i = Wᵀ(p_i − e_y) detached (``direction="gradient"``); both extra terms are 0 for j = y.
 ε ≡ 0 gives ISDA's loss (Wang et al., 2019), ε ≡ 0 and α_t = 0 plain cross-entropy.
 
+When it is a bound. With ``gradient`` the expression is the Jensen upper bound of
+E[CE(W h~ + b, y)] over h~ ~ N(h + β ε d_i, α_t Σ_y) for either sign of ε: d_i is one direction,
+which the Gaussian realises. With ``pairwise`` it is an upper bound for ε >= 0: for any unit d,
+ε·Δw_ijᵀd <= ε·||Δw_ij|| (Cauchy–Schwarz), so each pair's worst case bounds every single shift of
+length β ε, and the loss bounds the expected CE for *any* direction d. For ε < 0 each pair (y, j)
+gets its own best-case direction, which no single Gaussian shift realises when C > 2 (the
+Δw_ij point different ways): the loss can be below the expected CE of every direction (a case
+with C = 5, ε = −0.6 is in tests/test_losses.py), so there it is a per-pair margin reduction,
+not the bound of an augmentation. Which regime a run was in depends on the sign of its ε.
+
+Optional class-balanced weights (:func:`class_balanced_weights`; ``class_balanced`` in the
+methods' configs) multiply L_i by w_{y_i} for a MetaSAug-comparable variant [related].
+
 Provenance: the Jensen/MGF route is the paper's; the exact mean shift β·ε_i·d (the two
 ``direction`` variants) is this project's reconstruction [choice]; the ISDA quadratic term and
 the linear α ramp are taken from ISDA/MetaSAug [related].
@@ -32,6 +45,26 @@ Direction = Literal["pairwise", "gradient"]
 def alpha_at(alpha: float, epoch: int, total_epochs: int) -> float:
     """The linear ramp α_t = α · epoch / total_epochs of ISDA and MetaSAug [related]."""
     return alpha * epoch / total_epochs
+
+
+def class_balanced_weights(counts: torch.Tensor, beta: float) -> torch.Tensor:
+    """Class-balanced weights by the effective number of samples (Cui et al., 2019) [related]:
+
+        w_c = (1 − β) / (1 − β^{n_c}),   rescaled so that Σ_c w_c = C,
+
+    for training class counts n_c (``counts`` [C]) and 0 <= β < 1; float64 [C] on ``counts``'s
+    device. w_c = 1/E_{n_c}, with E_n = (1 − β^n)/(1 − β) the effective number of n samples:
+    β = 0 gives equal weights, β -> 1 weights ∝ 1/n_c. The rescaling to Σ_c w_c = C
+    is MetaSAug's (its ``per_cls_weights``); under the weighted mean Σ_i w_{y_i} L_i / Σ_i w_{y_i}
+    it cancels. A class without training samples (n_c = 0, whose weight is never used) counts as
+    n_c = 1, so that the rescaling stays finite. Computed in float64: for β = 0.9999,
+    1 − β^{n_c} loses digits in float32 when n_c is small.
+    """
+    if not 0 <= beta < 1:
+        raise ValueError(f"class-balanced beta must be in [0, 1), got {beta}")
+    n = counts.to(torch.float64).clamp_min(1)
+    weights = (1 - beta) / (1 - beta ** n)
+    return weights * len(n) / weights.sum()
 
 
 def class_quadratic_term(weight: torch.Tensor, covariance: torch.Tensor,

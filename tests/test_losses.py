@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import alpha_at, iada_loss, isda_loss
+from pipeline.losses import alpha_at, class_balanced_weights, iada_loss, isda_loss
 
 
 def random_problem(seed: int, batch: int = 6, classes: int = 5, dim: int = 4,
@@ -160,3 +160,176 @@ def test_alpha_ramp():
     assert alpha_at(0.5, 0, 200) == 0.0
     assert alpha_at(0.5, 100, 200) == 0.25
     assert alpha_at(0.5, 200, 200) == 0.5
+
+
+def shifted_ce_stats(h, y, weight, bias, shifts, cov, alpha, noise):
+    """Monte-Carlo mean and standard error of CE(W h~ + b, y), h~ = h + s + (α Σ)^{1/2} ξ, for
+    every shift s (row of ``shifts`` [D, A]) with the same noise ξ (rows of ``noise`` [S, A]):
+    two tensors [D]."""
+    root = torch.linalg.cholesky(alpha * cov)
+    samples = h + shifts.unsqueeze(1) + noise @ root.T  # [D, S, A]
+    logits = samples @ weight.T + bias  # [D, S, C]
+    ce = torch.logsumexp(logits, -1) - logits[..., y]  # [D, S]
+    return ce.mean(1), ce.std(1) / math.sqrt(noise.shape[0])
+
+
+def extreme_direction(h, y, weight, bias, scale, cov, alpha, noise, start, sign, steps=60):
+    """A unit direction d that makes the Monte-Carlo mean of CE(h + scale·d + (α Σ)^{1/2} ξ)
+    over the fixed ``noise`` locally largest (``sign`` = +1) or smallest (−1): gradient steps on
+    the sphere, from ``start``."""
+    d = start.clone().requires_grad_()
+    opt = torch.optim.Adam([d], lr=0.1)
+    for _ in range(steps):
+        mean, _ = shifted_ce_stats(h, y, weight, bias, scale * F.normalize(d, dim=0).unsqueeze(0), cov,
+                                   alpha, noise)
+        opt.zero_grad()
+        (-sign * mean.sum()).backward()
+        opt.step()
+    return F.normalize(d.detach(), dim=0)
+
+
+def candidate_directions(h, y, weight, bias, count, generator):
+    """Unit directions to try [D, A]: ``count`` random ones, ±Δw_yj/||Δw_yj|| for every j ≠ y,
+    the normalised mean of the Δw_yj/||Δw_yj||, and ± the FGM direction g/||g||, g = Wᵀ(p − e_y)."""
+    unit = F.normalize(weight[torch.arange(len(weight)) != y] - weight[y], dim=1)  # [C − 1, A]
+    p = torch.softmax(weight @ h + bias, 0)
+    g = weight.T @ (p - F.one_hot(torch.tensor(y), len(weight)).to(p.dtype))
+    fgm = (g / g.norm()).unsqueeze(0)
+    rand = F.normalize(torch.randn(count, h.shape[0], generator=generator, dtype=h.dtype), dim=1)
+    return torch.cat([rand, unit, -unit, F.normalize(unit.mean(0), dim=0).unsqueeze(0), fgm, -fgm])
+
+
+@pytest.mark.parametrize("seed", [8, 9])
+def test_pairwise_is_a_bound_for_positive_epsilon(seed):
+    """ε > 0: for every unit d, ε·Δw_ijᵀd <= ε·||Δw_ij|| (Cauchy–Schwarz), so the pairwise loss is
+    >= the closed form with that single d, which is >= E[CE(h~)], h~ ~ N(h + β ε d, α Σ_y), by
+    Jensen. Checked for random directions, ±Δw_ij/||Δw_ij||, ± the FGM direction and the worst
+    direction found by gradient ascent on the Monte-Carlo mean; margin 4 standard errors. α is
+    small, so the Jensen gap is small next to the effect of the shift: a loss that dropped or
+    shrank the ε term would fall below the worst direction's mean."""
+    weight, bias, h, labels, cov = random_problem(seed, batch=3, classes=5, dim=4)
+    alpha, beta, epsilon, samples = 0.1, 1.0, 0.8, 20_000
+    g = torch.Generator().manual_seed(seed + 100)
+    noise = torch.randn(samples, h.shape[1], generator=g, dtype=torch.float64)
+    logits = h @ weight.T + bias
+    eps = torch.full((len(labels),), epsilon, dtype=torch.float64)
+    bound = iada_loss(logits, None, labels, weight, cov, eps, alpha, beta, "pairwise")
+    for i, y in enumerate(labels.tolist()):
+        directions = candidate_directions(h[i], y, weight, bias, 20, g)
+        mean, _ = shifted_ce_stats(h[i], y, weight, bias, beta * epsilon * directions, cov[y], alpha, noise)
+        worst = extreme_direction(h[i], y, weight, bias, beta * epsilon, cov[y], alpha, noise,
+                                  directions[int(mean.argmax())], +1)
+        directions = torch.cat([directions, worst.unsqueeze(0)])
+        mean, se = shifted_ce_stats(h[i], y, weight, bias, beta * epsilon * directions, cov[y], alpha, noise)
+        assert (mean <= bound[i] + 4 * se).all()
+
+
+# A fixed case with C = 5 classes in A = 2 dimensions, the own class y = 0 in the middle: the
+# directions Δw_0j point four different ways, so no single shift moves h away from all of them.
+FIXED_WEIGHT = [[0.0, 0.0], [2.0, 0.3], [0.2, 2.5], [-1.5, 0.2], [0.1, -2.0]]
+FIXED_H, FIXED_COV = [0.3, -0.2], [[1.0, 0.3], [0.3, 0.5]]
+
+
+def fixed_case() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """W [5, 2], b = 0, h [2], Σ_y [2, 2] of the fixed case, float64."""
+    weight = torch.tensor(FIXED_WEIGHT, dtype=torch.float64)
+    return (weight, torch.zeros(5, dtype=torch.float64), torch.tensor(FIXED_H, dtype=torch.float64),
+            torch.tensor(FIXED_COV, dtype=torch.float64))
+
+
+def test_pairwise_is_not_a_bound_for_negative_epsilon():
+    """ε < 0: every pair (y, j) gets its own best-case direction, ε·||Δw_yj||, which no single
+    Gaussian shift realises when C > 2. On the fixed case the pairwise loss is below the expected
+    CE of *every* direction d:
+
+    - CE is convex in h, so E[CE(h~)] >= CE(h + β ε d) (Jensen the other way); on A = 2 the unit
+      directions form a circle, and the minimum of CE(h + β ε d) over a grid of 3,600 angles,
+      less its Lipschitz error (||∇_h CE|| = ||Wᵀ(p − e_y)|| <= max_j ||Δw_yj||, times the
+      distance |β ε|·π/3600 to the nearest grid point), is above the pairwise loss by > 0.5;
+    - the Monte-Carlo mean itself, for random directions, ±Δw_yj/||Δw_yj|| (the pairs' best cases),
+      their normalised mean, ± the FGM direction and the best direction found by gradient descent
+      on the Monte-Carlo mean, is above the pairwise loss by more than 4 standard errors.
+
+    So for ε < 0 the pairwise loss is a per-pair margin reduction, not the bound of an
+    augmentation (pipeline/losses.py, "When it is a bound")."""
+    weight, bias, h, cov = fixed_case()
+    y, alpha, beta, epsilon, samples = 0, 0.1, 1.0, -0.6, 20_000
+    logits = (h @ weight.T + bias).unsqueeze(0)
+    pairwise = iada_loss(logits, None, torch.tensor([y]), weight, cov.expand(5, 2, 2),
+                         torch.tensor([epsilon], dtype=torch.float64), alpha, beta, "pairwise").item()
+
+    n = 3600
+    angle = torch.arange(n, dtype=torch.float64) * 2 * math.pi / n
+    z = (h + beta * epsilon * torch.stack([angle.cos(), angle.sin()], 1)) @ weight.T + bias  # [n, C]
+    ce_at_mean = torch.logsumexp(z, 1) - z[:, y]
+    lipschitz = (weight - weight[y]).norm(dim=1).max().item()
+    assert pairwise < ce_at_mean.min().item() - lipschitz * abs(beta * epsilon) * math.pi / n - 0.5
+
+    g = torch.Generator().manual_seed(10)
+    noise = torch.randn(samples, 2, generator=g, dtype=torch.float64)
+    directions = candidate_directions(h, y, weight, bias, 200, g)
+    mean, _ = shifted_ce_stats(h, y, weight, bias, beta * epsilon * directions, cov, alpha, noise)
+    best = extreme_direction(h, y, weight, bias, beta * epsilon, cov, alpha, noise,
+                             directions[int(mean.argmin())], -1)
+    directions = torch.cat([directions, best.unsqueeze(0)])
+    mean, se = shifted_ce_stats(h, y, weight, bias, beta * epsilon * directions, cov, alpha, noise)
+    assert (pairwise < mean - 4 * se).all()
+
+
+@pytest.mark.parametrize("epsilon", [0.6, -0.6])
+def test_gradient_direction_is_a_bound_for_both_signs_on_the_fixed_case(epsilon):
+    """On the case where ``pairwise`` does not bound (ε < 0), ``gradient`` is the Jensen bound of
+    E[CE(h~)], h~ ~ N(h + β ε d, α Σ_y), d = g/||g|| (computed here independently), for either
+    sign of ε: its single direction is one the Gaussian realises. The gap is O(α): small at α = 0.1."""
+    weight, bias, h, cov = fixed_case()
+    y, alpha, beta, samples = 0, 0.1, 1.0, 40_000
+    logits = (h @ weight.T + bias).unsqueeze(0)
+    bound = iada_loss(logits, None, torch.tensor([y]), weight, cov.expand(5, 2, 2),
+                      torch.tensor([epsilon], dtype=torch.float64), alpha, beta, "gradient").item()
+    p = torch.softmax(weight @ h + bias, 0)
+    grad = weight.T @ (p - F.one_hot(torch.tensor(y), 5).double())
+    noise = torch.randn(samples, 2, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    mean, se = shifted_ce_stats(h, y, weight, bias, (beta * epsilon * grad / grad.norm()).unsqueeze(0), cov,
+                                alpha, noise)
+    assert mean.item() <= bound + 4 * se.item()
+    assert bound - mean.item() < 0.1
+
+
+def test_class_balanced_weights_by_hand():
+    """w_c = (1 − β)/(1 − β^{n_c}), rescaled to Σ_c w_c = C (Cui et al., 2019; MetaSAug's
+    ``per_cls_weights``). counts [100, 10, 1], β = 0.9: raw weights 0.1/(1 − 0.9¹⁰⁰) =
+    0.10000266..., 0.1/(1 − 0.9¹⁰) = 0.15353400..., 0.1/0.1 = 1, sum 1.25353664948920..., times
+    3/sum: the literals below."""
+    got = class_balanced_weights(torch.tensor([100, 10, 1]), 0.9)
+    assert got.dtype == torch.float64
+    expected = [0.23932923600883357, 0.36744197309586174, 2.3932287908953045]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-13)
+    # β = 0.9999 (the default), n = 5000 and 50: raw (1 − β)/(1 − β^n), rescaled to sum 2
+    raw = [0.00025413961385536613, 0.020049041652065152]
+    np.testing.assert_allclose(class_balanced_weights(torch.tensor([5000, 50]), 0.9999).numpy(),
+                               [2 * r / sum(raw) for r in raw], rtol=1e-9)
+    assert torch.equal(class_balanced_weights(torch.tensor([7, 3, 1]), 0.0),
+                       torch.ones(3, dtype=torch.float64))  # β = 0: equal weights
+    with pytest.raises(ValueError):
+        class_balanced_weights(torch.tensor([7, 3]), 1.0)
+
+
+@pytest.mark.parametrize("direction", ["pairwise", "gradient"])
+def test_beta_zero_makes_the_loss_constant_in_epsilon(direction):
+    """ε enters the loss only through β·ε_i·a_ij, so with β = 0 the loss is the same for every ε
+    and its gradient with respect to ε is exactly zero: no meta gradient can reach the
+    perturbation network (why ``meta_iada`` rejects beta = 0). With β = 1 the gradient is not zero."""
+    weight, bias, h, labels, cov = random_problem(12, batch=6)
+    logits = (h @ weight.T + bias).requires_grad_()
+    eps = torch.linspace(-0.9, 0.9, 6, dtype=torch.float64, requires_grad=True)
+    for beta in (0.0, 1.0):
+        loss = iada_loss(logits, None, labels, weight, cov, eps, 0.5, beta, direction)
+        (grad,) = torch.autograd.grad(loss.sum(), eps, allow_unused=True, materialize_grads=True)
+        others = [iada_loss(logits, None, labels, weight, cov, e, 0.5, beta, direction).detach()
+                  for e in (-eps.detach(), torch.zeros_like(eps), torch.full_like(eps, 0.5))]
+        if beta == 0:
+            assert torch.equal(grad, torch.zeros_like(eps))
+            assert all(torch.equal(other, loss.detach()) for other in others)
+        else:
+            assert (grad.abs() > 1e-3).all()
+            assert not any(torch.equal(other, loss.detach()) for other in others)

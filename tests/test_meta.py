@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from functools import partial
 
 import pytest
 import torch
@@ -10,8 +12,12 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.config import build
 from pipeline.losses import iada_loss
-from pipeline.meta import ForwardPrimals, _batch_norm_tangent, meta_gradient, meta_step, pseudo_update
+from pipeline.meta import (ForwardPrimals, TrainLoss, _batch_norm_tangent, meta_gradient, meta_step,
+                           pseudo_update)
+from pipeline.methods import TrainInfo
+from pipeline.methods.iada import MetaIADA, MetaIADAConfig
 from pipeline.networks import FeatureClassifier, build_network
 from pipeline.perturbation import PerturbationNet
 
@@ -117,10 +123,17 @@ def test_meta_gradient_matches_finite_differences(kind, scope, pseudo_step):
         return meta_objective(net, omega, x, c, meta_x, meta_y, train_loss, lr, scope, optimizer)
 
     assert meta_loss.item() == pytest.approx(objective(), rel=1e-12)
+    assert_matches_finite_differences(grads, omega, objective)
+
+
+def assert_matches_finite_differences(grads: list[torch.Tensor], omega: nn.Module,
+                                      objective: Callable[[], float], directions: int = 3) -> None:
+    """⟨∇_Ω L_meta, v⟩ against the central difference (L(Ω + s v) − L(Ω − s v))/(2 s) of
+    ``objective`` along random directions v (float64, s = 1e-5)."""
     params = list(omega.parameters())
     g = torch.Generator().manual_seed(1)
     step = 1e-5
-    for _ in range(3):  # directional derivatives along random directions v
+    for _ in range(directions):
         v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
         with torch.no_grad():
             for p, vi in zip(params, v):
@@ -136,6 +149,54 @@ def test_meta_gradient_matches_finite_differences(kind, scope, pseudo_step):
         analytic = sum((gi * vi).sum() for gi, vi in zip(grads, v)).item()
         assert analytic != 0
         assert (up - down) / (2 * step) == pytest.approx(analytic, rel=1e-5, abs=1e-10)
+
+
+def class_balanced_method_loss(net: FeatureClassifier, y: torch.Tensor, cov: torch.Tensor, counts: list[int],
+                               cb_beta: float, alpha: float) -> TrainLoss:
+    """The pseudo step's loss as Meta-IADA hands it to meta_step (``train_loss``, a partial of its
+    ``_per_sample_loss``) with ``class_balanced`` on, training counts ``counts`` and Σ = ``cov``."""
+    cfg = build(MetaIADAConfig, {"class_balanced": True, "cb_beta": cb_beta}, "methods.meta_iada")
+    info = TrainInfo(len(counts), torch.tensor(counts), sum(counts), net.feature_dim, torch.device("cpu"))
+    method = MetaIADA(cfg, net, torch.optim.SGD(net.parameters(), lr=0.1), info)
+    method.class_covariance.cov = cov
+    return partial(method._per_sample_loss, features=None, labels=y, alpha=alpha)
+
+
+@pytest.mark.parametrize("scope", ["head", "full"])
+def test_meta_gradient_with_class_balanced_weights(scope):
+    """With class-balanced weights the pseudo step minimises Σ_i w_{y_i} L_i / Σ_i w_{y_i},
+    w_c = (1 − β)/(1 − β^{n_c}) (written out here; the rescaling to Σ_c w_c = C cancels in this
+    ratio): L_meta from the method's loss equals the objective with that weighted mean written
+    out by hand, not the unweighted one, and the Ω gradient through the method's loss matches
+    finite differences of the hand-written objective. The meta loss itself stays plain CE."""
+    torch.manual_seed(0)
+    net, omega, x, y, meta_x, meta_y, c, _ = problem(TinyCNN(), (3, 6, 6), torch.float64)
+    g = torch.Generator().manual_seed(5)
+    root = torch.randn(3, net.feature_dim, net.feature_dim, generator=g, dtype=torch.float64)
+    cov = root @ root.transpose(1, 2) / net.feature_dim
+    counts, cb_beta, alpha, lr = [30, 6, 1], 0.9, 0.8, 0.5
+    train_loss = class_balanced_method_loss(net, y, cov, counts, cb_beta, alpha)
+    w = torch.tensor([(1 - cb_beta) / (1 - cb_beta ** n) for n in counts], dtype=torch.float64)[y]
+
+    def by_hand(logits, weight, eps):  # per-sample terms whose batch mean is Σ w_i L_i / Σ w_i
+        return iada_loss(logits, None, y, weight, cov, eps, alpha) * w * len(w) / w.sum()
+
+    def unweighted(logits, weight, eps):
+        return iada_loss(logits, None, y, weight, cov, eps, alpha)
+
+    primals = ForwardPrimals(net)
+    with primals.record():
+        features = net.features(x)
+    logits = net.classifier(features)
+    meta_loss, grads = meta_gradient(net, omega, train_loss, x, features, logits, c, meta_x, meta_y,
+                                     lr, scope, None, primals)
+
+    def objective(loss=by_hand):
+        return meta_objective(net, omega, x, c, meta_x, meta_y, loss, lr, scope)
+
+    assert meta_loss.item() == pytest.approx(objective(), rel=1e-12)
+    assert abs(meta_loss.item() - objective(unweighted)) > 1e-6
+    assert_matches_finite_differences(grads, omega, objective, directions=2)
 
 
 @pytest.mark.parametrize("kind", ["cnn", "shared_relu", "resnet"])

@@ -32,7 +32,7 @@ from torch import nn
 from pipeline.characteristics import CHARACTERISTICS, Characteristics, check_names
 from pipeline.config import ParamError, bounded
 from pipeline.covariance import ClassCovariance, CovarianceMode
-from pipeline.losses import Direction, alpha_at, iada_loss
+from pipeline.losses import Direction, alpha_at, class_balanced_weights, iada_loss
 from pipeline.meta import ForwardPrimals, MetaScope, PseudoStep, TrainLoss, meta_features, meta_step
 from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register
 from pipeline.networks import FeatureClassifier
@@ -43,6 +43,8 @@ from pipeline.perturbation import EpsilonSign, PerturbationNet
 class ISDAConfig:
     alpha: float = bounded(0.5, ge=0)  # α: strength of the semantic augmentation (ramped)
     covariance: CovarianceMode = "full"  # full Σ_c [A, A], or diagonal (for A > 512)
+    class_balanced: bool = False  # weight L_i by w_{y_i} (effective number, see losses.py)
+    cb_beta: float = bounded(0.9999, ge=0, lt=1)  # β_cb of the class-balanced weights
 
 
 @dataclass
@@ -52,6 +54,8 @@ class IADAConfig:
     direction: Direction = "pairwise"  # pairwise: ε·||Δw_ij||; gradient: ε·Δw_ijᵀd_i
     epsilon: float = bounded(0.1, ge=-1, le=1)  # the fixed ε of every sample
     covariance: CovarianceMode = "full"
+    class_balanced: bool = False
+    cb_beta: float = bounded(0.9999, ge=0, lt=1)
 
 
 @dataclass
@@ -68,12 +72,20 @@ class MetaIADAConfig:
     perturbation_lr: float = bounded(1e-3, gt=0)  # AdamW on Ω
     perturbation_weight_decay: float = bounded(1e-4, ge=0)  # decoupled (AdamW), see MetaIADA
     history_warmup: bool = True  # fill the characteristics' history with one no-grad pass first
+    class_balanced: bool = False  # weight L_i by w_{y_i} in the pseudo and the real step
+    cb_beta: float = bounded(0.9999, ge=0, lt=1)
 
     def __post_init__(self) -> None:
         try:
             check_names(self.characteristics)
         except ParamError as err:
-            raise ParamError(f"methods.meta_iada.characteristics: {err}") from None
+            raise ParamError(f"meta_iada.characteristics: {err}") from None  # build() prefixes the path
+        # ε enters the loss only through β·ε_i·a_ij: with β = 0 the loss, θ' and L_meta do not
+        # depend on Ω, and its meta gradient is exactly zero (tests/test_losses.py,
+        # test_beta_zero_makes_the_loss_constant_in_epsilon).
+        if self.beta == 0:
+            raise ParamError("meta_iada.beta = 0 makes the meta gradient of the perturbation "
+                             "network zero: use beta > 0 (the paper fixes beta = 1)")
 
 
 class FeatureAugmentation(Method):
@@ -84,6 +96,11 @@ class FeatureAugmentation(Method):
         super().__init__(cfg, net, optimizer, info)
         self.class_covariance = ClassCovariance(info.num_classes, info.feature_dim, cfg.covariance,
                                                 device=info.device)
+        # w_c [C] of the class-balanced variant (None: off). A plain attribute, not a buffer: it is
+        # a function of the config and the class counts, and checkpoints stay as they were.
+        self.class_weights: torch.Tensor | None = None
+        if cfg.class_balanced:
+            self.class_weights = class_balanced_weights(info.class_counts, cfg.cb_beta).to(info.device)
 
     def epsilon(self, batch: Batch, ctx: StepContext, features: torch.Tensor,
                 logits: torch.Tensor, train_loss: TrainLoss) -> torch.Tensor | None:
@@ -117,9 +134,23 @@ class FeatureAugmentation(Method):
     def _per_sample_loss(self, logits: torch.Tensor, weight: torch.Tensor,
                          epsilon: torch.Tensor | None, *, features: torch.Tensor, labels: torch.Tensor,
                          alpha: float) -> torch.Tensor:
+        """L_i [B] of :func:`~pipeline.losses.iada_loss`; its batch mean is the training loss of
+        the real step (:meth:`update`) and of the pseudo step (``train_loss`` in
+        :func:`~pipeline.meta.meta_step`, which takes the mean too).
+
+        With ``class_balanced`` it returns L_i·w_{y_i}·B/Σ_b w_{y_b} instead, so that the batch mean
+        is the weighted mean Σ_i w_{y_i} L_i / Σ_i w_{y_i}: the normalisation of MetaSAug's
+        ``F.cross_entropy(aug_y, labels, weight=per_cls_weights)``, used there in the pseudo and
+        the real step alike [related]. The factor depends on the labels only (not on θ or Ω), so
+        the pseudo step's gradient and the meta gradient are those of that weighted mean. The
+        meta loss on the meta set stays plain CE."""
         beta, direction = getattr(self.cfg, "beta", 0.0), getattr(self.cfg, "direction", "pairwise")
-        return iada_loss(logits, features, labels, weight, self.class_covariance.covariance, epsilon, alpha,
+        loss = iada_loss(logits, features, labels, weight, self.class_covariance.covariance, epsilon, alpha,
                          beta, direction)
+        if self.class_weights is None:
+            return loss
+        w = self.class_weights[labels].to(loss.dtype)  # [B]
+        return loss * (w * (len(w) / w.sum()))
 
 
 @register
