@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -85,8 +86,32 @@ def test_metrics_files_have_both_selection_rules(repo):
             assert {"many_acc", "medium_acc", "few_acc"} <= set(t)
             assert 0.0 <= m[rule]["val"]["acc"] <= 1.0
         assert m["final"]["epoch"] == 2  # global epoch index of the last trained epoch
+    assert_epsilon_statistics_agree(dst)
+
+
+def assert_epsilon_statistics_agree(dst: Path) -> None:
+    """The ε statistics of the metrics file against the saved last ε of every training sample
+    (NaN: never visited) and the training labels, and against the training side: with one
+    Meta-IADA epoch, each visited sample's last ε is the ε of its only visit, so the epoch's
+    logged means (history.json) are the same numbers."""
     eps = json.loads((dst / "metrics/tiny/meta_iada-s0.json").read_text())["epsilon"]
-    assert -1 < eps["mean"] < 1
+    with np.load(dst / "models/tiny/s0/meta_iada/sample_scores.npz") as npz:
+        last = npz["epsilon"]
+    with np.load(dst / "data/prepared/tiny/arrays.npz") as npz:
+        train_y = npz["train/y"]
+    seen = np.isfinite(last)
+    assert len(last) == len(train_y) and seen.sum() >= 16  # at least one batch of 16
+    assert eps["mean"] == pytest.approx(float(last[seen].astype(np.float64).mean()), abs=1e-6)
+    assert eps["adversarial_share"] == pytest.approx(float((last[seen] > 0).mean()), abs=1e-12)
+    per_class = {str(c): float(last[seen & (train_y == c)].astype(np.float64).mean()) for c in np.unique(train_y[seen])}
+    assert eps["per_class_mean"].keys() == per_class.keys()
+    for c, value in per_class.items():
+        assert eps["per_class_mean"][c] == pytest.approx(value, abs=1e-6), c
+    (logged,) = json.loads((dst / "models/tiny/s0/meta_iada/history.json").read_text())["history"]
+    assert logged["eps_mean"] == pytest.approx(eps["mean"], abs=1e-6)
+    assert logged["eps_adv_share"] == pytest.approx(eps["adversarial_share"], abs=1e-12)
+    for c, value in per_class.items():
+        assert logged[f"eps_class_mean/{c}"] == pytest.approx(value, abs=1e-6), c
 
 
 def test_dvc_outputs_and_second_repro_is_a_no_op(repo):
