@@ -39,7 +39,7 @@ def experiment_dict(search: dict[str, Any]) -> dict[str, Any]:
     the seeded random init and a useless learning rate shows at the first epoch."""
     exp = tiny_experiment(pretrain_epochs=0, train_epochs=2,
                           optim={"lr": GOOD_LR, "batch_size": 8, "warmup_epochs": 0, "milestones": []})
-    return {**to_dict(exp), "search": search}
+    return {**to_dict(exp), "methods": {"ce": {}, "la": {}, "meta_iada": {}}, "search": search}
 
 
 def write_params(root: Path, name: str, study: dict[str, Any], search: dict[str, Any]) -> Path:
