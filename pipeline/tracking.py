@@ -23,6 +23,38 @@ import mlflow  # noqa: E402  (after the telemetry switches)
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be used; the message names it and what to do."""
+
+
+@contextmanager
+def store_errors() -> Iterator[None]:
+    """Turn a broken store (garbage or read-only ``mlflow.db``, an unreachable server) into one
+    :class:`TrackingError` line instead of a traceback of SQLAlchemy frames."""
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, OSError) as err:
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise TrackingError(f"MLflow store {masked(tracking_uri())} is not usable ({type(err).__name__}: {first}): "
+                            "move a damaged mlflow.db aside (a new one is created), point MLFLOW_TRACKING_URI "
+                            "at a working store, or run the stage with --no-mlflow") from err
+
+
+def masked(url: str) -> str:
+    """A store URL without its password (for logs, errors and MLflow)."""
+    import sqlalchemy.engine
+    import sqlalchemy.exc
+
+    try:
+        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return repr(url)
+
+
 def tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` if set, else ``sqlite:///<project root>/mlflow.db``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
@@ -116,6 +148,10 @@ class RunTracker:
         self.run_id: str | None = None
 
     def start(self, run_id: str | None, *, fingerprint: str, params: Mapping[str, Any]) -> str:
+        with store_errors():
+            return self._start(run_id, fingerprint=fingerprint, params=params)
+
+    def _start(self, run_id: str | None, *, fingerprint: str, params: Mapping[str, Any]) -> str:
         setup(self.experiment)
         client = MlflowClient()
         if run_id is not None:
@@ -133,11 +169,16 @@ class RunTracker:
         return self.run_id
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+        with store_errors():
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
 
     def finish(self, out_dir: Path, method: Any) -> None:
         """Log the run's files (checkpoints, history, the method's learned networks as saved by
         the trainer) and, with ``log_models``, those networks as MLflow models; end the run."""
+        with store_errors():
+            self._finish(out_dir, method)
+
+    def _finish(self, out_dir: Path, method: Any) -> None:
         from pipeline.train import BEST, HISTORY, LAST, artifact_file
 
         networks = method.artifacts()
@@ -153,6 +194,18 @@ class RunTracker:
         """End the run if it is still active (interrupted, failed or pruned)."""
         if mlflow.active_run() is not None:
             mlflow.end_run(status=status)
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether the store holds ``run_id`` (False after a reset store or on another machine)."""
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as err:
+        if "RESOURCE_DOES_NOT_EXIST" in str(getattr(err, "error_code", "")) or "not found" in str(err).lower():
+            return False
+        raise
+    return True
 
 
 def log_network(module: Any, name: str, register_as: str | None) -> None:

@@ -118,10 +118,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write ``obj`` to ``path`` through a temporary file and a rename (never half-written)."""
+    """Write ``obj`` to ``path`` through a temporary file and a rename (never half-written); a
+    failed write (full disk, read-only folder: torch reports "unexpected pos" or a writer error
+    without the path) removes the temporary file and raises one :class:`CheckpointError`."""
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:
+        tmp.unlink(missing_ok=True)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CheckpointError(f"cannot write {path} ({type(err).__name__}: {first}): free disk space or make "
+                              "the folder writable, then rerun (training resumes from its last saved epoch)") from err
 
 
 def normalisation(data: PreparedData) -> tuple[list[float], list[float]]:

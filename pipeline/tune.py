@@ -72,7 +72,7 @@ from pipeline.data.prepared import PreparedData, load_prepared
 from pipeline.experiment import Params, load_params
 from pipeline.stages.common import data_dir, main_guard, run_dir, write_json
 from pipeline.stages.training import train_stage
-from pipeline.tracking import RunTracker, log_params, setup, start_run
+from pipeline.tracking import RunTracker, log_params, masked, setup, start_run
 from pipeline.train import LAST, EpochCallback, fit, load_checkpoint
 from pipeline.tune_config import SEED_PARAM, ParamSpace, Plan, StudyConfig, apply_values, load_tune, make_plan
 
@@ -123,14 +123,6 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 def begin_immediate(conn: sqlalchemy.engine.Connection) -> None:
     """Open every SQLite transaction with the write lock (pysqlite's own BEGIN is off)."""
     conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-def masked(url: str) -> str:
-    """The storage URL without its password (for logs and MLflow)."""
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return repr(url)
 
 
 def make_sampler(plan: Plan, stream: list[int]) -> optuna.samplers.BaseSampler:

@@ -230,3 +230,22 @@ def test_a_run_folder_being_trained_is_locked(tmp_path):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     fit(exp, data, "ce", 0, tmp_path / "run", first_epoch=0, last_epoch=1, device="cpu")
     assert (tmp_path / "run" / LAST).is_file()
+
+
+def test_a_failed_checkpoint_write_is_one_error_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    """A full disk made torch.save fail with 'unexpected pos' and no path, leaving .last.pt.tmp."""
+    import pipeline.train as train
+
+    real_save = torch.save
+
+    def full_disk(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 half a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1408 vs 1302")
+
+    exp, data = tiny_experiment(), tiny_data()
+    monkeypatch.setattr(train.torch, "save", full_disk)
+    with pytest.raises(CheckpointError, match=r"cannot write .*best\.pt \(RuntimeError: .*unexpected pos.*free disk"):
+        fit(exp, data, "ce", 0, tmp_path / "run", first_epoch=0, last_epoch=1, device="cpu")
+    monkeypatch.setattr(train.torch, "save", real_save)
+    assert not list((tmp_path / "run").glob(".*.tmp"))

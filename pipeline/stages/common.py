@@ -48,8 +48,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: reported in one line, without a traceback."""
     from pipeline.data.prepared import PreparedDataError
     from pipeline.data.sources import DataSourceError
+    from pipeline.tracking import TrackingError
     from pipeline.train import CheckpointError
-    return (ParamError, DataSourceError, CheckpointError, PreparedDataError, FileNotFoundError)
+    return (ParamError, DataSourceError, CheckpointError, PreparedDataError, TrackingError, FileNotFoundError)
 
 
 def main_guard(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:

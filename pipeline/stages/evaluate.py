@@ -8,12 +8,15 @@ Writes ``metrics/<experiment>/<method>-s<seed>.json`` and the plot data under
 
 from __future__ import annotations
 
+import math
+import sys
 from pathlib import Path
 
 from pipeline.config import flatten
 from pipeline.data.prepared import load_prepared
 from pipeline.evaluate import evaluate_run
-from pipeline.stages.common import METRICS_DIR, PLOTS_DIR, data_dir, load, main_guard, parser, run_dir, write_json
+from pipeline.stages.common import (METRICS_DIR, PLOTS_DIR, data_dir, json_safe, load, main_guard, parser, run_dir,
+                                    write_json)
 
 
 @main_guard
@@ -30,24 +33,35 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.experiment} {name}: selected (epoch {result['selected']['epoch']}) "
           + ", ".join(f"{k} {v:.4f}" for k, v in h.items()))
     if not args.no_mlflow:
-        log_to_run(result, plots)
+        from pipeline import tracking
+
+        with tracking.store_errors():
+            log_to_run(result, plots, exp.mlflow_experiment, f"{args.experiment}-{name}")
 
 
-def log_to_run(result: dict, plots: Path) -> None:
-    """Add the test metrics and plots to the MLflow run that trained the weights."""
+def log_to_run(result: dict, plots: Path, experiment: str, run_name: str) -> None:
+    """Add the test metrics and plots to the MLflow run that trained the weights; if the store
+    no longer holds that run (a reset store, checkpoints from another machine), to a new run
+    ``<run_name>-evaluation`` tagged with the missing id, and say so in one line."""
     import mlflow
 
     from pipeline import tracking
 
-    if not result.get("run_id"):
-        return
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    with mlflow.start_run(run_id=result["run_id"]):
+    run_id = result.get("run_id")
+    if run_id and tracking.run_exists(run_id):
+        context = mlflow.start_run(run_id=run_id)
+    else:
+        print(f"note: MLflow run {run_id} of these weights is not in {tracking.masked(tracking.tracking_uri())}; "
+              f"logging the evaluation to a new run {run_name}-evaluation", file=sys.stderr)
+        tracking.setup(experiment)
+        context = mlflow.start_run(run_name=f"{run_name}-evaluation",
+                                   tags=tracking.run_tags({"stage": "evaluate", "training_run_id": str(run_id)}))
+    with context:
         flat = flatten({k: result[k] for k in ("final", "selected", "epsilon") if k in result})
-        mlflow.log_metrics({k: float(v) for k, v in flat.items()
-                            if isinstance(v, (int, float)) and "per_class" not in k and "per_group" not in k})
+        mlflow.log_metrics({k: float(v) for k, v in flat.items() if isinstance(v, (int, float))
+                            and math.isfinite(v) and "per_class" not in k and "per_group" not in k})
         mlflow.log_artifacts(str(plots), artifact_path="plots")
-        mlflow.log_dict(result, "metrics.json")
+        mlflow.log_dict(json_safe(result), "metrics.json")
 
 
 if __name__ == "__main__":

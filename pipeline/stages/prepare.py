@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> None:
     _, exp = load(args)
     from pipeline.data.build import prepare_dataset
 
+    if not args.no_mlflow:
+        from pipeline import tracking
+
+        with tracking.store_errors():  # a broken store stops here, before the data is built
+            tracking.setup(exp.mlflow_experiment)
     t0 = time.perf_counter()
     data = prepare_dataset(exp.data)
     out = data_dir(args.experiment)
@@ -27,9 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_mlflow:
         import mlflow
 
-        from pipeline import tracking
-
-        with tracking.start_run(exp.mlflow_experiment, f"{args.experiment}-prepare",
+        with tracking.store_errors(), tracking.start_run(exp.mlflow_experiment, f"{args.experiment}-prepare",
                                 tags={"stage": "prepare", "experiment": args.experiment}):
             tracking.log_params(flatten({"data": to_dict(exp.data)}))
             mlflow.log_metrics({f"n_{k}": len(s) for k, s in data.splits.items()} | {"prepare_seconds": seconds})

@@ -1,0 +1,47 @@
+"""A broken or reset MLflow store: one line before any work, or a new run for evaluation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_garbage_store_stops_the_stage_in_one_line_before_any_work(tmp_path):
+    store = tmp_path / "mlflow.db"
+    store.write_bytes(b"this is not an sqlite database" * 100)
+    env = {"PYTHONPATH": str(ROOT), "PATH": os.environ["PATH"], "MLFLOW_TRACKING_URI": f"sqlite:///{store}",
+           "HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.prepare", "--experiment", "lt",
+                           "--params", str(ROOT / "params.yaml")], cwd=tmp_path, capture_output=True, text=True,
+                          env=env, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: MLflow store sqlite:///{store} is not usable"), lines
+    assert "--no-mlflow" in lines[0]
+    assert not (tmp_path / "data").exists()  # stopped before building the data set
+
+
+def test_evaluation_of_a_run_missing_from_the_store_logs_to_a_new_run(tmp_path, monkeypatch, capsys):
+    """A reset store or checkpoints from another machine: the training run id is unknown."""
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.stages.evaluate import log_to_run
+
+    monkeypatch.setattr(tracking, "artifact_root", lambda: tmp_path / "mlartifacts")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "per_class.csv").write_text("class,accuracy\nc0,0.5\n")
+    missing = "0123456789abcdef0123456789abcdef"
+    result = {"run_id": missing, "final": {"test": {"acc": 0.5, "few_acc": float("nan")}},
+              "selected": {"test": {"acc": 0.25}}}
+    log_to_run(result, tmp_path / "plots", "long-tail", "lt-ce-s0")
+    assert f"MLflow run {missing} of these weights is not in" in capsys.readouterr().err
+    runs = mlflow.search_runs(experiment_names=["long-tail"], output_format="list")
+    assert len(runs) == 1 and runs[0].info.run_name == "lt-ce-s0-evaluation"
+    assert runs[0].data.tags["training_run_id"] == missing
+    assert runs[0].data.metrics == {"final.test.acc": 0.5, "selected.test.acc": 0.25}  # NaN is not logged
