@@ -137,8 +137,23 @@ def parse_space(exp: ExperimentConfig, where: str) -> dict[str, ParamSpace]:
         check_tunable(exp, key, entry)
         spec = build(ParamSpace, raw, entry)
         check_space(spec, entry)
+        check_values(exp, key, spec, entry)
         space[key] = spec
     return space
+
+
+def check_values(exp: ExperimentConfig, key: str, spec: ParamSpace, where: str) -> None:
+    """Every choice, or both ends of a range, must be a valid value of ``key`` (checked by
+    building the experiment with it), so that a bad bound fails here, not at trial time."""
+    values = spec.choices if spec.type == "categorical" else [spec.low, spec.high]
+    raw = to_dict(exp)
+    for value in values:
+        if spec.type == "int":
+            value = int(value)
+        try:
+            apply_values(raw, {key: value}, "experiments.<trial>")
+        except ParamError as err:
+            raise ParamError(f"{where}: the value {value!r} is not allowed for {key} ({err})") from None
 
 
 def apply_values(raw_exp: Mapping[str, Any], values: Mapping[str, Any], where: str) -> ExperimentConfig:

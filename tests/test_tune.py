@@ -254,6 +254,15 @@ def bad_space_error(search: dict[str, Any]) -> str:
     ({"methods.meta_iada.gamma": {"type": "float", "low": 0.1, "high": 1.0}}, "'methods.meta_iada.gamma' is not a key"),
     ({"data.seed": {"type": "int", "low": 0, "high": 3}}, "'data.seed' cannot be tuned"),
     ({"methods.meta_iada.alpha": {"type": "categorical"}}, "search.methods.meta_iada.alpha.choices"),
+    # values the experiment refuses: caught up front, not at trial time
+    ({"methods.meta_iada.alpha": {"type": "categorical", "choices": [0.5, -1.0]}},
+     "experiments.tiny.search.methods.meta_iada.alpha: the value -1.0 is not allowed"),
+    ({"methods.meta_iada.beta": {"type": "categorical", "choices": [1.0, 0.0]}},
+     "search.methods.meta_iada.beta: the value 0.0 is not allowed for methods.meta_iada.beta"),
+    ({"optim.momentum": {"type": "float", "low": 0.5, "high": 1.5}},
+     "experiments.tiny.search.optim.momentum: the value 1.5 is not allowed"),
+    ({"methods.meta_iada.meta_interval": {"type": "int", "low": 0, "high": 3}},
+     "search.methods.meta_iada.meta_interval: the value 0 is not allowed"),
 ])
 def test_invalid_search_space_names_the_key(search, expected):
     assert expected in bad_space_error(search)
