@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from pipeline.characteristics import CHARACTERISTICS
 from pipeline.config import ParamError, build
@@ -312,27 +311,21 @@ def test_logit_adjustment_predicts_with_raw_logits():
     assert (got.argmax(1) != shifted.argmax(1)).any()
 
 
-class _FeaturesAndLogits(nn.Module):
-    """x -> (h, z) of a FeatureClassifier, for torch.func.functional_call."""
-
-    def __init__(self, net: FeatureClassifier) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.net.features(x)
-        return h, self.net.classifier(h)
-
-
 def functional_forward(net: FeatureClassifier, params: dict[str, torch.Tensor],
                        x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """h, z of ``x`` under ``params`` (the others: the network's own), in the network's mode,
     on copies of its buffers: BatchNorm uses the batch's statistics and its running statistics
-    are not written."""
-    state = {f"net.{k}": v.clone() for k, v in net.named_buffers()}
-    state.update({f"net.{k}": v for k, v in net.named_parameters()})
-    state.update({f"net.{k}": v for k, v in params.items()})
-    return torch.func.functional_call(_FeaturesAndLogits(net), state, (x,))
+    are not written. h is the classifier's input, caught by a hook."""
+    state = {k: v.clone() for k, v in net.named_buffers()}
+    state.update(dict(net.named_parameters()))
+    state.update(params)
+    caught: list[torch.Tensor] = []
+    hook = net.classifier.register_forward_pre_hook(lambda module, args: caught.append(args[0]))
+    try:
+        z = torch.func.functional_call(net, state, (x,))
+    finally:
+        hook.remove()
+    return caught[0], z
 
 
 def characteristics_by_hand(z: torch.Tensor, h: torch.Tensor, y: torch.Tensor, weight: torch.Tensor,
