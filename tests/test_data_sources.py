@@ -121,15 +121,23 @@ def test_corrupt_shared_mnist_names_the_file(tmp_path, isolated):
 
 def test_missing_everywhere_names_every_place(tmp_path, isolated):
     shared, cache = isolated
-    (tmp_path / "empty").mkdir()
     with pytest.raises(DataNotFoundError) as err:
-        load_source("cifar100", str(tmp_path / "empty"))
+        load_source("cifar100")
     message = str(err.value)
-    for place in (f"data.root = {tmp_path / 'empty'}", str(shared), str(cache), "network is unreachable",
+    for place in ("data.root: not set", str(shared), str(cache), "network is unreachable",
                   "cifar-100-python/", "Supply it by setting data.root"):
         assert place in message
-    with pytest.raises(DataNotFoundError, match="data.root: not set"):
-        load_source("mnist")
+
+
+def test_a_data_root_that_is_missing_or_lacks_the_data_is_an_error_not_a_fallback(tmp_path, isolated):
+    """The shared copy holds MNIST, but a user who set data.root meant that folder."""
+    shared, _ = isolated
+    write_mnist_idx(shared / "mnist", train_per_class=2, test_per_class=1)
+    with pytest.raises(DataNotFoundError, match=f"data.root = {tmp_path / 'nope'} is not a folder"):
+        load_source("mnist", str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataNotFoundError, match=f"data.root = {tmp_path / 'empty'} does not hold MNIST"):
+        load_source("mnist", str(tmp_path / "empty"))
 
 
 def test_download_lands_in_the_cache_and_is_verified(tmp_path, isolated, monkeypatch):

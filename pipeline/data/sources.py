@@ -2,7 +2,8 @@
 
 :func:`load_source` looks in three places, in this order:
 
-1. ``data.root`` if set: the torchvision layout (``cifar-10-batches-py/``, ``cifar-100-python/``,
+1. ``data.root`` if set, and then only there (a folder that is missing or lacks the data is an
+   error, not a reason to read another copy): the torchvision layout (``cifar-10-batches-py/``, ``cifar-100-python/``,
    ``MNIST/raw/``; tried first) or the offline-copy layout (``cifar10-jpeg.tar.gz``, ``mnist/``). The
    user's files are read as they are: their sha256 is recorded and the card says whether they
    match the official checksums.
@@ -169,11 +170,15 @@ def _find(name: str, root: str | None) -> tuple[_Found, str, Path]:
     tried = []
     if root is None:
         tried.append("data.root: not set")
-    else:
+    else:  # a user who set data.root meant that data: no fallback to another copy
+        if not Path(root).is_dir():
+            raise DataNotFoundError(f"data.root = {root} is not a folder: create it with {_expected_layouts(name)} "
+                                    "inside, or set data.root: null to use the offline copies or the download")
         found = _read_location(name, Path(root), verify=False)
         if found:
             return found, "root", Path(root)
-        tried.append(f"data.root = {root}: {_expected_layouts(name)} not found")
+        raise DataNotFoundError(f"data.root = {root} does not hold {display}: expected {_expected_layouts(name)} "
+                                "there, or set data.root: null to use the offline copies or the download")
     shared = shared_data_dir()
     found = _read_location(name, shared, verify=True)
     if found:
