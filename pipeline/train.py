@@ -84,13 +84,26 @@ def run_lock(out_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training; the message says what was saved and how to resume."""
+
+
 def holds_run_lock(train: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-    """Decorator: run ``train(exp, data, method, seed, out_dir, ...)`` under :func:`run_lock`."""
+    """Decorator: run ``train(exp, data, method, seed, out_dir, ...)`` under :func:`run_lock`; a
+    Ctrl-C becomes one :class:`TrainingInterrupted` naming the saved epoch (instead of a
+    KeyboardInterrupt traceback from deep in autograd)."""
     @functools.wraps(train)
     def locked(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, out_dir: Path,
                **kwargs: Any) -> dict[str, Any]:
         with run_lock(out_dir):
-            return train(exp, data, method_name, seed, out_dir, **kwargs)
+            try:
+                return train(exp, data, method_name, seed, out_dir, **kwargs)
+            except KeyboardInterrupt:
+                saved = "nothing yet"
+                if (out_dir / LAST).is_file():
+                    saved = f"epoch {load_checkpoint(out_dir / LAST)['epoch']} (finished epochs, in {out_dir / LAST})"
+                raise TrainingInterrupted(f"interrupted: the run is saved at {saved}; rerun the same command "
+                                          "(or dvc repro) to resume from there") from None
     return locked
 
 

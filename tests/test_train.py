@@ -249,3 +249,23 @@ def test_a_failed_checkpoint_write_is_one_error_and_leaves_no_temporary_file(tmp
         fit(exp, data, "ce", 0, tmp_path / "run", first_epoch=0, last_epoch=1, device="cpu")
     monkeypatch.setattr(train.torch, "save", real_save)
     assert not list((tmp_path / "run").glob(".*.tmp"))
+
+
+def test_ctrl_c_during_training_is_one_line_naming_the_saved_epoch(tmp_path, capsys):
+    from pipeline.stages.common import main_guard
+    from pipeline.train import TrainingInterrupted
+
+    exp, data = tiny_experiment(), tiny_data()
+
+    def ctrl_c(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    def main(argv):
+        fit(exp, data, "ce", 0, tmp_path / argv[0], first_epoch=0, last_epoch=3, device="cpu", on_epoch=ctrl_c)
+
+    with pytest.raises(TrainingInterrupted, match=r"saved at epoch 2 .*rerun the same command"):
+        main(["a"])
+    assert main_guard(main)(["b"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("interrupted: the run is saved at epoch 2")

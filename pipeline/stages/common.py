@@ -61,6 +61,11 @@ def main_guard(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] |
         except user_errors() as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt as err:  # TrainingInterrupted says what was saved
+            from pipeline.train import TrainingInterrupted
+
+            print(str(err) if isinstance(err, TrainingInterrupted) else "interrupted", file=sys.stderr)
+            return 130
         return 0
     return wrapped
 
