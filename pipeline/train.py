@@ -107,6 +107,16 @@ def holds_run_lock(train: Callable[..., dict[str, Any]]) -> Callable[..., dict[s
     return locked
 
 
+def run_params(exp: ExperimentConfig, method_cfg: Any) -> dict[str, Any]:
+    """The flat params a run logs: its experiment's settings without the other methods' blocks,
+    the search space and the data sections of other scenarios, plus its own method's
+    hyperparameters as ``method.<key>``."""
+    settings = {k: v for k, v in to_dict(exp).items() if k not in ("methods", "search")}
+    scenario_sections = {"longtail", "noisy", "subpop", "glt"}
+    settings["data"] = {k: v for k, v in settings["data"].items() if k not in scenario_sections - {exp.scenario}}
+    return {**flatten(settings), **{f"method.{k}": v for k, v in flatten(to_dict(method_cfg)).items()}}
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -263,8 +273,7 @@ def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, 
         state["run_id"] = tracker.start(state["run_id"], fingerprint=fingerprint,
                                         params={"method": method_name, "seed": seed,
                                                 "first_epoch": first_epoch, "last_epoch": last_epoch,
-                                                **flatten(to_dict(exp)),
-                                                **{f"method.{k}": v for k, v in flatten(to_dict(method_cfg)).items()}})
+                                                **run_params(exp, method_cfg)})
 
     metric_name = exp.selection_metric
 

@@ -269,3 +269,16 @@ def test_ctrl_c_during_training_is_one_line_naming_the_saved_epoch(tmp_path, cap
     assert main_guard(main)(["b"]) == 130
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("[ce] epoch")]
     assert len(err) == 1 and err[0].startswith("interrupted: the run is saved at epoch 2")  # no traceback
+
+
+def test_a_run_logs_only_its_own_experiment_and_method_params():
+    """An lt ce run logged 85 params, with data.noisy.*, data.glt.* and methods.meta_iada.*."""
+    from pipeline.train import run_params
+
+    exp = load_params(ROOT / "params.yaml").experiment("lt")
+    params = run_params(exp, exp.method_config("la"))
+    assert params["data.longtail.imbalance_ratio"] == 100 and params["method.tau"] == 1.0
+    assert params["optim.gamma"] == 0.01 and params["pretrain_epochs"] == 16
+    foreign = [k for k in params if k.startswith(("data.noisy", "data.subpop", "data.glt", "methods.", "search."))]
+    assert foreign == []
+    assert [k for k in params if k.startswith("method.")] == ["method.tau"]
