@@ -122,9 +122,11 @@ def log_params(params: Mapping[str, Any]) -> None:
 PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1"]
 
 
-def registered_model_name(scenario: str, source: str) -> str:
-    """Registry name of a learned perturbation network: says scenario and dataset."""
-    return f"perturbation_net-{scenario}-{source}"
+def registered_model_name(experiment: str) -> str:
+    """Registry name of a learned perturbation network: says the experiment of params.yaml
+    (``lt`` and ``lt_paper`` differ, and runs of a small test experiment do not add versions to
+    the real experiment's model)."""
+    return f"perturbation_net-{experiment}"
 
 
 class RunTracker:

@@ -156,7 +156,7 @@ exp = c.get_experiment_by_name("long-tail")
 runs = c.search_runs([exp.experiment_id])
 out = {{r.info.run_name: {{"metrics": sorted(r.data.metrics), "tags": r.data.tags, "status": r.info.status,
         "id": r.info.run_id, "artifacts": [a.path for a in c.list_artifacts(r.info.run_id)]}} for r in runs}}
-name = "perturbation_net-longtail-cifar10"
+name = "perturbation_net-tiny"
 out["_versions"] = [v.run_id for v in c.search_model_versions(f"name='{{name}}'")]
 import mlflow.pytorch, torch
 net = mlflow.pytorch.load_model(f"models:/{{name}}/1")

@@ -21,7 +21,7 @@ def train_stage(params: Params, exp: ExperimentConfig, experiment: str, method: 
 
         tracker = RunTracker(exp.mlflow_experiment, run_name(experiment, label, seed), card=data.card,
                              tags={"stage": stage, "experiment": experiment, "method": label, "seed": str(seed)},
-                             register_as=registered_model_name(exp.scenario, exp.data.source))
+                             register_as=registered_model_name(experiment))
     try:
         return fit(exp, data, method, seed, out, first_epoch=first_epoch, last_epoch=last_epoch, init=init,
                    device=params.run.device, tracker=tracker,
