@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -188,8 +190,14 @@ def evaluate_run(exp: ExperimentConfig, data: PreparedData, run_dir: Path, plots
     result: dict[str, Any] = {"scenario": exp.scenario, "method": history["method"], "seed": history["seed"],
                               "data": data.card.get("source", {}).get("dataset", exp.data.source),
                               "selection_metric": history["selection_metric"], "run_id": history["run_id"]}
+    splits = ", ".join(f"{name} ({len(split)})" for name, split in data.splits.items() if name not in ("train", "meta"))
     for rule, ckpt in checkpoints.items():
+        print(f"[evaluate {run_dir}] {rule} weights (epoch {int(ckpt['epoch']) - 1}) on {splits}",
+              file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
         ev = evaluate_weights(exp, data, ckpt["model"], dev)
+        print(f"[evaluate {run_dir}] {rule}: test accuracy {ev['metrics']['test']['acc']:.4f} "
+              f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
         result[rule] = {"epoch": int(ckpt["epoch"]) - 1, **ev["metrics"],
                         "headline": headline(exp.scenario, ev["metrics"])}
         if rule == "selected":

@@ -133,7 +133,7 @@ class Interrupt(Exception):
     pass
 
 
-def test_evaluation_refuses_an_unfinished_or_mixed_run_folder(tmp_path):
+def test_evaluation_refuses_an_unfinished_or_mixed_run_folder(tmp_path, capsys):
     """Interrupted run beside an earlier run's files: evaluation used to exit 0, report the
     partial epoch as final and take the older run's id; now one CheckpointError each."""
     import shutil
@@ -145,6 +145,8 @@ def test_evaluation_refuses_an_unfinished_or_mixed_run_folder(tmp_path):
     data, run = tiny_data(), tmp_path / "run"
     fit(tiny_experiment(), data, "meta_iada", 0, run, first_epoch=0, last_epoch=2, device="cpu")
     assert evaluate_run(tiny_experiment(), data, run, tmp_path / "plots", device="cpu")["final"]["epoch"] == 1
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[evaluate")]
+    assert len(progress) == 4 and "final weights (epoch 1) on val (18), test (30)" in progress[0]  # no silence
     finished = {name: (run / name).read_bytes() for name in (HISTORY, SCORES)}
 
     def stop(epoch, metrics):
