@@ -44,9 +44,12 @@ bench: setup
 tune: setup
 	$(BIN)/python -m pipeline.tune
 
+# MLflow UI / optuna-dashboard on 127.0.0.1; PORT=... picks another port. A port in use or a
+# missing study store stops with one line and a non-zero exit (pipeline/serve.py).
+ui: PORT ?= 5000
 ui: setup
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db \
-		--host 127.0.0.1 --port 5000 --workers 1
+	$(BIN)/python -m pipeline.serve ui --port $(PORT)
 
+dashboard: PORT ?= 8080
 dashboard: setup
-	$(BIN)/optuna-dashboard sqlite:///$(CURDIR)/optuna.db --host 127.0.0.1 --port 8080
+	$(BIN)/python -m pipeline.serve dashboard --port $(PORT)
