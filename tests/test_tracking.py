@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,3 +46,28 @@ def test_evaluation_of_a_run_missing_from_the_store_logs_to_a_new_run(tmp_path, 
     assert len(runs) == 1 and runs[0].info.run_name == "lt-ce-s0-evaluation"
     assert runs[0].data.tags["training_run_id"] == missing
     assert runs[0].data.metrics == {"final.test.acc": 0.5, "selected.test.acc": 0.25}  # NaN is not logged
+
+
+def test_evaluation_does_not_reopen_the_training_run(tmp_path, monkeypatch):
+    """The training run's status and end time stay the training's (ce showed 6.6 min for 1.3 min
+    of training when evaluation reopened it); the test metrics land in it."""
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.stages.evaluate import log_to_run
+
+    monkeypatch.setattr(tracking, "artifact_root", lambda: tmp_path / "mlartifacts")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.setup("long-tail")
+    with mlflow.start_run(run_name="lt-ce-s0") as run:
+        pass
+    before = mlflow.get_run(run.info.run_id).info
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "per_class.csv").write_text("class,accuracy\nc0,0.5\n")
+    time.sleep(0.05)
+    log_to_run({"run_id": run.info.run_id, "final": {"test": {"acc": 0.5}}}, tmp_path / "plots", "long-tail",
+               "lt-ce-s0")
+    after = mlflow.get_run(run.info.run_id)
+    assert after.info.status == "FINISHED" and after.info.end_time == before.end_time
+    assert after.data.metrics == {"final.test.acc": 0.5}
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)} == {"plots", "metrics.json"}

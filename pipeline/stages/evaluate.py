@@ -40,28 +40,35 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def log_to_run(result: dict, plots: Path, experiment: str, run_name: str) -> None:
-    """Add the test metrics and plots to the MLflow run that trained the weights; if the store
-    no longer holds that run (a reset store, checkpoints from another machine), to a new run
-    ``<run_name>-evaluation`` tagged with the missing id, and say so in one line."""
+    """Add the test metrics and plots to the MLflow run that trained the weights, through the
+    client: the finished run is not reopened, so its status and duration stay the training's.
+    If the store no longer holds that run (a reset store, checkpoints from another machine),
+    log to a new run ``<run_name>-evaluation`` tagged with the missing id, and say so."""
+    import time
+
     import mlflow
+    from mlflow.entities import Metric
 
     from pipeline import tracking
 
     run_id = result.get("run_id")
-    if run_id and tracking.run_exists(run_id):
-        context = mlflow.start_run(run_id=run_id)
-    else:
+    client = mlflow.MlflowClient(tracking.tracking_uri())
+    if not (run_id and tracking.run_exists(run_id)):
         print(f"note: MLflow run {run_id} of these weights is not in {tracking.masked(tracking.tracking_uri())}; "
               f"logging the evaluation to a new run {run_name}-evaluation", file=sys.stderr)
-        tracking.setup(experiment)
-        context = mlflow.start_run(run_name=f"{run_name}-evaluation",
-                                   tags=tracking.run_tags({"stage": "evaluate", "training_run_id": str(run_id)}))
-    with context:
-        flat = flatten({k: result[k] for k in ("final", "selected", "epsilon") if k in result})
-        mlflow.log_metrics({k: float(v) for k, v in flat.items() if isinstance(v, (int, float))
-                            and math.isfinite(v) and "per_class" not in k and "per_group" not in k})
-        mlflow.log_artifacts(str(plots), artifact_path="plots")
-        mlflow.log_dict(json_safe(result), "metrics.json")
+        exp_id = tracking.setup(experiment)
+        missing = run_id
+        run_id = client.create_run(exp_id, run_name=f"{run_name}-evaluation", tags=tracking.run_tags(
+            {"stage": "evaluate", "training_run_id": str(missing)})).info.run_id
+        client.set_terminated(run_id)
+    flat = flatten({k: result[k] for k in ("final", "selected", "epsilon") if k in result})
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in flat.items() if isinstance(v, (int, float))
+               and math.isfinite(v) and "per_class" not in k and "per_group" not in k]
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i:i + 500])
+    client.log_artifacts(run_id, str(plots), artifact_path="plots")
+    client.log_dict(run_id, json_safe(result), "metrics.json")
 
 
 if __name__ == "__main__":
