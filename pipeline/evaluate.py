@@ -182,6 +182,24 @@ def load_finished_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str
     return history, checkpoints, scores
 
 
+SHOT_KEYS = ("many_acc", "medium_acc", "few_acc")
+EPSILON_KEYS = ("mean", "adversarial_share", "auroc_noisy_lower_eps")
+
+
+def metrics_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The metrics file DVC shows (``dvc metrics show`` / ``dvc exp show`` print a column per
+    leaf, so it holds numbers a reader compares first): each rule's accuracy-type headline
+    (without the shot breakdown and macro precision) and ε's mean, adversarial share and, with
+    noisy labels, its AUROC. Everything else, the run's identity included, is in the detail file."""
+    out: dict[str, Any] = {}
+    for rule in ("final", "selected"):
+        out[rule] = {k: v for k, v in result[rule]["headline"].items()
+                     if k not in SHOT_KEYS and not k.endswith("macro_precision")}
+    if "epsilon" in result:
+        out["epsilon"] = {k: result["epsilon"][k] for k in EPSILON_KEYS if k in result["epsilon"]}
+    return out
+
+
 def evaluate_run(exp: ExperimentConfig, data: PreparedData, run_dir: Path, plots_dir: Path,
                  device: str = "auto") -> dict[str, Any]:
     """Metrics JSON content of one run; writes confusion / per-class CSVs and PNGs to ``plots_dir``."""

@@ -12,14 +12,15 @@ import numpy as np
 
 def collect(metrics_dir: Path, experiments: list[str], methods: list[str],
             seeds: list[int]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """``{experiment: {method: [result per seed]}}`` of the run matrix, read from
-    ``metrics/<experiment>/<method>-s<seed>.json`` (files of runs no longer in the matrix are ignored)."""
+    """``{experiment: {method: [result per seed]}}`` of the run matrix, read from the detail files
+    ``metrics/<experiment>/detail/<method>-s<seed>.json`` (files of runs no longer in the matrix are
+    ignored)."""
     out: dict[str, dict[str, list[dict[str, Any]]]] = {}
     for exp in experiments:
         runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for method in methods:
             for seed in seeds:
-                f = metrics_dir / exp / f"{method}-s{seed}.json"
+                f = metrics_dir / exp / "detail" / f"{method}-s{seed}.json"
                 if f.is_file():
                     runs[method].append(json.loads(f.read_text()))
         out[exp] = dict(runs)

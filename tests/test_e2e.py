@@ -77,7 +77,9 @@ def repo(tmp_path_factory):
 def test_metrics_files_have_both_selection_rules(repo):
     dst, *_ = repo
     for method in ("ce", "meta_iada"):
-        m = json.loads((dst / "metrics/tiny" / f"{method}-s0.json").read_text())
+        m = json.loads((dst / "metrics/tiny/detail" / f"{method}-s0.json").read_text())
+        summary = json.loads((dst / "metrics/tiny" / f"{method}-s0.json").read_text())
+        assert summary["final"] == {"acc": m["final"]["headline"]["acc"]}  # dvc metrics show stays narrow
         assert m["data"] == "CIFAR-10 (JPEG)" and m["selection_metric"] == "val_acc"
         for rule in ("final", "selected"):
             t = m[rule]["test"]
@@ -94,7 +96,7 @@ def assert_epsilon_statistics_agree(dst: Path) -> None:
     (NaN: never visited) and the training labels, and against the training side: with one
     Meta-IADA epoch, each visited sample's last ε is the ε of its only visit, so the epoch's
     logged means (history.json) are the same numbers."""
-    eps = json.loads((dst / "metrics/tiny/meta_iada-s0.json").read_text())["epsilon"]
+    eps = json.loads((dst / "metrics/tiny/detail/meta_iada-s0.json").read_text())["epsilon"]
     with np.load(dst / "models/tiny/s0/meta_iada/sample_scores.npz") as npz:
         last = npz["epsilon"]
     with np.load(dst / "data/prepared/tiny/arrays.npz") as npz:
@@ -136,6 +138,8 @@ def test_dvc_outputs_and_second_repro_is_a_no_op(repo):
     assert re.search(r"^\| ce \| 1 \|", report, re.M) and re.search(r"^\| meta_iada \| 1 \|", report, re.M)
     shown = json.loads(sh(["dvc", "metrics", "show", "--json"], dst, env).stdout)
     assert "metrics/tiny/ce-s0.json" in json.dumps(shown)
+    table = sh(["dvc", "metrics", "show"], dst, env).stdout.splitlines()
+    assert len(table) == 3 and max(map(len, table)) <= 150, table  # a header and one row per run
 
 
 def test_plots_render_offline(repo):

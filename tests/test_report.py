@@ -29,8 +29,8 @@ def write(tmp, method, seed, acc):
     head = {"acc": acc}
     result = {"scenario": "longtail", "data": "CIFAR-10 (JPEG)", "selection_metric": "val_acc", "method": method,
               "final": {"headline": head}, "selected": {"headline": {"acc": acc - 0.01}}}
-    (tmp / "lt").mkdir(exist_ok=True)
-    (tmp / "lt" / f"{method}-s{seed}.json").write_text(json.dumps(result))
+    (tmp / "lt" / "detail").mkdir(parents=True, exist_ok=True)
+    (tmp / "lt" / "detail" / f"{method}-s{seed}.json").write_text(json.dumps(result))
 
 
 def test_report_mean_and_std_over_the_seeds_of_the_run_matrix(tmp_path):
@@ -57,8 +57,8 @@ def test_report_prints_a_dash_for_a_null_metric(tmp_path):
         head = {"acc": 0.5, "few_acc": few}
         result = {"scenario": "longtail", "data": "CIFAR-10 (JPEG)", "selection_metric": "val_acc", "method": "ce",
                   "final": {"headline": head}, "selected": {"headline": {"acc": 0.5, "few_acc": 0.25}}}
-        write_json(result, tmp_path / "lt" / f"ce-s{seed}.json")
-    assert '"few_acc": null' in (tmp_path / "lt" / "ce-s0.json").read_text()
+        write_json(result, tmp_path / "lt" / "detail" / f"ce-s{seed}.json")
+    assert '"few_acc": null' in (tmp_path / "lt" / "detail" / "ce-s0.json").read_text()
     results = collect(tmp_path, ["lt"], ["ce"], [0, 1])
     assert "| ce | 2 | 50.00 ± 0.00 | — | 50.00 ± 0.00 | 25.00 ± 0.00 |" in markdown(results)
     summary = summarise(results)

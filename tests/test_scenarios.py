@@ -55,7 +55,10 @@ def test_scenario_end_to_end(tmp_path, monkeypatch, name):
         assert train.main(common + ["--seed", "0", "--method", method]) == 0
         assert evaluate.main(common + ["--seed", "0", "--method", method]) == 0
     card = json.loads((tmp_path / "data/prepared" / name / "card.json").read_text())
-    m = strict_loads((tmp_path / "metrics" / name / "meta_iada-s0.json").read_text())
+    m = strict_loads((tmp_path / "metrics" / name / "detail" / "meta_iada-s0.json").read_text())
+    summary = strict_loads((tmp_path / "metrics" / name / "meta_iada-s0.json").read_text())
+    assert set(summary) == {"final", "selected", "epsilon"}
+    assert summary["selected"].items() <= m["selected"]["headline"].items()  # a subset, numbers only
     data = load_prepared(tmp_path / "data/prepared" / name)
     test, pred = data.splits["test"], saved_test_predictions(tmp_path / "plots" / name / "meta_iada-s0", card)
     t, head = m["selected"]["test"], m["selected"]["headline"]

@@ -2,7 +2,9 @@
 
     python -m pipeline.stages.evaluate --experiment lt --method meta_iada --seed 0
 
-Writes ``metrics/<experiment>/<method>-s<seed>.json`` and the plot data under
+Writes ``metrics/<experiment>/<method>-s<seed>.json`` (headline metrics, what ``dvc metrics
+show`` prints), ``metrics/<experiment>/detail/<method>-s<seed>.json`` (every split, per class and
+per group) and the plot data under
 ``plots/<experiment>/<method>-s<seed>/``; logs both into the training run in MLflow.
 """
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from pipeline.config import flatten
 from pipeline.data.prepared import load_prepared
-from pipeline.evaluate import evaluate_run
+from pipeline.evaluate import evaluate_run, metrics_summary
 from pipeline.stages.common import (METRICS_DIR, PLOTS_DIR, data_dir, json_safe, load, main_guard, parser, run_dir,
                                     write_json)
 
@@ -27,8 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     name = f"{args.method}-s{args.seed}"
     plots = PLOTS_DIR / args.experiment / name
     result = evaluate_run(exp, data, run_dir(args.experiment, args.seed, args.method), plots, params.run.device)
-    out = METRICS_DIR / args.experiment / f"{name}.json"
-    write_json(result, out)
+    write_json(result, METRICS_DIR / args.experiment / "detail" / f"{name}.json")
+    write_json(metrics_summary(result), METRICS_DIR / args.experiment / f"{name}.json")
     h = result["selected"]["headline"]
     print(f"{args.experiment} {name}: selected (epoch {result['selected']['epoch']}) "
           + ", ".join(f"{k} {v:.4f}" for k, v in h.items()))
