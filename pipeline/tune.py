@@ -31,14 +31,20 @@ study holds ``n_trials`` COMPLETE + PRUNED + RUNNING trials (the rule of
 ``optuna.study.MaxTrialsCallback`` with those states); a trial that another worker's concurrent
 start pushed past the budget is refused before training (recorded FAIL, user attr ``surplus``),
 so exactly ``n_trials`` trials finish. Trials of a killed process are failed after the heartbeat
-grace period. Workers of one invocation use sampler seeds derived from ``(sampler.seed, trials
-in the study at the start, worker index)``: reproducible for one worker, never the same stream
-twice in one study.
+grace period (``GRACE_S``). A worker that dies is reported in one line; the study is still
+analysed, and the command exits 1 with one line when the budget is short (a dead worker,
+``MAX_FAILURES_IN_A_ROW`` failed trials in a row, a failed grid point of a sweep): rerunning it
+runs exactly the missing trials.
+Once its own workers have ended, an invocation waits for trials RUNNING in other invocations
+(they count toward the budget) before it analyses. Workers of one invocation use sampler seeds
+derived from ``(sampler.seed, trials in the study at the start, worker index)``: reproducible for
+one worker, never the same stream twice in one study.
 
 MLflow: one parent run per study in the scenario's experiment (search space, sampler, pruner,
 storage; at the end the best value and parameters, the sensitivity analysis); one child run per
 trial (tags ``optuna.study_name``, ``optuna.trial_number``, ``optuna.state``). The parent run id
-lives in the study's user attrs, so every worker and later invocation nests under it.
+lives in the study's user attrs, claimed by compare-and-set in the storage, so every worker and
+every invocation, concurrent ones included, nests under the same one (:func:`parent_run`).
 
 Analysis, in ``studies/<study>/`` and on the parent run: ``trials.csv``, ``importances.json``
 (fANOVA, :class:`optuna.importance.FanovaImportanceEvaluator`, seeded), ``summary.json``,
@@ -53,10 +59,14 @@ import contextlib
 import json
 import multiprocessing
 import os
+import signal
+import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +92,13 @@ DEFINITION_ATTR = "definition"  # study user attr: what the trials were run with
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the study's MLflow parent run
 GRID_ATTR = "grid_point"  # trial user attr of an enqueued sweep point
 HEARTBEAT_S, GRACE_S = 30, 120
+WAIT_POLL_S = 5  # how often the main process looks whether other invocations' trials have ended
 MAX_FAILURES_IN_A_ROW = 5
+# Tests only: a worker process of this name SIGKILLs itself when a trial starts (a killed worker).
+KILL_WORKER_ENV = "PIPELINE_TUNE_TEST_KILL_WORKER"
+USER_ATTRS_TABLE = sqlalchemy.table("study_user_attributes", sqlalchemy.column("study_id"),
+                                    sqlalchemy.column("key"), sqlalchemy.column("value_json"))
+HEARTBEATS_TABLE = sqlalchemy.table("trial_heartbeats", sqlalchemy.column("trial_id"))
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
@@ -143,9 +159,60 @@ def make_pruner(plan: Plan) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
 
 
-def open_study(plan: Plan, stream: list[int]) -> optuna.Study:
-    return optuna.create_study(study_name=plan.name, storage=open_storage(plan.storage), load_if_exists=True,
-                               direction="maximize", sampler=make_sampler(plan, stream), pruner=make_pruner(plan))
+def fail_dead_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -> None:
+    """Fail the RUNNING trials of dead processes: those without a heartbeat for GRACE_S (Optuna's
+    stale trials), and those that never had a heartbeat and started more than GRACE_S ago.
+
+    Optuna skips a RUNNING trial without a heartbeat row: a process killed between creating a
+    trial and its heartbeat thread's first beat would leave it RUNNING for ever, holding a place
+    in the budget (and keeping :func:`wait_for_running` waiting). Its start time is the creating
+    machine's clock, compared with this one's: fine for clocks kept within GRACE_S of each other.
+    """
+    with experimental_features():
+        optuna.storages.fail_stale_trials(study)
+    running = {t._trial_id: t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not running:
+        return
+    with storage.engine.connect() as conn:
+        column = HEARTBEATS_TABLE.c.trial_id
+        beating = set(conn.execute(sqlalchemy.select(column).where(column.in_(list(running)))).scalars())
+    for trial_id, t in running.items():
+        started = t.datetime_start or datetime.now()
+        if trial_id not in beating and datetime.now() - started > timedelta(seconds=GRACE_S):
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):  # it ended meanwhile
+                storage.set_trial_state_values(trial_id, TrialState.FAIL)
+
+
+def open_study(plan: Plan, stream: list[int], storage: optuna.storages.RDBStorage | None = None) -> optuna.Study:
+    return optuna.create_study(study_name=plan.name, storage=storage or open_storage(plan.storage),
+                               load_if_exists=True, direction="maximize", sampler=make_sampler(plan, stream),
+                               pruner=make_pruner(plan))
+
+
+def claim_study_attr(storage: optuna.storages.RDBStorage, study_id: int, key: str, value: Any,
+                     replacing: Any | None) -> Any:
+    """Compare-and-set of a study user attr: set ``key`` to ``value`` if it is still absent
+    (``replacing`` None) or still ``replacing``; returns the value it holds afterwards (``value``
+    if this call won, else the winner's).
+
+    ``Study.set_user_attr`` overwrites (the last writer wins). Here the storage decides: the
+    table's unique (study_id, key) lets exactly one INSERT succeed, and an UPDATE conditional on
+    the old value changes the row for exactly one writer, on SQLite and PostgreSQL alike (between
+    machines too). Optuna stores a user attr as its JSON text in ``study_user_attributes``.
+    """
+    table = USER_ATTRS_TABLE
+    row = (table.c.study_id == study_id) & (table.c.key == key)
+    try:
+        with storage.engine.begin() as conn:
+            if replacing is None:
+                conn.execute(sqlalchemy.insert(table).values(study_id=study_id, key=key, value_json=json.dumps(value)))
+            else:
+                conn.execute(sqlalchemy.update(table).where(row & (table.c.value_json == json.dumps(replacing)))
+                             .values(value_json=json.dumps(value)))
+    except sqlalchemy.exc.IntegrityError:
+        pass  # another process inserted it first: its value stands
+    with storage.engine.connect() as conn:
+        return json.loads(conn.execute(sqlalchemy.select(table.c.value_json).where(row)).scalar_one())
 
 
 class SurplusTrial(RuntimeError):
@@ -166,6 +233,13 @@ class Budget:
     n_trials: int
     sweep: bool
     failures_in_a_row: int = 0
+
+    def finished(self, study: optuna.Study) -> int:
+        """Trials of the budget done: COMPLETE + PRUNED, or grid points with a COMPLETE trial."""
+        if self.sweep:
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            return len({json.dumps(t.params, sort_keys=True) for t in complete})
+        return len(study.get_trials(deepcopy=False, states=FINISHED))
 
     def remaining(self, study: optuna.Study) -> int:
         """Trials still to start: waiting grid points, or n_trials - (COMPLETE + PRUNED + RUNNING)."""
@@ -278,6 +352,8 @@ class Objective:
         self.plan, self.data, self.budget = plan, data, budget
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if os.environ.get(KILL_WORKER_ENV) == multiprocessing.current_process().name:
+            os.kill(os.getpid(), signal.SIGKILL)  # tests only: a worker killed mid-trial
         if not self.budget.admits(trial):
             trial.set_user_attr("surplus", True)
             trial.study.stop()
@@ -338,11 +414,16 @@ def worker(plan: Plan, index: int, first_trial: int, threads: int | None) -> Non
     study.optimize(Objective(plan, training_data(plan), budget), catch=(Exception,), callbacks=[budget.after_trial])
 
 
-def run_workers(plan: Plan, workers: int, first_trial: int) -> None:
-    """``workers`` spawned processes (1: in this process), each with its share of the cores."""
+def run_workers(plan: Plan, workers: int, first_trial: int) -> list[str]:
+    """``workers`` spawned processes (1: in this process), each with its share of the cores.
+
+    Returns the workers that died (``name: how``), each also reported in one line on stderr; the
+    caller still analyses what the study holds. Ctrl-C stops the workers (each fails its running
+    trial) and propagates.
+    """
     if workers == 1:
         worker(plan, 0, first_trial, None)
-        return
+        return []
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=worker, args=(plan, i, first_trial, threads), name=f"{plan.name}-w{i}")
@@ -357,24 +438,113 @@ def run_workers(plan: Plan, workers: int, first_trial: int) -> None:
             p.join(timeout=30)  # on Ctrl-C the workers fail their running trial and exit
             if p.is_alive():
                 p.terminate()
-    failed = [f"{p.name}: exit code {p.exitcode}" for p in procs if p.exitcode != 0]
+    dead = [f"{p.name}: {how_it_ended(p.exitcode)}" for p in procs if p.exitcode != 0]
+    for line in dead:
+        print(f"[{plan.name}] worker {line}", file=sys.stderr)
+    return dead
+
+
+def how_it_ended(exitcode: int | None) -> str:
+    """A dead process's exit code in words (multiprocessing gives -N for signal N)."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode} (its error is above)"
+
+
+def wait_for_running(study: optuna.Study, storage: optuna.storages.RDBStorage, plan: Plan) -> None:
+    """Wait until no trial of the study is RUNNING, failing stale ones as the heartbeat allows.
+
+    Called once this invocation's workers have all ended normally: a RUNNING trial is then another
+    invocation's (another machine on a shared storage, or a second command): it counts toward the
+    budget, so the analysis waits for it rather than report a short study. A killed process's trial
+    is failed here after GRACE_S (:func:`fail_dead_trials`; the study is then reported short).
+    """
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if running:
+        print(f"[{plan.name}] waiting for trials {', '.join(str(t.number) for t in running)}, RUNNING in another "
+              f"process (a killed process's trial is failed after {GRACE_S} s without a heartbeat)")
+    while running:
+        time.sleep(WAIT_POLL_S)
+        fail_dead_trials(study, storage)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+class IncompleteStudy(RuntimeError):
+    """A study ended short of its budget; the message says why and what to do (one line)."""
+
+
+def failure_streak(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The failed trials since the last COMPLETE or PRUNED one (refused surplus trials left out)."""
+    ended = [t for t in sorted(trials, key=lambda t: t.number)
+             if t.state.is_finished() and not t.user_attrs.get("surplus")]
+    streak: list[optuna.trial.FrozenTrial] = []
+    for t in reversed(ended):
+        if t.state != TrialState.FAIL:
+            break
+        streak.insert(0, t)
+    return streak
+
+
+def shortfall(study: optuna.Study, plan: Plan, dead: list[str]) -> str | None:
+    """Why the study ended short of its budget and what to do, in one line; None when it is done."""
+    done = Budget(plan.n_trials, plan.sweep).finished(study)
+    if done >= plan.n_trials:
+        return None
+    trials = study.get_trials(deepcopy=False)
+    why = [f"{len(dead)} worker(s) died ({'; '.join(dead)})"] if dead else []
+    failed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("surplus")]
+    streak = failure_streak(trials)
     if failed:
-        raise RuntimeError(f"{len(failed)} of {workers} workers failed ({'; '.join(failed)}); see their errors above")
+        errors = [t.user_attrs["error"] for t in streak or failed if "error" in t.user_attrs]
+        last = errors[-1].splitlines()[0][:300] if errors else "no error recorded"
+        why.append(f"{len(streak)} trial(s) failed in a row" if streak else f"{len(failed)} trial(s) failed")
+        why[-1] += f", the last with {last}"
+    todo = "rerun the same command to run exactly the missing trials (failed trials do not count)"
+    running = [str(t.number) for t in trials if t.state == TrialState.RUNNING]
+    if running:
+        todo = (f"trial(s) {', '.join(running)} stay RUNNING until they have had no heartbeat for {GRACE_S} s "
+                f"and are then failed: after that, {todo}")
+    return (f"study {plan.name!r} ended with {done} of its {plan.n_trials} trials done (COMPLETE or PRUNED): "
+            f"{'; '.join(why) or 'trials are missing'}; {todo}")
 
 
 # --- MLflow parent run ---------------------------------------------------------------------
 
 
-def parent_run(study: optuna.Study, plan: Plan) -> str:
-    """The study's parent run (created and described once; its id kept in the study)."""
-    run_id = study.user_attrs.get(PARENT_RUN_ATTR)
+def parent_run(study: optuna.Study, storage: optuna.storages.RDBStorage, plan: Plan) -> str:
+    """The study's one parent run, also when several invocations start at once.
+
+    Its id is the study user attr ``PARENT_RUN_ATTR``. An invocation that finds no usable one
+    creates its own run, then claims the attr by compare-and-set in the study's storage
+    (:func:`claim_study_attr`); a loser deletes the run it created and uses the winner's. Child
+    runs are created only after this, so they all point at the winner. The storage decides
+    because it is what every worker, invocation and machine of the study shares, and its
+    compare-and-set is atomic. (Picking the earliest tagged parent run in MLflow is not: a run's
+    start_time is its client's clock, and a run created with an earlier start_time can become
+    visible after another process has searched, so both could see themselves as the earliest.)
+    """
+    stored = study.user_attrs.get(PARENT_RUN_ATTR)
     setup(plan.exp.mlflow_experiment)
-    if run_id is not None:
+    client = mlflow.MlflowClient()
+    if stored is not None:
         try:
-            mlflow.MlflowClient().get_run(run_id)
-            return run_id
+            if client.get_run(stored).info.lifecycle_stage == "active":
+                return stored
         except mlflow.exceptions.MlflowException:
-            print(f"[{plan.name}] parent run {run_id} is not in the MLflow store: starting a new one")
+            pass
+        print(f"[{plan.name}] parent run {stored} is not in the MLflow store (or deleted): starting a new one")
+    mine = create_parent_run(study, plan)
+    winner = claim_study_attr(storage, study._study_id, PARENT_RUN_ATTR, mine, replacing=stored)
+    if winner != mine:
+        client.delete_run(mine)
+    return winner
+
+
+def create_parent_run(study: optuna.Study, plan: Plan) -> str:
+    """A new parent run describing the study (search space, sampler, pruner, storage)."""
     definition = plan.definition()
     tags = {"stage": "tune", "experiment": plan.cfg.experiment, "method": plan.cfg.method,
             "optuna.study_name": plan.name, "optuna.mode": plan.cfg.mode}
@@ -391,7 +561,6 @@ def parent_run(study: optuna.Study, plan: Plan) -> str:
                     **({"sweep.param": plan.cfg.param, "sweep.values": plan.cfg.values} if plan.sweep else {})})
         mlflow.log_dict(definition["space"] or {plan.cfg.param: plan.cfg.values}, "search_space.json")
         mlflow.log_dict(definition, "study_definition.json")
-    study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
     return run.info.run_id
 
 
@@ -575,22 +744,33 @@ def analyse(study: optuna.Study, plan: Plan) -> dict[str, Any]:
 
 
 def run_study(params: Params, plan: Plan) -> dict[str, Any]:
-    """Create or resume the study, run its missing trials with ``plan.cfg.workers`` workers, analyse."""
-    study = open_study(plan, [0])
+    """Create or resume the study, run its missing trials with ``plan.cfg.workers`` workers, analyse.
+
+    Raises :class:`IncompleteStudy` after the analysis when the budget is not done (a dead worker,
+    failures in a row, a failed grid point): rerunning the same command runs exactly the missing
+    trials.
+    """
+    storage = open_storage(plan.storage)
+    study = open_study(plan, [0], storage)
     check_definition(study, plan)
     training_data(plan)  # a missing data set stops here, before any training
     ensure_pretrain(params, plan)
-    plan.parent_run_id = parent_run(study, plan)
-    with experimental_features():
-        optuna.storages.fail_stale_trials(study)
+    plan.parent_run_id = parent_run(study, storage, plan)
+    fail_dead_trials(study, storage)
     if plan.sweep:
         enqueue_grid(study, plan)
-    to_run = Budget(plan.n_trials, plan.sweep).remaining(study)
-    if to_run <= 0:
+    budget = Budget(plan.n_trials, plan.sweep)
+    to_run = budget.remaining(study)
+    dead = run_workers(plan, min(plan.cfg.workers, to_run), len(study.trials)) if to_run > 0 else []
+    if not dead:
+        wait_for_running(study, storage, plan)
+    if to_run <= 0 and budget.finished(study) >= plan.n_trials:
         print(f"[{plan.name}] the study already has its {plan.n_trials} trials: analysing only")
-    else:
-        run_workers(plan, min(plan.cfg.workers, to_run), len(study.trials))
-    return analyse(study, plan)
+    summary = analyse(study, plan)
+    problem = shortfall(study, plan, dead)
+    if problem is not None:
+        raise IncompleteStudy(problem)
+    return summary
 
 
 def positive_int(text: str) -> int:
@@ -610,8 +790,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Exit status: 0; 2 on a user error (one line); 1 when a study ended short of its budget (one
+    line, after its analysis; the studies after it in tune.run are not started)."""
+    try:
+        return run_studies(argv)
+    except IncompleteStudy as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
 @main_guard
-def main(argv: list[str] | None = None) -> None:
+def run_studies(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_params(args.params)
     tune = load_tune(params)

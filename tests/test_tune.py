@@ -1,13 +1,20 @@
 """Optuna studies end to end on tiny data: parallel workers on one SQLite storage, pruning,
-resuming, failed trials, sweeps, MLflow nesting, the analysis files, and config validation."""
+resuming, failed trials, sweeps, MLflow nesting, the analysis files, and config validation; a
+killed worker, failures in a row and concurrent invocations of one study."""
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import mlflow
@@ -20,7 +27,7 @@ from optuna.trial import TrialState
 from pipeline import tune, tune_config
 from pipeline.config import ParamError, build, to_dict
 from pipeline.data.prepared import save_prepared
-from pipeline.experiment import ExperimentConfig, parse_params
+from pipeline.experiment import ExperimentConfig, load_params, parse_params
 from pipeline.tracking import setup
 from tests.tiny import tiny_data, tiny_experiment
 
@@ -203,6 +210,155 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(workspace):
     assert "optim.momentum = 1.5" in study.trials[0].user_attrs["error"]
     states = dict(zip(children(study)["tags.optuna.trial_number"], children(study)["tags.optuna.state"]))
     assert states == {"0": "FAIL", "1": "COMPLETE", "2": "COMPLETE"}
+
+
+def tune_command(path: Path, name: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.tune", "--params", str(path), "--study", name]
+
+
+def test_a_killed_worker_is_reported_the_study_analysed_and_a_rerun_finishes_it(workspace, monkeypatch):
+    """Worker 1 of 2 is SIGKILLed as its first trial starts (``tune.KILL_WORKER_ENV``): the command
+    names it in one line, analyses what the study holds, exits 1 with one line; once the heartbeat
+    grace is over, the same command runs exactly the missing trial."""
+    name = "killed"
+    path = write_params(workspace, name, {"method": "ce", "n_trials": 3, "workers": 2,
+                                          "pruner": {"name": "none"}}, LR_WD_SPACE)
+    env = {**os.environ, tune.KILL_WORKER_ENV: f"{name}-w1"}
+    proc = subprocess.run(tune_command(path, name), env=env, capture_output=True, text=True, timeout=600)
+
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if line.startswith(f"[{name}] worker ")] == [
+        f"[{name}] worker {name}-w1: killed by SIGKILL"]
+    error = proc.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: study '{name}' ended with 2 of its 3 trials done"), error
+    assert "1 worker(s) died" in error and "stay RUNNING" in error and "rerun the same command" in error
+    assert json.loads((workspace / "studies" / name / "summary.json").read_text())["n_complete"] == 2
+    killed = [t for t in load(workspace, name).trials if t.state == TrialState.RUNNING]
+    assert len(killed) == 1
+
+    monkeypatch.setattr(tune, "GRACE_S", 1)
+    time.sleep(2)  # past the grace by SQLite's clock, which counts whole seconds
+    run(path, name)
+    study = load(workspace, name)
+    assert len(study.get_trials(states=tune.FINISHED)) == 3
+    assert study.trials[killed[0].number].state == TrialState.FAIL
+
+
+@pytest.mark.filterwarnings("ignore:Fixed parameter optim.momentum:UserWarning")  # out of range on purpose
+@pytest.mark.filterwarnings("ignore:No artists with labels:UserWarning")  # plots of a study without values
+def test_failures_in_a_row_end_the_study_with_one_line_and_exit_1(workspace, capsys):
+    name = "broken"
+    space = {"optim.momentum": {"type": "float", "low": 0.0, "high": 0.95}}
+    path = write_params(workspace, name, {"method": "ce", "n_trials": 2, "pruner": {"name": "none"}}, space)
+    queued = optuna.create_study(study_name=name, storage=storage(workspace, name), direction="maximize")
+    for _ in range(tune.MAX_FAILURES_IN_A_ROW):
+        queued.enqueue_trial({"optim.momentum": 1.5})  # outside OptimConfig's bounds: every trial fails
+    capsys.readouterr()
+
+    assert tune.main(["--params", str(path), "--study", name]) == 1
+
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1
+    assert errors[0].startswith(f"error: study '{name}' ended with 0 of its 2 trials done")
+    assert f"{tune.MAX_FAILURES_IN_A_ROW} trial(s) failed in a row, the last with ParamError: " in errors[0]
+    assert "optim.momentum = 1.5" in errors[0]
+    assert [t.state for t in load(workspace, name).trials] == [TrialState.FAIL] * tune.MAX_FAILURES_IN_A_ROW
+    assert json.loads((workspace / "studies" / name / "summary.json").read_text())["n_fail"] == 5
+
+
+# `python -c RACE_TO_THE_PARENT_RUN BARRIER N ARGS...` runs `python -m pipeline.tune ARGS...`, its
+# parent_run held until N processes have reached it (one file each in BARRIER): they all look for
+# the study's parent run at the same moment.
+RACE_TO_THE_PARENT_RUN = """
+import os, sys, time
+from pathlib import Path
+from pipeline import tune
+
+barrier, n = Path(sys.argv[1]), int(sys.argv[2])
+find_parent = tune.parent_run
+
+
+def all_at_once(*args):
+    (barrier / str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(list(barrier.iterdir())) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return find_parent(*args)
+
+
+tune.parent_run = all_at_once
+raise SystemExit(tune.main(sys.argv[3:]))
+"""
+
+
+def test_two_invocations_at_once_share_one_parent_run(workspace, tmp_path):
+    """Both start from a study without a parent run; before the fix each created one and kept it."""
+    name = "concurrent"
+    path = write_params(workspace, name, {"method": "ce", "n_trials": 2, "pruner": {"name": "none"}}, LR_WD_SPACE)
+    # The storage's tables and the pretraining exist already: two processes creating either at once
+    # is another race than the parent run's.
+    optuna.create_study(study_name=name, storage=storage(workspace, name), direction="maximize")
+    params = load_params(path)
+    tune.ensure_pretrain(params, tune_config.make_plan(params, tune_config.load_tune(params), name))
+    cmd = [sys.executable, "-c", RACE_TO_THE_PARENT_RUN, str(tmp_path), "2", *tune_command(path, name)[3:]]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
+
+    study = load(workspace, name)
+    assert len(study.get_trials(states=tune.FINISHED)) == 2
+    runs = mlflow.search_runs(experiment_names=[MLFLOW_EXPERIMENT],
+                              filter_string=f"tags.`optuna.study_name` = '{name}'")  # active runs only
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()]
+    assert list(parents["run_id"]) == [study.user_attrs[tune.PARENT_RUN_ATTR]]
+    kids = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert set(kids["tags.mlflow.parentRunId"]) == set(parents["run_id"])
+    assert len(kids) == len([t for t in study.trials if not t.user_attrs.get("surplus")])
+
+
+def test_claiming_a_study_attr_is_compare_and_set(tmp_path):
+    """What two processes racing for the parent run get, in either order: the first claim stands."""
+    url = f"sqlite:///{tmp_path / 'cas.db'}"
+    study = optuna.create_study(study_name="cas", storage=tune.open_storage(url))
+    claim = functools.partial(tune.claim_study_attr, tune.open_storage(url), study._study_id, "run")
+    assert claim("a", replacing=None) == "a"
+    assert claim("b", replacing=None) == "a"  # already set: not overwritten
+    assert claim("c", replacing="a") == "c"
+    assert claim("d", replacing="a") == "c"  # replaced meanwhile by another: not overwritten
+    assert study.user_attrs["run"] == "c"
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_a_trial_that_never_had_a_heartbeat_is_failed_after_the_grace(tmp_path, monkeypatch):
+    """A process killed between creating a trial and its first heartbeat leaves a RUNNING trial that
+    Optuna's fail_stale_trials never fails: it would hold a place in the budget for ever."""
+    monkeypatch.setattr(tune, "GRACE_S", 1)
+    storage_ = tune.open_storage(f"sqlite:///{tmp_path / 'orphan.db'}")
+    study = optuna.create_study(study_name="orphan", storage=storage_)
+    study.ask()  # RUNNING, and no heartbeat thread: as if its process died at once
+    tune.fail_dead_trials(study, storage_)
+    assert study.trials[0].state == TrialState.RUNNING  # within the grace
+    time.sleep(1.5)
+    tune.fail_dead_trials(study, storage_)
+    assert study.trials[0].state == TrialState.FAIL
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
+def test_an_invocation_waits_for_the_trials_running_elsewhere(tmp_path, monkeypatch):
+    """Once its workers have ended, an invocation waits for the trials RUNNING in another one (they
+    count toward the budget) and for a killed process's trial to be failed, then analyses."""
+    monkeypatch.setattr(tune, "GRACE_S", 1)
+    monkeypatch.setattr(tune, "WAIT_POLL_S", 0.1)
+    storage_ = tune.open_storage(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    study = optuna.create_study(study_name="elsewhere", storage=storage_)
+    running, killed = study.ask(), study.ask()  # the first is told below, the second never
+    other_invocation = threading.Timer(0.5, study.tell, args=(running, 1.0))
+    other_invocation.start()
+    tune.wait_for_running(study, storage_, SimpleNamespace(name="elsewhere"))
+    states = [t.state for t in study.trials]
+    other_invocation.join()
+    assert states == [TrialState.COMPLETE, TrialState.FAIL]
 
 
 def test_sweep_evaluates_the_grid_over_seeds(workspace):
