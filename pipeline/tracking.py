@@ -77,8 +77,11 @@ def setup(experiment: str) -> str:
         location = (artifact_root() / experiment).as_uri()
         try:
             exp_id = client.create_experiment(experiment, artifact_location=location)
-        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel worker
-            exp_id = client.get_experiment_by_name(experiment).experiment_id
+        except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel worker?
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:  # no: the store refused the write (read-only, broken)
+                raise
+            exp_id = exp.experiment_id
     else:
         exp_id = exp.experiment_id
     mlflow.set_experiment(experiment_id=exp_id)

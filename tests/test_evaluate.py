@@ -172,6 +172,9 @@ def test_evaluation_refuses_an_unfinished_or_mixed_run_folder(tmp_path, capsys):
     (run / SCORES).write_bytes(finished[SCORES])
     with pytest.raises(CheckpointError, match="sample_scores.npz belongs to another run"):
         evaluate_run(other, data, run, tmp_path / "plots", device="cpu")
+    (run / SCORES).write_bytes(b"PK\x03\x04 garbage")
+    with pytest.raises(CheckpointError, match="sample_scores.npz is unreadable"):
+        evaluate_run(other, data, run, tmp_path / "plots", device="cpu")
     (run / HISTORY).write_text("{truncated")
     with pytest.raises(CheckpointError, match="history.json is corrupt"):
         evaluate_run(other, data, run, tmp_path / "plots", device="cpu")

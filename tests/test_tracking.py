@@ -71,3 +71,19 @@ def test_evaluation_does_not_reopen_the_training_run(tmp_path, monkeypatch):
     assert after.info.status == "FINISHED" and after.info.end_time == before.end_time
     assert after.data.metrics == {"final.test.acc": 0.5}
     assert {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)} == {"plots", "metrics.json"}
+
+
+def test_a_read_only_store_is_one_tracking_error(tmp_path, monkeypatch):
+    """A store that refuses writes (here opened read-only through SQLite's URI mode; as root a
+    chmod would not stop the writes) gives a TrackingError, not an AttributeError traceback."""
+    import pytest
+
+    from pipeline import tracking
+
+    monkeypatch.setattr(tracking, "artifact_root", lambda: tmp_path / "mlartifacts")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.setup("long-tail")  # a real, migrated store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///file:{tmp_path / 'mlflow.db'}?mode=ro&uri=true")
+    with pytest.raises(tracking.TrackingError, match=r"is not usable \(MlflowException: .*readonly database"):
+        with tracking.store_errors():
+            tracking.setup("noisy-labels")  # creating an experiment needs a write
