@@ -184,9 +184,15 @@ def fail_dead_trials(study: optuna.Study, storage: optuna.storages.RDBStorage) -
 
 
 def open_study(plan: Plan, stream: list[int], storage: optuna.storages.RDBStorage | None = None) -> optuna.Study:
-    return optuna.create_study(study_name=plan.name, storage=storage or open_storage(plan.storage),
-                               load_if_exists=True, direction="maximize", sampler=make_sampler(plan, stream),
-                               pruner=make_pruner(plan))
+    """The study, created on first use; its objective is named after the validation metric (the
+    dashboard showed "Objective 0")."""
+    study = optuna.create_study(study_name=plan.name, storage=storage or open_storage(plan.storage),
+                                load_if_exists=True, direction="maximize", sampler=make_sampler(plan, stream),
+                                pruner=make_pruner(plan))
+    if study.metric_names != [plan.metric]:
+        with experimental_features():
+            study.set_metric_names([plan.metric])
+    return study
 
 
 def claim_study_attr(storage: optuna.storages.RDBStorage, study_id: int, key: str, value: Any,

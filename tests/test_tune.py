@@ -107,6 +107,7 @@ def test_two_workers_run_exactly_n_trials_nested_pruned_and_analysed(workspace):
     run(path, name)
 
     study = load(workspace, name)
+    assert study.metric_names == ["val_acc"]  # the dashboard names the objective
     trials = study.get_trials()
     finished = [t for t in trials if t.state in tune.FINISHED]
     assert len(finished) == 4
