@@ -147,6 +147,10 @@ def test_plots_render_offline(repo):
     sh(["dvc", "plots", "show", "-o", "plots_html"], dst, env)
     html = (dst / "plots_html/index.html").read_text()
     assert "<script src" not in html and "vegaEmbed" in html
+    shown = json.loads(sh(["dvc", "plots", "show", "--json"], dst, env).stdout)["data"]
+    titles = {path: chart[0]["content"]["title"]["text"] for path, chart in shown.items() if path.endswith(".csv")}
+    assert titles["plots/tiny/meta_iada-s0/per_class.csv"].startswith("tiny meta_iada seed 0, per-class")
+    assert len(set(titles.values())) == len(titles)  # every chart says which run it is
 
 
 def test_mlflow_has_every_stage_run_with_metrics_and_the_registered_network(repo):
