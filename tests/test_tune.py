@@ -136,7 +136,10 @@ def test_two_workers_run_exactly_n_trials_nested_pruned_and_analysed(workspace):
     assert best["params"] == {"optim.lr": BETTER_LR, "optim.weight_decay": 1e-4}
     assert best["metric"] == "val_acc" and best["value"] == study.best_value
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["n_complete"], summary["n_pruned"]) == (3, 1)
+    # trial 2 is always pruned; one of trials 0 and 1 is too when it reports after the other
+    # completed with a better value (it depends on how the two workers interleave)
+    n_pruned = sum(t.state == TrialState.PRUNED for t in finished)
+    assert n_pruned in (1, 2) and (summary["n_complete"], summary["n_pruned"]) == (4 - n_pruned, n_pruned)
     parent = mlflow.get_run(study.user_attrs[tune.PARENT_RUN_ATTR])
     assert parent.data.metrics["best_val_acc"] == study.best_value
     assert parent.data.params["sampler"] == "tpe" and parent.data.params["pruner"] == "MedianPruner"
