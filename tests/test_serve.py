@@ -19,7 +19,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_a_port_in_use_is_one_line_and_exit_2(capsys):
+def no_exec(monkeypatch) -> list:
+    """Record instead of replacing the test process with a server."""
+    calls: list = []
+    monkeypatch.setattr(serve.os, "execve", lambda *args: calls.append(args))
+    return calls
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(capsys, monkeypatch):
+    execs = no_exec(monkeypatch)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -27,13 +35,15 @@ def test_a_port_in_use_is_one_line_and_exit_2(capsys):
         assert serve.main(["ui", "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: port {port} on 127.0.0.1 is in use") and "PORT=" in err[0]
+    assert execs == []
 
 
 def test_dashboard_before_any_study_says_so_and_creates_no_store(tmp_path, monkeypatch, capsys):
+    execs = no_exec(monkeypatch)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert serve.main(["dashboard", "--port", str(free_port())]) == 2
     assert capsys.readouterr().err.startswith("error: no study yet")
-    assert not (tmp_path / "optuna.db").exists()
+    assert not (tmp_path / "optuna.db").exists() and execs == []
 
 
 def test_ui_serves_the_store_on_loopback(tmp_path):
