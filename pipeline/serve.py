@@ -42,7 +42,9 @@ def command(kind: str, port: int, storage: str | None) -> tuple[list[str], dict[
     env = dict(os.environ)
     if kind == "ui":
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # ~5 s to start instead of ~20
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+        from pipeline.tracking import tracking_uri  # imports mlflow: only for the UI
+
+        uri = tracking_uri()
         return [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", uri, "--host", HOST, "--port", str(port),
                 "--workers", "1"], env
     url = storage or f"sqlite:///{project_root() / 'optuna.db'}"

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from pipeline.allocator import keep_freed_memory
 from pipeline.config import ParamError, flatten, to_dict
+from pipeline.data.config import Scenario
 from pipeline.data.prepared import PreparedData
 from pipeline.experiment import ExperimentConfig, config_hash
 from pipeline.jsonfile import write_json
@@ -112,8 +113,8 @@ def run_params(exp: ExperimentConfig, method_cfg: Any) -> dict[str, Any]:
     the search space and the data sections of other scenarios, plus its own method's
     hyperparameters as ``method.<key>``."""
     settings = {k: v for k, v in to_dict(exp).items() if k not in ("methods", "search")}
-    scenario_sections = {"longtail", "noisy", "subpop", "glt"}
-    settings["data"] = {k: v for k, v in settings["data"].items() if k not in scenario_sections - {exp.scenario}}
+    others = set(get_args(Scenario)) - {exp.scenario}  # each scenario's data section is named after it
+    settings["data"] = {k: v for k, v in settings["data"].items() if k not in others}
     return {**flatten(settings), **{f"method.{k}": v for k, v in flatten(to_dict(method_cfg)).items()}}
 
 
