@@ -1,6 +1,6 @@
 """MLflow tracking: one SQLite store at the project root, one experiment per scenario.
 
-The store is addressed by absolute path from :func:`pipeline.paths.project_root`, so runs
+The store is addressed by absolute path from :func:`pipeline.layout.project_root`, so runs
 started by ``dvc exp run --queue/--temp`` (which run in a temporary copy) land in the same
 store. Each run is tagged with the git commit and the DVC experiment name.
 """
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.paths import project_root
+from pipeline.layout import project_root
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
@@ -133,7 +133,7 @@ def registered_model_name(experiment: str) -> str:
 
 
 class RunTracker:
-    """MLflow side of one training run (used by :func:`pipeline.train.fit`).
+    """MLflow side of one training run (used by :func:`pipeline.engine.loop.fit`).
 
     Starts the run (or resumes the one recorded in the checkpoint), logs params once, metrics
     per epoch in one batched call, and at the end the checkpoints, the history, the data card
@@ -184,7 +184,7 @@ class RunTracker:
             self._finish(out_dir, method)
 
     def _finish(self, out_dir: Path, method: Any) -> None:
-        from pipeline.train import BEST, HISTORY, LAST, artifact_file
+        from pipeline.engine.loop import BEST, HISTORY, LAST, artifact_file
 
         networks = method.artifacts()
         for name in (BEST, LAST, HISTORY, *(artifact_file(n) for n in networks)):
@@ -219,7 +219,7 @@ def log_network(module: Any, name: str, register_as: str | None) -> None:
 
     import mlflow.pytorch
 
-    from pipeline.paths import workdir
+    from pipeline.layout import workdir
 
     module = copy.deepcopy(module).cpu().eval()
     mlflow.pytorch.log_model(module, name=name, serialization_format="pickle",

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.config import build
+from pipeline.params.schema import build
 from pipeline.data.config import DataConfig
 from pipeline.data.sources import CIFAR10_JPEG, Source, load_labels
-from pipeline.paths import shared_data_dir
+from pipeline.layout import shared_data_dir
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 STYLE_COLOURS = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [200, 200, 40]])

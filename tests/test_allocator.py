@@ -8,7 +8,7 @@ import sys
 
 PROGRAM = """
 import resource, sys, torch
-from pipeline.allocator import keep_freed_memory
+from pipeline.engine.allocator import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 torch.manual_seed(0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from pipeline.bench_steps import time_steps
+from pipeline.bench.steps import time_steps
 
 
 def test_time_steps_reports_every_variant_and_the_ratios():

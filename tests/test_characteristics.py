@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from pipeline.characteristics import CHARACTERISTICS, Characteristics
-from pipeline.config import ParamError
+from pipeline.methods.characteristics import CHARACTERISTICS, Characteristics
+from pipeline.params.schema import ParamError
 
 
 def make(names=CHARACTERISTICS) -> Characteristics:

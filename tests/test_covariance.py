@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.covariance import ClassCovariance
+from pipeline.methods.covariance import ClassCovariance
 
 
 def feed(mode: str) -> tuple[ClassCovariance, np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fixtures import data_config, styled_source
 
-from pipeline.config import ParamError
+from pipeline.params.schema import ParamError
 from pipeline.data.build import build_from_source
 from pipeline.data import glt
 from pipeline.data.glt import apportion, attribute_weights, class_factors, largest_n_max, train_cell_counts

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fixtures import data_config, labels_only_source, real_cifar10_labels, synthetic_source
 
-from pipeline.config import ParamError
+from pipeline.params.schema import ParamError
 from pipeline.data.build import build_from_source
 from pipeline.data.longtail import longtail_counts, shot_groups
 from pipeline.data.prepared import PreparedDataError, load_prepared, save_prepared

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fixtures import balanced_labels, data_config, real_cifar10_labels, synthetic_source
 
-from pipeline.config import ParamError
+from pipeline.params.schema import ParamError
 from pipeline.data.build import build_from_source
 from pipeline.data.noisy import corrupt_labels, expected_noise_rate, transition_counts
 from pipeline.data.sampling import stream

@@ -17,7 +17,7 @@ from fixtures import (
     write_mnist_idx,
 )
 
-from pipeline.config import ParamError
+from pipeline.params.schema import ParamError
 from pipeline.data import sources
 from pipeline.data.build import prepare_dataset
 from pipeline.data.sources import (
@@ -28,7 +28,7 @@ from pipeline.data.sources import (
     DataSourceError,
     load_source,
 )
-from pipeline.paths import shared_data_dir
+from pipeline.layout import shared_data_dir
 
 REAL_SHARED = shared_data_dir()  # taken before any test points META_IADA_SHARED_DATA elsewhere
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from fixtures import CIFAR10_CLASSES, data_config, shared_mnist_present, synthetic_source
 
-from pipeline.config import ParamError
+from pipeline.params.schema import ParamError
 from pipeline.data.build import build_from_source, prepare_dataset
 from pipeline.data.subpop import BORDER_COLOURS, BORDER_WIDTH
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.paths import shared_data_dir
+from pipeline.layout import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipeline.data.prepared import PreparedData, Split
-from pipeline.evaluate import epsilon_analysis, headline, prediction_metrics
+from pipeline.evaluation.evaluate import epsilon_analysis, headline, prediction_metrics
 from pipeline.jsonfile import write_json
 
 
@@ -138,8 +138,8 @@ def test_evaluation_refuses_an_unfinished_or_mixed_run_folder(tmp_path, capsys):
     partial epoch as final and take the older run's id; now one CheckpointError each."""
     import shutil
 
-    from pipeline.evaluate import evaluate_run
-    from pipeline.train import HISTORY, LAST, SCORES, CheckpointError, fit
+    from pipeline.evaluation.evaluate import evaluate_run
+    from pipeline.engine.loop import HISTORY, LAST, SCORES, CheckpointError, fit
     from tests.tiny import tiny_data, tiny_experiment
 
     data, run = tiny_data(), tmp_path / "run"

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from pipeline.data.prepared import Split
-from pipeline.loader import BatchLoader, random_crop_flip
+from pipeline.data.loader import BatchLoader, random_crop_flip
 
 
 def make_split(n=37, h=8, w=8, c=3, seed=0):
@@ -79,7 +79,7 @@ def test_channel_stats_equal_the_float64_moments_without_a_float_copy():
     the data (a float64 copy would be 8x the uint8 images)."""
     import tracemalloc
 
-    from pipeline.loader import channel_stats
+    from pipeline.data.loader import channel_stats
 
     x = np.random.default_rng(3).integers(0, 256, size=(3000, 16, 16, 3), dtype=np.uint8)
     x[:, :, :, 2] //= 7  # channels with different moments

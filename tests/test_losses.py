@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.losses import alpha_at, class_balanced_weights, iada_loss, isda_loss
+from pipeline.methods.losses import alpha_at, class_balanced_weights, iada_loss, isda_loss
 
 
 def random_problem(seed: int, batch: int = 6, classes: int = 5, dim: int = 4,
@@ -251,7 +251,7 @@ def test_pairwise_is_not_a_bound_for_negative_epsilon():
       on the Monte-Carlo mean, is above the pairwise loss by more than 4 standard errors.
 
     So for ε < 0 the pairwise loss is a per-pair margin reduction, not the bound of an
-    augmentation (pipeline/losses.py, "When it is a bound")."""
+    augmentation (pipeline/methods/losses.py, "When it is a bound")."""
     weight, bias, h, cov = fixed_case()
     y, alpha, beta, epsilon, samples = 0, 0.1, 1.0, -0.6, 20_000
     logits = (h @ weight.T + bias).unsqueeze(0)

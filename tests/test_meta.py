@@ -12,14 +12,14 @@ import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import build
-from pipeline.losses import iada_loss
-from pipeline.meta import (ForwardPrimals, TrainLoss, _batch_norm_tangent, meta_gradient, meta_step,
+from pipeline.params.schema import build
+from pipeline.methods.losses import iada_loss
+from pipeline.methods.meta_gradient import (ForwardPrimals, TrainLoss, _batch_norm_tangent, meta_gradient, meta_step,
                            pseudo_update)
 from pipeline.methods import TrainInfo
 from pipeline.methods.iada import MetaIADA, MetaIADAConfig
 from pipeline.networks import FeatureClassifier, build_network
-from pipeline.perturbation import PerturbationNet
+from pipeline.methods.perturbation import PerturbationNet
 
 
 class TinyMLP(FeatureClassifier):

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.characteristics import CHARACTERISTICS
-from pipeline.config import ParamError, build
-from pipeline.losses import iada_loss
+from pipeline.methods.characteristics import CHARACTERISTICS
+from pipeline.params.schema import ParamError, build
+from pipeline.methods.losses import iada_loss
 from pipeline.methods import REGISTRY, Batch, Method, StepContext, TrainInfo
-from pipeline.metrics import predict
+from pipeline.evaluation.metrics import predict
 from pipeline.networks import FeatureClassifier, build_network
 
 CLASSES, TRAIN, BATCH = 4, 32, 8
@@ -286,7 +286,7 @@ def test_logit_adjustment_loss_by_hand():
 
 def test_logit_adjustment_predicts_with_raw_logits():
     """At evaluation the prior is not added: after ``la`` training steps, the logits that
-    :func:`pipeline.metrics.predict` gives are the network's own eval-mode outputs z (those of a
+    :func:`pipeline.evaluation.metrics.predict` gives are the network's own eval-mode outputs z (those of a
     fresh network loaded with the trained weights, which knows nothing of the method), not
     z + τ·log π, and its predictions differ from the prior-shifted ones on this batch."""
     tau = 3.0

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import ParamError
-from pipeline.experiment import load_params, parse_params
+from pipeline.params.schema import ParamError
+from pipeline.params.experiment import load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -174,7 +174,7 @@ def test_dvc_exp_run_set_param_lands_in_the_queued_params_for_every_experiment(t
 
 
 def test_every_searched_key_exists_so_the_printed_apply_line_lands(raw):
-    """``pipeline.tune`` prints ``dvc exp run -S 'experiments.<exp>.<key>=<best>'``: DVC refuses a
+    """``pipeline.tuning.study`` prints ``dvc exp run -S 'experiments.<exp>.<key>=<best>'``: DVC refuses a
     key that is not in params.yaml, and before this layout dropped keys reached through aliases."""
     searched = [(name, key) for name, exp in raw["experiments"].items() for key in exp.get("search", {})]
     assert searched

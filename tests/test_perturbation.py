@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.config import build
+from pipeline.params.schema import build
 from pipeline.methods import REGISTRY, TrainInfo
 from pipeline.networks import build_network
 

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.metrics import macro_precision, per_class_accuracy, shot_accuracy, split_metrics
-from pipeline.report import collect, markdown, summarise
+from pipeline.evaluation.metrics import macro_precision, per_class_accuracy, shot_accuracy, split_metrics
+from pipeline.evaluation.report import collect, markdown, summarise
 
 
 def test_per_class_accuracy_and_macro_precision_by_hand():

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.experiment import load_params
+from pipeline.params.experiment import load_params
 from pipeline.methods import REGISTRY
-from pipeline.train import BEST, HISTORY, LAST, CheckpointError, fit, load_checkpoint
+from pipeline.engine.loop import BEST, HISTORY, LAST, CheckpointError, fit, load_checkpoint
 from tests.tiny import tiny_data, tiny_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def test_every_method_trains_from_the_pretrain_checkpoint(tmp_path, method):
     ({"meta_batch_size": 50}, r"meta_batch_size = 50 is larger than the meta split \(12 images\)"),
 ])
 def test_a_batch_larger_than_its_split_is_refused_before_any_work(tmp_path, overrides, expect):
-    from pipeline.config import ParamError
+    from pipeline.params.schema import ParamError
 
     with pytest.raises(ParamError, match=expect):
         fit(tiny_experiment(**overrides), tiny_data(), "meta_iada", 0, tmp_path / "run", first_epoch=0,
@@ -190,7 +190,7 @@ def test_a_run_killed_while_finishing_is_not_retrained(tmp_path, monkeypatch):
     finished ``last.pt``, trains no epoch and writes the missing files."""
     import numpy as np
 
-    import pipeline.train as train
+    import pipeline.engine.loop as train
 
     exp, data = tiny_experiment(), tiny_data()
     fit(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu")
@@ -219,7 +219,7 @@ def test_a_run_folder_being_trained_is_locked(tmp_path):
     """A second trainer on the same run folder stops with one line naming the holder."""
     import fcntl
 
-    from pipeline.train import RunLockedError, run_lock
+    from pipeline.engine.loop import RunLockedError, run_lock
 
     exp, data = tiny_experiment(), tiny_data()
     with run_lock(tmp_path / "run"):
@@ -234,7 +234,7 @@ def test_a_run_folder_being_trained_is_locked(tmp_path):
 
 def test_a_failed_checkpoint_write_is_one_error_and_leaves_no_temporary_file(tmp_path, monkeypatch):
     """A full disk made torch.save fail with 'unexpected pos' and no path, leaving .last.pt.tmp."""
-    import pipeline.train as train
+    import pipeline.engine.loop as train
 
     real_save = torch.save
 
@@ -253,7 +253,7 @@ def test_a_failed_checkpoint_write_is_one_error_and_leaves_no_temporary_file(tmp
 
 def test_ctrl_c_during_training_is_one_line_naming_the_saved_epoch(tmp_path, capsys):
     from pipeline.stages.common import main_guard
-    from pipeline.train import TrainingInterrupted
+    from pipeline.engine.loop import TrainingInterrupted
 
     exp, data = tiny_experiment(), tiny_data()
 
@@ -273,7 +273,7 @@ def test_ctrl_c_during_training_is_one_line_naming_the_saved_epoch(tmp_path, cap
 
 def test_a_run_logs_only_its_own_experiment_and_method_params():
     """An lt ce run logged 85 params, with data.noisy.*, data.glt.* and methods.meta_iada.*."""
-    from pipeline.train import run_params
+    from pipeline.engine.loop import run_params
 
     exp = load_params(ROOT / "params.yaml").experiment("lt")
     params = run_params(exp, exp.method_config("la"))

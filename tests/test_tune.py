@@ -24,10 +24,11 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from pipeline import tune, tune_config
-from pipeline.config import ParamError, build, to_dict
+from pipeline.params import tune as tune_config
+from pipeline.tuning import study as tune
+from pipeline.params.schema import ParamError, build, to_dict
 from pipeline.data.prepared import save_prepared
-from pipeline.experiment import ExperimentConfig, load_params, parse_params
+from pipeline.params.experiment import ExperimentConfig, load_params, parse_params
 from pipeline.tracking import setup
 from tests.tiny import tiny_data, tiny_experiment
 
@@ -217,7 +218,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(workspace):
 
 
 def tune_command(path: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.tune", "--params", str(path), "--study", name]
+    return [sys.executable, "-m", "pipeline.tuning.study", "--params", str(path), "--study", name]
 
 
 def test_a_killed_worker_is_reported_the_study_analysed_and_a_rerun_finishes_it(workspace, monkeypatch):
@@ -271,13 +272,13 @@ def test_failures_in_a_row_end_the_study_with_one_line_and_exit_1(workspace, cap
     assert json.loads((workspace / "studies" / name / "summary.json").read_text())["n_fail"] == 5
 
 
-# `python -c RACE_TO_THE_PARENT_RUN BARRIER N ARGS...` runs `python -m pipeline.tune ARGS...`, its
+# `python -c RACE_TO_THE_PARENT_RUN BARRIER N ARGS...` runs `python -m pipeline.tuning.study ARGS...`, its
 # parent_run held until N processes have reached it (one file each in BARRIER): they all look for
 # the study's parent run at the same moment.
 RACE_TO_THE_PARENT_RUN = """
 import os, sys, time
 from pathlib import Path
-from pipeline import tune
+from pipeline.tuning import study as tune
 
 barrier, n = Path(sys.argv[1]), int(sys.argv[2])
 find_parent = tune.parent_run

@@ -6,9 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.config import build
+from pipeline.params.schema import build
 from pipeline.data.prepared import PreparedData, Split
-from pipeline.experiment import ExperimentConfig
+from pipeline.params.experiment import ExperimentConfig
 
 
 def tiny_data(num_classes: int = 3, per_class: tuple[int, ...] = (24, 12, 6), size: int = 8,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pipeline.config import to_dict
+from pipeline.params.schema import to_dict
 from pipeline.data import glt, longtail, noisy, sources, subpop
 from pipeline.data.config import DataConfig
 from pipeline.data.prepared import PreparedData

@@ -1,6 +1,6 @@
 """Parameters of the prepare stage: which biased data set to build (``experiments.<name>.data``).
 
-Built with ``pipeline.config.build(DataConfig, raw, "experiments.<name>.data")``; types,
+Built with ``pipeline.params.schema.build(DataConfig, raw, "experiments.<name>.data")``; types,
 ``Literal`` choices and numeric bounds are checked there, the rules that tie several keys
 together in :meth:`DataConfig.__post_init__`.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pipeline.config import ParamError, bounded
+from pipeline.params.schema import ParamError, bounded
 
 Scenario = Literal["longtail", "noisy", "subpop", "glt"]
 SourceName = Literal["cifar10", "cifar100", "mnist"]

@@ -18,7 +18,7 @@ Splits (symbols: C classes, k attributes, ρ_c = ``class_imbalance_ratio``, ρ_a
 - test_alt (ALT protocol): classes in the training design's proportions, attribute-balanced:
   max(1, floor(t · f_c)) images per cell. Only the attribute distribution differs from training.
   Its headline is the class-mean accuracy (1/C) Σ_c acc_c (``alt_class_mean_acc``), not the
-  plain accuracy, which the head classes dominate (``pipeline.evaluate.headline``).
+  plain accuracy, which the head classes dominate (``pipeline.evaluation.evaluate.headline``).
 
 How ALT differs from Tang et al. (ECCV 2022): their ALT protocol trains on a *class-balanced*,
 attribute-long-tailed set and tests on a class- and attribute-balanced one. One prepared data
@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.cluster import KMeans
 
-from pipeline.config import ParamError
+from pipeline.params.schema import ParamError
 from pipeline.data.config import DataConfig
 from pipeline.data.longtail import shot_groups
 from pipeline.data.prepared import PreparedData, Split

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from pipeline.config import ParamError
+from pipeline.params.schema import ParamError
 
 
 def stream(seed: int, name: str) -> np.random.Generator:

@@ -7,7 +7,7 @@
    ``MNIST/raw/``; tried first) or the offline-copy layout (``cifar10-jpeg.tar.gz``, ``mnist/``). The
    user's files are read as they are: their sha256 is recorded and the card says whether they
    match the official checksums.
-2. The offline copies in :func:`pipeline.paths.shared_data_dir` (same layouts). Their checksums
+2. The offline copies in :func:`pipeline.layout.shared_data_dir` (same layouts). Their checksums
    are verified and a mismatch stops the run with :class:`ChecksumError`: falling through to a
    download would silently swap CIFAR-10 (JPEG) for the original pixels.
 3. The official download through torchvision (``download=True``, which checks md5) into
@@ -39,7 +39,7 @@ from PIL import Image
 
 from pipeline.data.prepared import Split
 from pipeline.data.sampling import choose_per_class, stream
-from pipeline.paths import shared_data_dir
+from pipeline.layout import shared_data_dir
 
 STREAMS = {
     "limit/train": "which training images of each class data.limit_per_class keeps",

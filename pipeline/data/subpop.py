@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import ParamError
+from pipeline.params.schema import ParamError
 from pipeline.data.config import DataConfig
 from pipeline.data.prepared import PreparedData, Split
 from pipeline.data.sampling import carve_per_class, floor_tol, stream

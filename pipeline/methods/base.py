@@ -91,7 +91,7 @@ class Method(nn.Module):
 
     def start(self, batches: Iterable[Batch]) -> None:
         """Called once before the first epoch of a fresh (not resumed) run with every training
-        sample in batches (:meth:`pipeline.loader.BatchLoader.sweep`); e.g. to fill per-sample
+        sample in batches (:meth:`pipeline.data.loader.BatchLoader.sweep`); e.g. to fill per-sample
         buffers. Nothing by default: the batches are not even drawn."""
 
     def epoch_metrics(self) -> dict[str, float]:

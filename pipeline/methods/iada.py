@@ -1,7 +1,7 @@
 """Feature-space augmentation methods: ``isda``, ``iada`` (fixed ε) and ``meta_iada``.
 
-All three minimise the closed-form loss of :mod:`pipeline.losses` (method.md §2) with the
-class covariance Σ of :mod:`pipeline.covariance` and the ramp α_t = α·epoch/total_epochs over
+All three minimise the closed-form loss of :mod:`pipeline.methods.losses` (method.md §2) with the
+class covariance Σ of :mod:`pipeline.methods.covariance` and the ramp α_t = α·epoch/total_epochs over
 the global epoch; they differ in the per-sample strategy ε:
 
 - ``isda``: ε ≡ 0 (ISDA, Wang et al. 2019) [related];
@@ -9,7 +9,7 @@ the global epoch; they differ in the per-sample strategy ε:
 - ``meta_iada``: ε_i = Ω(c_i), Ω meta-learned online on the clean meta set (method.md §5).
 
 A step: forward (h, z) under θ; [meta_iada: meta step on Ω every ``meta_interval`` iterations,
-see :mod:`pipeline.meta`]; the IADA loss with the detached ε; SGD step on θ; then bookkeeping:
+see :mod:`pipeline.methods.meta_gradient`]; the IADA loss with the detached ε; SGD step on θ; then bookkeeping:
 Σ is updated with the detached h of this batch *after* its use (as MetaSAug; ISDA itself merges
 the batch into Σ first), [meta_iada: the characteristics' history and class losses are
 recorded]. Σ is therefore the same constant in the pseudo and the real step.
@@ -29,14 +29,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.characteristics import CHARACTERISTICS, Characteristics, check_names
-from pipeline.config import ParamError, bounded
-from pipeline.covariance import ClassCovariance, CovarianceMode
-from pipeline.losses import Direction, alpha_at, class_balanced_weights, iada_loss
-from pipeline.meta import ForwardPrimals, MetaScope, PseudoStep, TrainLoss, meta_features, meta_step
+from pipeline.methods.characteristics import CHARACTERISTICS, Characteristics, check_names
+from pipeline.params.schema import ParamError, bounded
+from pipeline.methods.covariance import ClassCovariance, CovarianceMode
+from pipeline.methods.losses import Direction, alpha_at, class_balanced_weights, iada_loss
+from pipeline.methods.meta_gradient import ForwardPrimals, MetaScope, PseudoStep, TrainLoss, meta_features, meta_step
 from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register
 from pipeline.networks import FeatureClassifier
-from pipeline.perturbation import EpsilonSign, PerturbationNet
+from pipeline.methods.perturbation import EpsilonSign, PerturbationNet
 
 
 @dataclass
@@ -134,9 +134,9 @@ class FeatureAugmentation(Method):
     def _per_sample_loss(self, logits: torch.Tensor, weight: torch.Tensor,
                          epsilon: torch.Tensor | None, *, features: torch.Tensor, labels: torch.Tensor,
                          alpha: float) -> torch.Tensor:
-        """L_i [B] of :func:`~pipeline.losses.iada_loss`; its batch mean is the training loss of
+        """L_i [B] of :func:`~pipeline.methods.losses.iada_loss`; its batch mean is the training loss of
         the real step (:meth:`update`) and of the pseudo step (``train_loss`` in
-        :func:`~pipeline.meta.meta_step`, which takes the mean too).
+        :func:`~pipeline.methods.meta_gradient.meta_step`, which takes the mean too).
 
         With ``class_balanced`` it returns L_i·w_{y_i}·B/Σ_b w_{y_b} instead, so that the batch mean
         is the weighted mean Σ_i w_{y_i} L_i / Σ_i w_{y_i}: the normalisation of MetaSAug's

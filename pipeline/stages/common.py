@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import ParamError
-from pipeline.experiment import ExperimentConfig, Params, load_params
+from pipeline.params.schema import ParamError
+from pipeline.params.experiment import ExperimentConfig, Params, load_params
 from pipeline.jsonfile import json_safe, write_json  # noqa: F401  (the stages' writer)
 
 DATA_DIR = Path("data/prepared")
@@ -49,7 +49,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.data.prepared import PreparedDataError
     from pipeline.data.sources import DataSourceError
     from pipeline.tracking import TrackingError
-    from pipeline.train import CheckpointError
+    from pipeline.engine.loop import CheckpointError
     return (ParamError, DataSourceError, CheckpointError, PreparedDataError, TrackingError, FileNotFoundError)
 
 
@@ -62,7 +62,7 @@ def main_guard(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] |
             print(f"error: {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as err:  # TrainingInterrupted says what was saved
-            from pipeline.train import TrainingInterrupted
+            from pipeline.engine.loop import TrainingInterrupted
 
             print(str(err) if isinstance(err, TrainingInterrupted) else "interrupted", file=sys.stderr)
             return 130
@@ -73,7 +73,7 @@ def main_guard(main: Callable[[list[str] | None], Any]) -> Callable[[list[str] |
 def load(args: argparse.Namespace) -> tuple[Params, ExperimentConfig]:
     """Validate all of params.yaml (so every mistake shows before any work), then pick the experiment."""
     params = load_params(args.params)
-    from pipeline.tune_config import load_tune
+    from pipeline.params.tune import load_tune
 
     load_tune(params)  # the studies and their search spaces are params too
     exp = params.experiment(args.experiment)

@@ -14,9 +14,9 @@ import math
 import sys
 from pathlib import Path
 
-from pipeline.config import flatten
+from pipeline.params.schema import flatten
 from pipeline.data.prepared import load_prepared
-from pipeline.evaluate import evaluate_run, metrics_summary
+from pipeline.evaluation.evaluate import evaluate_run, metrics_summary
 from pipeline.stages.common import (METRICS_DIR, PLOTS_DIR, data_dir, json_safe, load, main_guard, parser, run_dir,
                                     write_json)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from pipeline.config import flatten, to_dict
+from pipeline.params.schema import flatten, to_dict
 from pipeline.data.prepared import save_prepared
 from pipeline.stages.common import data_dir, load, main_guard, parser
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.experiment import load_params
-from pipeline.report import collect, markdown, summarise
+from pipeline.params.experiment import load_params
+from pipeline.evaluation.report import collect, markdown, summarise
 from pipeline.stages.common import METRICS_DIR, REPORTS_DIR, main_guard, write_json
 
 

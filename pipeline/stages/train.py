@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pipeline.stages.common import load, main_guard, parser, run_dir
 from pipeline.stages.training import train_stage
-from pipeline.train import LAST
+from pipeline.engine.loop import LAST
 
 
 @main_guard

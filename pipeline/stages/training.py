@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.data.prepared import load_prepared
-from pipeline.experiment import ExperimentConfig, Params
+from pipeline.params.experiment import ExperimentConfig, Params
 from pipeline.stages.common import data_dir, run_name
-from pipeline.train import fit
+from pipeline.engine.loop import fit
 
 
 def train_stage(params: Params, exp: ExperimentConfig, experiment: str, method: str, seed: int, out: Path, *,

@@ -3,12 +3,12 @@
     python -m pipeline.stages.tune --study lt_meta_iada
 
 Resumes the named study in its storage up to its trial budget and writes its analysis to
-``studies/<study>/`` (see :mod:`pipeline.tune`).
+``studies/<study>/`` (see :mod:`pipeline.tuning.study`).
 """
 
 from __future__ import annotations
 
-from pipeline.tune import main
+from pipeline.tuning.study import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

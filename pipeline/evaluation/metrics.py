@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from pipeline.loader import BatchLoader
+from pipeline.data.loader import BatchLoader
 from pipeline.networks import FeatureClassifier
 
 

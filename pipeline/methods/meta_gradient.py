@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.networks import FeatureClassifier
-from pipeline.perturbation import PerturbationNet
+from pipeline.methods.perturbation import PerturbationNet
 
 MetaScope = Literal["full", "head"]
 PseudoStep = Literal["plain", "optimizer"]

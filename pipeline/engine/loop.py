@@ -26,15 +26,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pipeline.allocator import keep_freed_memory
-from pipeline.config import ParamError, flatten, to_dict
+from pipeline.engine.allocator import keep_freed_memory
+from pipeline.params.schema import ParamError, flatten, to_dict
 from pipeline.data.config import Scenario
 from pipeline.data.prepared import PreparedData
-from pipeline.experiment import ExperimentConfig, config_hash
+from pipeline.params.experiment import ExperimentConfig, config_hash
 from pipeline.jsonfile import write_json
-from pipeline.loader import BatchLoader, channel_stats
+from pipeline.data.loader import BatchLoader, channel_stats
 from pipeline.methods import REGISTRY, Method, StepContext, TrainInfo
-from pipeline.metrics import predict, split_metrics
+from pipeline.evaluation.metrics import predict, split_metrics
 from pipeline.networks import FeatureClassifier, build_network
 
 LAST, BEST, HISTORY, SCORES, RUN_INFO = "last.pt", "best.pt", "history.json", "sample_scores.npz", "run.json"
@@ -222,7 +222,7 @@ def fit(exp: ExperimentConfig, data: PreparedData, method_name: str, seed: int, 
             (see :mod:`pipeline.stages.common`), or None.
         on_epoch: called after each epoch with the epoch's metrics (Optuna reporting/pruning).
 
-    Sets the process's allocator to keep freed memory (:func:`pipeline.allocator.keep_freed_memory`).
+    Sets the process's allocator to keep freed memory (:func:`pipeline.engine.allocator.keep_freed_memory`).
     """
     sizes = {"optim.batch_size": (exp.optim.batch_size, "train"), "meta_batch_size": (exp.meta_batch_size, "meta")}
     for key, (size, split) in sizes.items():  # a loader would shrink the batch silently

@@ -23,9 +23,9 @@ import torch
 
 from pipeline.data.longtail import shot_groups
 from pipeline.data.prepared import PreparedData
-from pipeline.experiment import ExperimentConfig
-from pipeline.metrics import group_accuracy, per_class_accuracy, predict, shot_accuracy, split_metrics
-from pipeline.train import (BEST, HISTORY, LAST, SCORES, CheckpointError, build_model, load_checkpoint,
+from pipeline.params.experiment import ExperimentConfig
+from pipeline.evaluation.metrics import group_accuracy, per_class_accuracy, predict, shot_accuracy, split_metrics
+from pipeline.engine.loop import (BEST, HISTORY, LAST, SCORES, CheckpointError, build_model, load_checkpoint,
                             make_loaders, resolve_device)
 
 # Test-split names of the generalized long-tail protocols.
@@ -146,7 +146,7 @@ def load_finished_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str
     """``history.json``, the ``final`` (``last.pt``) and ``selected`` (``best.pt``) checkpoints and
     the per-sample scores of a run that finished, all of the same run (fingerprint).
 
-    Raises :class:`~pipeline.train.CheckpointError` (one line) for a run that did not finish
+    Raises :class:`~pipeline.engine.loop.CheckpointError` (one line) for a run that did not finish
     (``last.pt`` short of the last epoch), for files left by another run (e.g. the ``history.json``
     of an earlier configuration beside an interrupted run's ``last.pt``) and for corrupt files:
     evaluating such a folder would report a partial epoch as final under an older run's id.

@@ -1,7 +1,7 @@
 """Optuna studies: hyperparameter search and sensitivity analysis of one experiment's method.
 
-    python -m pipeline.tune --study lt_meta_iada [--workers 2] [--n-trials 20] [--storage URL]
-    python -m pipeline.tune            # every study listed in tune.run
+    python -m pipeline.tuning.study --study lt_meta_iada [--workers 2] [--n-trials 20] [--storage URL]
+    python -m pipeline.tuning.study            # every study listed in tune.run
 
 ``params.yaml`` declares the studies under ``tune.studies`` (:class:`StudyConfig`); the search
 space is the experiment's ``search:`` block, next to the defaults it varies
@@ -77,14 +77,14 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from pipeline.config import ParamError, flatten
+from pipeline.params.schema import ParamError, flatten
 from pipeline.data.prepared import PreparedData, load_prepared
-from pipeline.experiment import Params, load_params
+from pipeline.params.experiment import Params, load_params
 from pipeline.stages.common import data_dir, main_guard, run_dir, write_json
 from pipeline.stages.training import train_stage
 from pipeline.tracking import RunTracker, log_params, masked, setup, start_run
-from pipeline.train import LAST, EpochCallback, fit, load_checkpoint
-from pipeline.tune_config import SEED_PARAM, ParamSpace, Plan, StudyConfig, apply_values, load_tune, make_plan
+from pipeline.engine.loop import LAST, EpochCallback, fit, load_checkpoint
+from pipeline.params.tune import SEED_PARAM, ParamSpace, Plan, StudyConfig, apply_values, load_tune, make_plan
 
 import mlflow  # noqa: E402  (after pipeline.tracking, which sets MLflow's telemetry switches)
 
@@ -820,7 +820,7 @@ def run_studies(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main, so that spawned workers unpickle pipeline.tune objects.
-    from pipeline.tune import main as tune_main
+    # Run the imported module's main, so that spawned workers unpickle pipeline.tuning.study objects.
+    from pipeline.tuning.study import main as tune_main
 
     raise SystemExit(tune_main())

@@ -1,7 +1,7 @@
 """The ``tune:`` section of params.yaml: studies, samplers, pruners, search spaces, sweeps, and
 their validation (:func:`load_tune`), and the :class:`Plan` a study runs from.
 
-Kept apart from :mod:`pipeline.tune` (which runs the studies) so that every stage can validate
+Kept apart from :mod:`pipeline.tuning.study` (which runs the studies) so that every stage can validate
 the whole params file before any work without importing Optuna, SQLAlchemy and MLflow.
 """
 
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.config import ParamError, bounded, build, flatten, to_dict
-from pipeline.experiment import ExperimentConfig, Params
+from pipeline.params.schema import ParamError, bounded, build, flatten, to_dict
+from pipeline.params.experiment import ExperimentConfig, Params
 from pipeline.methods import REGISTRY
-from pipeline.paths import project_root
+from pipeline.layout import project_root
 
 STUDIES_DIR = Path("studies")
 SEED_PARAM = "seed"  # the trial parameter holding the training seed in a sweep

@@ -9,10 +9,10 @@ Layout::
     experiments:  # named experiments (scenario + data + network + schedule + method params)
       lt: {data: {...}, network: {...}, optim: {...}, pretrain_epochs: .., train_epochs: ..,
            methods: {meta_iada: {alpha: 0.5, ...}}, search: {...}}
-    tune: {...}   # Optuna studies (pipeline.tune)
+    tune: {...}   # Optuna studies (pipeline.tuning.study)
 
 Everything is validated before any work: an unknown key, a value out of range or an unknown
-method/experiment stops with one :class:`~pipeline.config.ParamError` naming the key.
+method/experiment stops with one :class:`~pipeline.params.schema.ParamError` naming the key.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import yaml
 
-from pipeline.config import ParamError, bounded, build, to_dict
+from pipeline.params.schema import ParamError, bounded, build, to_dict
 from pipeline.data.config import DataConfig
 from pipeline.methods import REGISTRY
 from pipeline.networks import Arch
@@ -167,7 +167,7 @@ class RunConfig:
 class Params:
     run: RunConfig
     experiments: dict[str, ExperimentConfig]
-    tune: dict[str, Any] = field(default_factory=dict)  # validated by pipeline.tune
+    tune: dict[str, Any] = field(default_factory=dict)  # validated by pipeline.tuning.study
 
     def __post_init__(self) -> None:
         for i, name in enumerate(self.run.experiments):

@@ -11,7 +11,7 @@ Peak memory of a step, per variant:
 - CUDA: ``torch.cuda.max_memory_allocated`` during one step minus the memory allocated just
   before it (the step's activations, graphs and temporaries), in this process;
 - CPU (Linux): in a fresh process per variant (spawned) whose allocator gives every freed block
-  of 64 KiB or more back to the OS (:func:`pipeline.allocator.return_freed_memory`, so that the
+  of 64 KiB or more back to the OS (:func:`pipeline.engine.allocator.return_freed_memory`, so that the
   resident set follows the live tensors), after one warm-up step (which creates the optimizer
   states), the resident-set high-water mark is reset (``/proc/self/clear_refs``) and the peak
   ``VmHWM`` over two more steps minus the resident set before them is reported: the step's
@@ -34,8 +34,8 @@ from typing import Any
 
 import torch
 
-from pipeline.allocator import return_freed_memory
-from pipeline.config import build
+from pipeline.engine.allocator import return_freed_memory
+from pipeline.params.schema import build
 from pipeline.methods import REGISTRY, Batch, Method, StepContext, TrainInfo
 from pipeline.networks import build_network
 

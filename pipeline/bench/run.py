@@ -7,7 +7,7 @@ In ONE process it times, on the same network and batch size:
 2. ``pipeline``: the same steps fed by the real input pipeline (prepared long-tail CIFAR-10
    in memory as uint8, whole-batch crop/flip/normalise in torch);
 3. a plain CE step, a Meta-IADA step with ``meta_scope: head`` and one with ``meta_scope: full``
-   (:mod:`pipeline.bench_steps`).
+   (:mod:`pipeline.bench.steps`).
 Goals: ``input_pipeline_ratio`` >= 0.9, ``meta_head_over_ce`` <= 1.3, ``meta_full_over_ce`` <= 3.5.
 Compare ratios measured in the same run; absolute times vary between machines. With ``--json``
 the last output line is one JSON object.
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.allocator import keep_freed_memory
+from pipeline.engine.allocator import keep_freed_memory
 from pipeline.data.prepared import PreparedData, load_prepared
-from pipeline.loader import BatchLoader, channel_stats
+from pipeline.data.loader import BatchLoader, channel_stats
 from pipeline.networks import build_network
 
 
@@ -35,7 +35,7 @@ def bench_data(path: Path) -> PreparedData:
     if (path / "arrays.npz").is_file():
         return load_prepared(path)
     from pipeline.data.build import prepare_dataset
-    from pipeline.experiment import load_params
+    from pipeline.params.experiment import load_params
 
     return prepare_dataset(load_params().experiment("lt").data)
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-meta", action="store_true", help="only the input-pipeline benchmark")
     p.add_argument("--json", action="store_true", help="last line: one JSON object with every figure")
     args = p.parse_args(argv)
-    keep_freed_memory()  # as training does (pipeline.train.fit)
+    keep_freed_memory()  # as training does (pipeline.engine.loop.fit)
     cl = not args.no_channels_last
     result: dict = {"arch": args.arch, "batch": args.batch, "threads": torch.get_num_threads(),
                     "device": "cpu", "channels_last": cl}
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{result['pipeline_img_per_s']:.0f} img/s, ratio {result['input_pipeline_ratio']:.3f} (goal >= 0.9); "
           f"loader alone {result['loader_only_img_per_s']:.0f} img/s")
     if not args.skip_meta:
-        from pipeline.bench_steps import time_steps
+        from pipeline.bench.steps import time_steps
 
         steps = time_steps(arch=args.arch, batch=args.batch)
         result.update(steps)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import ParamError
+from pipeline.params.schema import ParamError
 
 BASE = ("loss", "label_logit", "label_prob", "grad_norm", "margin", "neg_entropy")
 CHARACTERISTICS = (*BASE, *(f"d_{name}" for name in BASE),
