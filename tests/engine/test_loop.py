@@ -12,7 +12,7 @@ from pipeline.methods import REGISTRY
 from pipeline.engine.loop import BEST, HISTORY, LAST, CheckpointError, fit, load_checkpoint
 from tests.tiny import tiny_data, tiny_experiment
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Interrupt(Exception):

@@ -15,7 +15,7 @@ import yaml
 from pipeline.data.prepared import load_prepared
 from pipeline.stages import evaluate, prepare, pretrain, train
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 TINY = {"limit_per_class": 30, "test_limit_per_class": 12, "meta_per_class": 2, "val_per_class": 3}
 SCENARIOS = {

@@ -130,7 +130,7 @@ def test_a_broken_prepared_data_set_gives_one_line_through_the_stage(tmp_path, d
         np.savez(arrays, **kept)
     with pytest.raises(PreparedDataError, match=str(folder)):
         load_prepared(folder)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, "-m", "pipeline.stages.pretrain", "--experiment", "lt", "--seed", "0",
                            "--params", str(root / "params.yaml"), "--no-mlflow"], cwd=tmp_path,
                           capture_output=True, text=True, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})

@@ -14,7 +14,7 @@ import yaml
 from pipeline.params.schema import ParamError
 from pipeline.params.experiment import load_params, parse_params
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
