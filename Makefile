@@ -43,7 +43,7 @@ bench: setup
 
 # make tune: the studies of tune.run; make tune STUDY=lt_alpha: one study (WORKERS=2 for two processes)
 tune: setup
-	$(BIN)/python -m pipeline.tuning.study $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS))
+	$(BIN)/python -m pipeline.stages.tune $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS))
 
 # MLflow UI / optuna-dashboard on 127.0.0.1; PORT=... picks another port. A port in use or a
 # missing study store stops with one line and a non-zero exit (pipeline/serve.py).

@@ -1,9 +1,48 @@
-"""Where things live: the project root (also inside ``dvc exp run --temp`` copies) and its folders."""
+"""Where a run's files live: the project's folders, the names of a run's files, and how every
+file is written (atomically: through a temporary file beside it and a rename, so a reader never
+sees half a file and a killed writer leaves the old file or none).
+
+Layout of the outputs (all relative to the working copy; DVC tracks them)::
+
+    data/prepared/<experiment>/                  prepared data set and its data card
+    models/<experiment>/s<seed>/pretrain/        the CE pretraining run
+    models/<experiment>/s<seed>/<method>/        one method's run: last.pt, best.pt,
+                                                 history.json, sample_scores.npz, <network>.pt
+    metrics/<experiment>/<method>-s<seed>.json   headline test metrics (dvc metrics show)
+    metrics/<experiment>/detail/<method>-s<seed>.json   every split, per class and per group
+    plots/<experiment>/<method>-s<seed>/         plot data and figures (dvc plots show)
+    reports/                                     comparison.md, summary.json
+    studies/<study>/                             an Optuna study's analysis
+
+The stores that must outlive a ``dvc exp run --temp`` copy (MLflow, Optuna) are addressed from
+:func:`project_root`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATA_DIR = Path("data/prepared")
+MODELS_DIR = Path("models")
+METRICS_DIR = Path("metrics")
+PLOTS_DIR = Path("plots")
+REPORTS_DIR = Path("reports")
+STUDIES_DIR = Path("studies")
+
+PRETRAIN = "pretrain"  # the run folder (and MLflow label) of the CE pretraining
+# The files of a run folder.
+LAST = "last.pt"  # resumable state after the last finished epoch
+BEST = "best.pt"  # the validation-selected weights
+HISTORY = "history.json"  # per-epoch metrics and the run summary, written when the run finishes
+SCORES = "sample_scores.npz"  # per-training-sample scores (e.g. the last epsilon)
 
 
 def project_root() -> Path:
@@ -30,3 +69,95 @@ def shared_data_dir() -> Path:
     if env:
         return Path(env)
     return project_root().parent / "shared" / "data"
+
+
+# --- names -------------------------------------------------------------------------------------
+
+
+def run_label(method: str, seed: int) -> str:
+    """``<method>-s<seed>``: a run within its experiment (file names of metrics and plots)."""
+    return f"{method}-s{seed}"
+
+
+def run_name(experiment: str, method: str, seed: int) -> str:
+    """``<experiment>-<method>-s<seed>``: a run's MLflow name and progress label."""
+    return f"{experiment}-{run_label(method, seed)}"
+
+
+def data_dir(experiment: str) -> Path:
+    return DATA_DIR / experiment
+
+
+def run_dir(experiment: str, seed: int, method: str) -> Path:
+    """``models/<experiment>/s<seed>/<method>``; the CE pretraining uses method ``pretrain``."""
+    return MODELS_DIR / experiment / f"s{seed}" / method
+
+
+def metrics_file(experiment: str, method: str, seed: int, *, detail: bool = False,
+                 root: Path = METRICS_DIR) -> Path:
+    """The headline metrics file of a run, or with ``detail`` the full one."""
+    folder = root / experiment / "detail" if detail else root / experiment
+    return folder / f"{run_label(method, seed)}.json"
+
+
+def plots_dir(experiment: str, method: str, seed: int) -> Path:
+    return PLOTS_DIR / experiment / run_label(method, seed)
+
+
+def study_dir(study: str) -> Path:
+    return STUDIES_DIR / study
+
+
+def artifact_file(name: str) -> str:
+    """File name of a method's learned network (e.g. ``perturbation_net.pt``) in the run folder."""
+    return f"{name}.pt"
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write; on success it replaces ``path``, on an
+    error it is removed (and the error propagates)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` that strict JSON can hold: NaN and ±inf (undefined metrics, e.g.
+    ``few_acc`` with no Few-shot class) become None (``null``), numpy scalars and arrays become
+    Python numbers and lists, tuples become lists; mappings and lists are converted recursively."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def write_json(obj: Any, path: Path, *, sort_keys: bool = True) -> None:
+    """Write ``obj`` as strict JSON (undefined values as ``null``, see :func:`json_safe`;
+    ``allow_nan=False`` so that no NaN slips through), atomically."""
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=sort_keys, allow_nan=False, default=float) + "\n"
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_npz(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """``np.savez`` of ``arrays``, atomically."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)

@@ -16,13 +16,14 @@ import socket
 import sys
 from pathlib import Path
 
+from pipeline.errors import UserError
 from pipeline.layout import project_root
 
 HOST = "127.0.0.1"
 DEFAULT_PORTS = {"ui": 5000, "dashboard": 8080}
 
 
-class ServeError(Exception):
+class ServeError(UserError):
     """Something the user can fix before a server starts."""
 
 
@@ -50,7 +51,7 @@ def command(kind: str, port: int, storage: str | None) -> tuple[list[str], dict[
     url = storage or f"sqlite:///{project_root() / 'optuna.db'}"
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
         raise ServeError(f"no study yet ({url[len('sqlite:///'):]} does not exist): run one first, e.g. "
-                         "python -m pipeline.tuning.study --study lt_alpha (studies: tune.studies in params.yaml)")
+                         "python -m pipeline.stages.tune --study lt_alpha (studies: tune.studies in params.yaml)")
     return [str(bin_dir / "optuna-dashboard"), url, "--host", HOST, "--port", str(port)], env
 
 

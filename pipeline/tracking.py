@@ -1,4 +1,6 @@
-"""MLflow tracking: one SQLite store at the project root, one experiment per scenario.
+"""MLflow tracking, the one module that calls MLflow: one SQLite store at the project root
+(or ``MLFLOW_TRACKING_URI``), one experiment per scenario; the prepare run, the training runs
+(:class:`RunTracker`), the evaluation, and the studies' parent and trial runs.
 
 The store is addressed by absolute path from :func:`pipeline.layout.project_root`, so runs
 started by ``dvc exp run --queue/--temp`` (which run in a temporary copy) land in the same
@@ -7,23 +9,29 @@ store. Each run is tagged with the git commit and the DVC experiment name.
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
+import sys
+import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.layout import project_root
+from pipeline.errors import UserError
+from pipeline.layout import BEST, HISTORY, LAST, artifact_file, json_safe, project_root, workdir
+from pipeline.params.schema import flatten
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 import mlflow  # noqa: E402  (after the telemetry switches)
+from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The MLflow store cannot be used; the message names it and what to do."""
 
 
@@ -184,8 +192,6 @@ class RunTracker:
             self._finish(out_dir, method)
 
     def _finish(self, out_dir: Path, method: Any) -> None:
-        from pipeline.engine.loop import BEST, HISTORY, LAST, artifact_file
-
         networks = method.artifacts()
         for name in (BEST, LAST, HISTORY, *(artifact_file(n) for n in networks)):
             if (out_dir / name).is_file():
@@ -219,9 +225,95 @@ def log_network(module: Any, name: str, register_as: str | None) -> None:
 
     import mlflow.pytorch
 
-    from pipeline.layout import workdir
-
     module = copy.deepcopy(module).cpu().eval()
     mlflow.pytorch.log_model(module, name=name, serialization_format="pickle",
                              pip_requirements=PIP_REQUIREMENTS, code_paths=[str(workdir() / "pipeline")],
                              registered_model_name=register_as)
+
+
+def check_store(experiment: str) -> None:
+    """Fail early (one :class:`TrackingError`) when the store cannot be used."""
+    with store_errors():
+        setup(experiment)
+
+
+def log_prepared(mlflow_experiment: str, experiment: str, *, data_params: Mapping[str, Any],
+                 counts: Mapping[str, int], seconds: float, card: Mapping[str, Any]) -> None:
+    """The prepare stage's run ``<experiment>-prepare``: the data params, the split sizes, the
+    time and the data card."""
+    with store_errors(), start_run(mlflow_experiment, f"{experiment}-prepare",
+                                   tags={"stage": "prepare", "experiment": experiment}):
+        log_params(flatten({"data": dict(data_params)}))
+        mlflow.log_metrics({f"n_{k}": n for k, n in counts.items()} | {"prepare_seconds": seconds})
+        mlflow.log_dict(dict(card), "data_card.json")
+
+
+def log_evaluation(result: Mapping[str, Any], plots: Path, experiment: str, run_name: str) -> None:
+    """Add the test metrics and plots to the MLflow run that trained the weights, through the
+    client: the finished run is not reopened, so its status and duration stay the training's.
+    If the store no longer holds that run (a reset store, checkpoints from another machine),
+    log to a new run ``<run_name>-evaluation`` tagged with the missing id, and say so."""
+    with store_errors():
+        run_id = result.get("run_id")
+        client = MlflowClient(tracking_uri())
+        if not (run_id and run_exists(run_id)):
+            print(f"note: MLflow run {run_id} of these weights is not in {masked(tracking_uri())}; "
+                  f"logging the evaluation to a new run {run_name}-evaluation", file=sys.stderr)
+            exp_id = setup(experiment)
+            missing = run_id
+            run_id = client.create_run(exp_id, run_name=f"{run_name}-evaluation", tags=run_tags(
+                {"stage": "evaluate", "training_run_id": str(missing)})).info.run_id
+            client.set_terminated(run_id)
+        flat = flatten({k: result[k] for k in ("final", "selected", "epsilon") if k in result})
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in flat.items() if isinstance(v, (int, float))
+                   and math.isfinite(v) and "per_class" not in k and "per_group" not in k]
+        for i in range(0, len(metrics), 500):
+            client.log_batch(run_id, metrics=metrics[i:i + 500])
+        client.log_artifacts(run_id, str(plots), artifact_path="plots")
+        client.log_dict(run_id, json_safe(dict(result)), "metrics.json")
+
+
+def create_run(experiment: str, run_name: str, *, tags: Mapping[str, str], params: Mapping[str, Any],
+               files: Mapping[str, Any]) -> str:
+    """A new, finished run holding ``params`` and the JSON ``files`` (name -> content); its id."""
+    with store_errors(), start_run(experiment, run_name, tags=tags) as run:
+        log_params(params)
+        for name, content in files.items():
+            mlflow.log_dict(content, name)
+    return run.info.run_id
+
+
+def log_to_run(experiment: str, run_name: str, run_id: str | None, *, metrics: Mapping[str, float],
+               tags: Mapping[str, str], artifacts: Path, artifact_path: str) -> None:
+    """Add metrics, tags and the files of the folder ``artifacts`` to the run ``run_id``."""
+    with store_errors(), start_run(experiment, run_name, run_id=run_id):
+        mlflow.log_metrics(dict(metrics))
+        for key, value in tags.items():
+            mlflow.set_tag(key, value)
+        mlflow.log_artifacts(str(artifacts), artifact_path=artifact_path)
+
+
+def is_active_run(run_id: str) -> bool:
+    """Whether the store holds ``run_id`` and it is not deleted."""
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def delete_run(run_id: str) -> None:
+    MlflowClient(tracking_uri()).delete_run(run_id)
+
+
+def end_trial_run(tracker: RunTracker, tags: Mapping[str, str], values: Mapping[str, Any], state: str) -> None:
+    """Tag an Optuna trial's child run with its final state (a trial that failed before training
+    started, e.g. on an invalid value, gets a failed child run holding its values)."""
+    if tracker.run_id is not None:
+        MlflowClient().set_tag(tracker.run_id, "optuna.state", state)
+        return
+    with start_run(tracker.experiment, tracker.run_name, tags={**tags, **tracker.tags, "optuna.state": state}) as run:
+        log_params(values)
+        tracker.run_id = run.info.run_id
+        mlflow.end_run("FAILED")

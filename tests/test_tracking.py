@@ -31,7 +31,7 @@ def test_evaluation_of_a_run_missing_from_the_store_logs_to_a_new_run(tmp_path, 
     import mlflow
 
     from pipeline import tracking
-    from pipeline.stages.evaluate import log_to_run
+    log_to_run = tracking.log_evaluation
 
     monkeypatch.setattr(tracking, "artifact_root", lambda: tmp_path / "mlartifacts")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -54,7 +54,7 @@ def test_evaluation_does_not_reopen_the_training_run(tmp_path, monkeypatch):
     import mlflow
 
     from pipeline import tracking
-    from pipeline.stages.evaluate import log_to_run
+    log_to_run = tracking.log_evaluation
 
     monkeypatch.setattr(tracking, "artifact_root", lambda: tmp_path / "mlartifacts")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")

@@ -124,7 +124,7 @@ def _peak_memory_mb(variant: str, arch: str, batch: int, num_classes: int, devic
     return peak
 
 
-def time_steps(arch: str = "resnet32", batch: int = 100, repeats: int = 10, warmup: int = 2,
+def time_steps(*, arch: str = "resnet32", batch: int = 100, repeats: int = 10, warmup: int = 2,
                device: str = "cpu", num_classes: int = 10, channels_last: bool = True,
                memory: bool = True) -> dict[str, float]:
     """Seconds per step (``<variant>_step_s`` mean, ``<variant>_step_median_s``, on CPU also

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from pipeline.data.prepared import Split
-from pipeline.methods.base import Batch
+
+
+@dataclass
+class Batch:
+    """A training batch: augmented, normalised images, labels, and sample indices."""
+
+    x: torch.Tensor  # float [B, C, H, W]
+    y: torch.Tensor  # int64 [B]
+    index: torch.Tensor  # int64 [B], row in the training split (for per-sample buffers)
 
 
 def to_tensor_images(x: np.ndarray) -> torch.Tensor:

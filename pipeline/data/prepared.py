@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import UserError
+
 ARRAYS = "arrays.npz"
 CARD = "card.json"
 
@@ -98,7 +100,7 @@ def save_prepared(data: PreparedData, out_dir: str | os.PathLike) -> None:
     data.card = card
 
 
-class PreparedDataError(ValueError):
+class PreparedDataError(UserError, ValueError):
     """A prepared data set that cannot be used; the message says which folder and what to do."""
 
 

@@ -39,6 +39,7 @@ from PIL import Image
 
 from pipeline.data.prepared import Split
 from pipeline.data.sampling import choose_per_class, stream
+from pipeline.errors import UserError
 from pipeline.layout import shared_data_dir
 
 STREAMS = {
@@ -60,7 +61,7 @@ MNIST_FILES = {  # IDX file -> sha256 of the uncompressed bytes (shared/data/REA
 }
 
 
-class DataSourceError(RuntimeError):
+class DataSourceError(UserError, RuntimeError):
     """Source data that cannot be had or read: the message says what to fix."""
 
 

@@ -6,7 +6,7 @@ Selection rules (never best-epoch-on-test): ``final`` = weights after the last e
 (``val_acc``, or ``val_worst_group_acc`` for subpopulation shift).
 
 Undefined values (e.g. ``few_acc`` when no class has fewer than 20 training images) are NaN
-here and ``null`` in the metrics JSON (:func:`pipeline.jsonfile.write_json`).
+here and ``null`` in the metrics JSON (:func:`pipeline.layout.write_json`).
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ from pipeline.data.longtail import shot_groups
 from pipeline.data.prepared import PreparedData
 from pipeline.params.experiment import ExperimentConfig
 from pipeline.evaluation.metrics import group_accuracy, per_class_accuracy, predict, shot_accuracy, split_metrics
-from pipeline.engine.loop import (BEST, HISTORY, LAST, SCORES, CheckpointError, build_model, load_checkpoint,
-                            make_loaders, resolve_device)
+from pipeline.engine.build import build_net, eval_loaders, resolve_device
+from pipeline.engine.checkpoint import CheckpointError, load_checkpoint
+from pipeline.layout import BEST, HISTORY, LAST, SCORES
 
 # Test-split names of the generalized long-tail protocols.
 GLT_PROTOCOLS = {"test": "clt", "test_glt": "glt", "test_alt": "alt"}
@@ -35,9 +36,9 @@ GLT_PROTOCOLS = {"test": "clt", "test_glt": "glt", "test_alt": "alt"}
 def evaluate_weights(exp: ExperimentConfig, data: PreparedData, state_dict: dict[str, Any],
                      device: torch.device) -> dict[str, Any]:
     """Metrics of one set of weights on every evaluation split, plus test predictions."""
-    net, _ = build_model(exp, data, device)
+    net = build_net(exp, data, device)
     net.load_state_dict(state_dict)
-    loaders = make_loaders(exp, data, 0, device, exp.network.channels_last).eval
+    loaders = eval_loaders(exp, data, device)
     logits = {name: predict(net, loader) for name, loader in loaders.items()}
     return {"metrics": prediction_metrics(exp.scenario, data, logits), "test_pred": logits["test"].argmax(1)}
 
@@ -146,7 +147,7 @@ def load_finished_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str
     """``history.json``, the ``final`` (``last.pt``) and ``selected`` (``best.pt``) checkpoints and
     the per-sample scores of a run that finished, all of the same run (fingerprint).
 
-    Raises :class:`~pipeline.engine.loop.CheckpointError` (one line) for a run that did not finish
+    Raises :class:`~pipeline.engine.checkpoint.CheckpointError` (one line) for a run that did not finish
     (``last.pt`` short of the last epoch), for files left by another run (e.g. the ``history.json``
     of an earlier configuration beside an interrupted run's ``last.pt``) and for corrupt files:
     evaluating such a folder would report a partial epoch as final under an older run's id.

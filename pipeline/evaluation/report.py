@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.layout import metrics_file
+
 
 def collect(metrics_dir: Path, experiments: list[str], methods: list[str],
             seeds: list[int]) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -20,7 +22,7 @@ def collect(metrics_dir: Path, experiments: list[str], methods: list[str],
         runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for method in methods:
             for seed in seeds:
-                f = metrics_dir / exp / "detail" / f"{method}-s{seed}.json"
+                f = metrics_file(exp, method, seed, detail=True, root=metrics_dir)
                 if f.is_file():
                     runs[method].append(json.loads(f.read_text()))
         out[exp] = dict(runs)

@@ -19,16 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.data.loader import Batch
+from pipeline.params.schema import ParamError
 from pipeline.networks import FeatureClassifier
-
-
-@dataclass
-class Batch:
-    """A training batch: augmented, normalised images, labels, and sample indices."""
-
-    x: torch.Tensor  # float [B, C, H, W]
-    y: torch.Tensor  # int64 [B]
-    index: torch.Tensor  # int64 [B], row in the training split (for per-sample buffers)
 
 
 @dataclass
@@ -115,6 +108,14 @@ class Method(nn.Module):
 
 
 REGISTRY: dict[str, type[Method]] = {}
+
+
+def method_class(name: str, where: str = "method") -> type[Method]:
+    """The registered method ``name``; an unknown name is a :class:`ParamError` naming ``where``
+    (the key or option that gave it) and the known methods."""
+    if name not in REGISTRY:
+        raise ParamError(f"unknown method {where}: {name!r} is not one of {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]
 
 
 def register(cls: type[Method]) -> type[Method]:

@@ -33,7 +33,8 @@ from pipeline.methods.characteristics import CHARACTERISTICS, Characteristics, c
 from pipeline.params.schema import ParamError, bounded
 from pipeline.methods.covariance import ClassCovariance, CovarianceMode
 from pipeline.methods.losses import Direction, alpha_at, class_balanced_weights, iada_loss
-from pipeline.methods.meta_gradient import ForwardPrimals, MetaScope, PseudoStep, TrainLoss, meta_features, meta_step
+from pipeline.methods.meta_gradient import (ForwardPrimals, MetaInputs, MetaScope, PseudoStep, PseudoUpdate,
+                                            TrainForward, TrainLoss, meta_features, meta_step)
 from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register
 from pipeline.networks import FeatureClassifier
 from pipeline.methods.perturbation import EpsilonSign, PerturbationNet
@@ -145,8 +146,8 @@ class FeatureAugmentation(Method):
         the pseudo step's gradient and the meta gradient are those of that weighted mean. The
         meta loss on the meta set stays plain CE."""
         beta, direction = getattr(self.cfg, "beta", 0.0), getattr(self.cfg, "direction", "pairwise")
-        loss = iada_loss(logits, features, labels, weight, self.class_covariance.covariance, epsilon, alpha,
-                         beta, direction)
+        loss = iada_loss(logits, features, labels, weight, self.class_covariance.covariance, epsilon=epsilon,
+                         alpha=alpha, beta=beta, direction=direction)
         if self.class_weights is None:
             return loss
         w = self.class_weights[labels].to(loss.dtype)  # [B]
@@ -239,9 +240,11 @@ class MetaIADA(FeatureAugmentation):
         if self._meta is not None:  # drawn by forward_context
             (meta, meta_h), self._meta = self._meta, None
             meta_loss = meta_step(
-                net, self.perturbation_net, self.perturbation_optimizer, train_loss, batch.x,
-                features, logits, c, meta.x, meta.y, ctx.lr, self.cfg.meta_scope,
-                self.optimizer if self.cfg.pseudo_step == "optimizer" else None, self.primals, meta_h)
+                net, self.perturbation_net, self.perturbation_optimizer, train_loss,
+                batch=TrainForward(batch.x, features, logits, c, self.primals),
+                meta=MetaInputs(meta.x, meta.y, meta_h),
+                pseudo=PseudoUpdate(ctx.lr, self.cfg.meta_scope,
+                                    self.optimizer if self.cfg.pseudo_step == "optimizer" else None))
             self.epoch_sums[4] += meta_loss
             self.epoch_sums[5] += 1
             self.epoch_sums[6] += torch.linalg.vector_norm(

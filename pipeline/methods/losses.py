@@ -105,7 +105,7 @@ def gradient_direction(logits: torch.Tensor, labels: torch.Tensor,
 
 
 def adjusted_logits(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
-                    covariance: torch.Tensor | None, epsilon: torch.Tensor | None,
+                    covariance: torch.Tensor | None, *, epsilon: torch.Tensor | None,
                     alpha: float, beta: float = 1.0,
                     direction: Direction = "pairwise") -> torch.Tensor:
     """z_ij + β·ε_i·a_ij + (α/2)·Δw_ijᵀ Σ_{y_i} Δw_ij, with both extra terms 0 at j = y_i: [B, C].
@@ -132,7 +132,7 @@ def adjusted_logits(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Te
 
 
 def iada_loss(logits: torch.Tensor, features: torch.Tensor | None, labels: torch.Tensor,
-              weight: torch.Tensor, covariance: torch.Tensor | None, epsilon: torch.Tensor | None,
+              weight: torch.Tensor, covariance: torch.Tensor | None, *, epsilon: torch.Tensor | None,
               alpha: float, beta: float = 1.0, direction: Direction = "pairwise") -> torch.Tensor:
     """Per-sample IADA loss L_i [B] (see the module docstring).
 
@@ -144,11 +144,12 @@ def iada_loss(logits: torch.Tensor, features: torch.Tensor | None, labels: torch
     if features is not None and (features.shape[0] != logits.shape[0] or features.shape[1] != weight.shape[1]):
         raise ValueError(f"features {tuple(features.shape)} do not fit logits {tuple(logits.shape)} and "
                          f"weight {tuple(weight.shape)}: expected [B, A] with W [C, A]")
-    z = adjusted_logits(logits, labels, weight, covariance, epsilon, alpha, beta, direction)
+    z = adjusted_logits(logits, labels, weight, covariance, epsilon=epsilon, alpha=alpha, beta=beta,
+                        direction=direction)
     return F.cross_entropy(z, labels, reduction="none")
 
 
 def isda_loss(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor,
               covariance: torch.Tensor, alpha: float) -> torch.Tensor:
     """ISDA's per-sample loss [B]: the IADA loss with ε ≡ 0."""
-    return iada_loss(logits, None, labels, weight, covariance, None, alpha)
+    return iada_loss(logits, None, labels, weight, covariance, epsilon=None, alpha=alpha)

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -223,7 +224,9 @@ def _batch_norm_dual(self: nn.BatchNorm2d, inp: torch.Tensor,
         out = torch.addcmul((bias - scale * mean).view(shape), x, scale.view(shape))
     if x_dot is None and weight_dot is None and bias_dot is None:
         return out
-    return fwAD.make_dual(out, _batch_norm_tangent(x, x_dot, mean, rstd, weight, weight_dot, bias_dot, self.eps))
+    tangent = _batch_norm_tangent(x, x_dot, mean, rstd, weight=weight, weight_dot=weight_dot, bias_dot=bias_dot,
+                                  eps=self.eps)
+    return fwAD.make_dual(out, tangent)
 
 
 def _recorded_batch_norm_dual(self: nn.BatchNorm2d, x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor,
@@ -232,7 +235,7 @@ def _recorded_batch_norm_dual(self: nn.BatchNorm2d, x: torch.Tensor, mean: torch
     return _batch_norm_dual(self, inp, (x, mean, rstd))
 
 
-def _batch_norm_tangent(x: torch.Tensor, x_dot: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
+def _batch_norm_tangent(x: torch.Tensor, x_dot: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, *,
                         weight: torch.Tensor, weight_dot: torch.Tensor | None, bias_dot: torch.Tensor | None,
                         eps: float) -> torch.Tensor:
     """Tangent of y = γ·x̂ + β, x̂ = (x − μ)·r with the batch's mean μ and r = 1/√(σ² + eps) per
@@ -285,20 +288,45 @@ def pseudo_update(params: dict[str, torch.Tensor], grads: Sequence[torch.Tensor]
     return updated
 
 
-def meta_gradient(net: FeatureClassifier, perturbation_net: PerturbationNet,
-                  train_loss: TrainLoss, x: torch.Tensor, features: torch.Tensor,
-                  logits: torch.Tensor, characteristics: torch.Tensor, meta_x: torch.Tensor,
-                  meta_y: torch.Tensor, lr: float, scope: MetaScope = "full",
-                  optimizer: torch.optim.Optimizer | None = None, primals: ForwardPrimals | None = None,
-                  meta_h: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+@dataclass
+class TrainForward:
+    """The train batch and its forward under θ (the real step's forward, shared)."""
+
+    x: torch.Tensor  # [B, ...]
+    features: torch.Tensor  # h [B, A]
+    logits: torch.Tensor  # z [B, C]; for scope full with its graph to the network's parameters
+    characteristics: torch.Tensor  # c [B, K], Ω's input
+    primals: ForwardPrimals | None = None  # that forward's convolutions, recorded (full scope)
+
+
+@dataclass
+class MetaInputs:
+    """A batch of the clean meta set."""
+
+    x: torch.Tensor  # [M, ...]
+    y: torch.Tensor  # [M]
+    features: torch.Tensor | None = None  # h_meta at θ (head scope; computed when None)
+
+
+@dataclass
+class PseudoUpdate:
+    """How θ' is taken: lr η, which parameters, and with which rule (``pseudo_step``)."""
+
+    lr: float
+    scope: MetaScope = "full"
+    optimizer: torch.optim.Optimizer | None = None  # the network's SGD for ``pseudo_step: optimizer``
+
+
+def meta_gradient(net: FeatureClassifier, perturbation_net: PerturbationNet, train_loss: TrainLoss, *,
+                  batch: TrainForward, meta: MetaInputs,
+                  pseudo: PseudoUpdate) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """L_meta and ∇_Ω L_meta (one tensor per parameter of Ω); nothing is written.
 
-    ``x`` [B, ...], ``features`` h [B, A] and ``logits`` z [B, C] are the train batch and its
-    forward under θ; for ``scope="full"`` z carries its graph to the network's parameters, which
-    is kept for the real step's backward. ``optimizer``: the network optimizer, for
-    ``pseudo_step: optimizer``. ``primals``: the convolutions of that forward, recorded (full
-    scope), so that the forward-mode pass below computes only their tangents. ``meta_h``:
-    :func:`meta_features` of ``meta_x`` at the same θ (head scope; computed here if None).
+    ``batch`` is the train batch and its forward under θ; for ``scope="full"`` its logits carry
+    their graph to the network's parameters, which is kept for the real step's backward, and its
+    ``primals`` (if recorded) let the forward-mode pass below compute only the tangents.
+    ``meta.features``: :func:`meta_features` of ``meta.x`` at the same θ (head scope; computed
+    here if None).
 
     The second-order term is computed exactly, as a Jacobian-vector product instead of a
     backward pass through the graph of ∇_θ L. With v = ∇_θ' L_meta and u = (∂θ'/∂g)ᵀ v
@@ -311,7 +339,10 @@ def meta_gradient(net: FeatureClassifier, perturbation_net: PerturbationNet,
     (z, W, ε = Ω(c)). It equals backpropagating L_meta through θ' = θ − η·∇_θ L built with
     ``create_graph``, at a fraction of the cost (BatchNorm's double backward dominates that).
     """
-    epsilon = perturbation_net(characteristics)  # [B], with graph to Ω
+    x, features, logits, primals = batch.x, batch.features, batch.logits, batch.primals
+    lr, scope, optimizer = pseudo.lr, pseudo.scope, pseudo.optimizer
+    meta_x, meta_y, meta_h = meta.x, meta.y, meta.features
+    epsilon = perturbation_net(batch.characteristics)  # [B], with graph to Ω
     if scope == "full":
         live = {k: p for k, p in net.named_parameters() if p.requires_grad}
         weight_key = "classifier.weight"
@@ -360,16 +391,11 @@ def meta_gradient(net: FeatureClassifier, perturbation_net: PerturbationNet,
 
 
 def meta_step(net: FeatureClassifier, perturbation_net: PerturbationNet,
-              perturbation_optimizer: torch.optim.Optimizer, train_loss: TrainLoss,
-              x: torch.Tensor, features: torch.Tensor, logits: torch.Tensor,
-              characteristics: torch.Tensor, meta_x: torch.Tensor, meta_y: torch.Tensor, lr: float,
-              scope: MetaScope = "full", optimizer: torch.optim.Optimizer | None = None,
-              primals: ForwardPrimals | None = None, meta_h: torch.Tensor | None = None) -> torch.Tensor:
-    """Steps 1-2: :func:`meta_gradient`, then one step of ``perturbation_optimizer`` (Adam) on Ω.
+              perturbation_optimizer: torch.optim.Optimizer, train_loss: TrainLoss, *,
+              batch: TrainForward, meta: MetaInputs, pseudo: PseudoUpdate) -> torch.Tensor:
+    """Steps 1-2: :func:`meta_gradient`, then one step of ``perturbation_optimizer`` on Ω.
     Returns L_meta as a detached 0-d tensor (no host sync: the caller sums it on the device)."""
-    meta_loss, grads = meta_gradient(net, perturbation_net, train_loss, x, features, logits,
-                                     characteristics, meta_x, meta_y, lr, scope, optimizer, primals,
-                                     meta_h)
+    meta_loss, grads = meta_gradient(net, perturbation_net, train_loss, batch=batch, meta=meta, pseudo=pseudo)
     perturbation_optimizer.zero_grad(set_to_none=True)
     for p, g in zip(perturbation_net.parameters(), grads):
         p.grad = g

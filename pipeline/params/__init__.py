@@ -1,0 +1,1 @@
+"""``params.yaml`` parsed once into typed objects: :func:`pipeline.params.file.load_params`."""

@@ -1,38 +1,27 @@
-"""``params.yaml``: schema, validation, and the experiments it declares.
+"""An experiment of ``params.yaml``: data, network, schedule, every method's hyperparameters
+and the search space of its studies, each parsed into its typed config.
 
-Layout::
-
-    run:          # what `dvc repro` runs: the matrix experiment x method x seed
-      experiments: [lt]
-      methods: [ce, meta_iada]
-      seeds: [0]
-    experiments:  # named experiments (scenario + data + network + schedule + method params)
-      lt: {data: {...}, network: {...}, optim: {...}, pretrain_epochs: .., train_epochs: ..,
-           methods: {meta_iada: {alpha: 0.5, ...}}, search: {...}}
-    tune: {...}   # Optuna studies (pipeline.tuning.study)
-
-Everything is validated before any work: an unknown key, a value out of range or an unknown
-method/experiment stops with one :class:`~pipeline.params.schema.ParamError` naming the key.
+An unknown key, a value out of range, an unknown method or an untunable search key stops with
+one :class:`~pipeline.params.schema.ParamError` naming the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
-import yaml
-
-from pipeline.params.schema import ParamError, bounded, build, to_dict
-from pipeline.data.config import DataConfig
-from pipeline.methods import REGISTRY
+from pipeline.data.config import DataConfig, Scenario
+from pipeline.methods import REGISTRY, method_class
 from pipeline.networks import Arch
+from pipeline.params.schema import ParamError, bounded, build, flatten, to_dict
+from pipeline.params.search import ParamSpace
 
-PARAMS_FILE = "params.yaml"
-TOP_LEVEL_KEYS = ("run", "experiments", "tune")
-
+# Shared by every trial of an experiment (prepared data, pretrain checkpoint): not tunable.
+UNTUNABLE = ("data", "network", "pretrain_epochs", "search")
 # The validation metric each scenario selects checkpoints (and tunes) on.
 SELECTION_METRIC = {"longtail": "val_acc", "noisy": "val_acc", "glt": "val_acc",
                     "subpop": "val_worst_group_acc"}
@@ -95,15 +84,25 @@ class ExperimentConfig:
     train_epochs: int = bounded(40, ge=1)  # epochs of the compared method
     meta_batch_size: int = bounded(100, ge=1)
     eval_batch_size: int = bounded(500, ge=1)
-    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method overrides
-    search: dict[str, dict[str, Any]] = field(default_factory=dict)  # Optuna search space
+    # Method name -> its Config (read as a mapping of overrides of the code defaults).
+    methods: dict[str, Any] = field(default_factory=dict)
+    # Dotted key -> ParamSpace: the Optuna search space (read as mappings).
+    search: dict[str, Any] = field(default_factory=dict)
+    name: str = field(default="", init=False)  # its key under experiments: (set by the params file)
 
     def validate(self, where: str) -> None:
-        """Rules across keys; errors name the full key under ``where`` (``experiments.<name>``)."""
-        for name, raw in self.methods.items():
-            if name not in REGISTRY:
-                raise ParamError(f"unknown method {where}.methods.{name}: use one of {', '.join(sorted(REGISTRY))}")
-            build(REGISTRY[name].Config, raw, f"{where}.methods.{name}")
+        """Parse the method blocks and the search space; errors name the full key under
+        ``where`` (``experiments.<name>``)."""
+        self.methods = {name: build(method_class(name, f"{where}.methods.{name}").Config, raw,
+                                    f"{where}.methods.{name}")
+                        for name, raw in self.methods.items()}
+        space = {}
+        for key, raw in self.search.items():
+            entry = f"{where}.search.{key}"
+            check_tunable(self, key, entry)
+            space[key] = build(ParamSpace, raw, entry)
+            check_values(self, key, space[key], entry)
+        self.search = space
 
     def check_schedule(self, where: str) -> None:
         """The lr schedule fits the experiment's epochs: a milestone that never applies or a
@@ -137,104 +136,62 @@ class ExperimentConfig:
         return MLFLOW_EXPERIMENT[self.scenario]
 
     def method_config(self, name: str) -> Any:
-        """The method's Config: code defaults overridden by ``methods.<name>`` of params."""
-        if name not in REGISTRY:
-            raise ParamError(f"unknown method {name!r}: use one of {', '.join(sorted(REGISTRY))}")
-        return build(REGISTRY[name].Config, self.methods.get(name, {}), f"methods.{name}")
+        """The method's Config: its block of params.yaml, or the code defaults without one."""
+        if name in self.methods:
+            return self.methods[name]
+        return build(method_class(name, "--method").Config, {}, f"methods.{name}")
 
 
-@dataclass
-class RunConfig:
-    experiments: list[str] = bounded(["lt"])
-    methods: list[str] = bounded(["ce", "la", "meta_iada"])
-    seeds: list[int] = bounded([0])
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    def __post_init__(self) -> None:
-        for key in ("experiments", "methods", "seeds"):  # an empty or repeated entry gives a wrong report
-            values = getattr(self, key)
-            if not values:
-                raise ParamError(f"run.{key} is empty: list at least one")
-            repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
-            if repeated:
-                raise ParamError(f"run.{key} = {values} repeats {repeated[0]!r}: list each once")
-        negative = [s for s in self.seeds if s < 0]
-        if negative:
-            raise ParamError(f"run.seeds = {self.seeds}: seed {negative[0]} is negative; use seeds >= 0")
+def run_params(exp: ExperimentConfig, method_cfg: Any) -> dict[str, Any]:
+    """The flat params a run logs: its experiment's settings without the other methods' blocks,
+    the search space and the data sections of other scenarios, plus its own method's
+    hyperparameters as ``method.<key>``."""
+    settings = {k: v for k, v in to_dict(exp).items() if k not in ("methods", "search")}
+    others = set(get_args(Scenario)) - {exp.scenario}  # each scenario's data section is named after it
+    settings["data"] = {k: v for k, v in settings["data"].items() if k not in others}
+    return {**flatten(settings), **{f"method.{k}": v for k, v in flatten(to_dict(method_cfg)).items()}}
 
 
-@dataclass
-class Params:
-    run: RunConfig
-    experiments: dict[str, ExperimentConfig]
-    tune: dict[str, Any] = field(default_factory=dict)  # validated by pipeline.tuning.study
-
-    def __post_init__(self) -> None:
-        for i, name in enumerate(self.run.experiments):
-            if name not in self.experiments:
-                raise ParamError(f"run.experiments[{i}] = {name!r} is not declared: use one of "
-                                 f"{', '.join(self.experiments)}")
-        for i, name in enumerate(self.run.methods):
-            if name not in REGISTRY:
-                raise ParamError(f"run.methods[{i}] = {name!r} is unknown: use one of "
-                                 f"{', '.join(sorted(REGISTRY))}")
-        for exp in self.run.experiments:  # the train stage's params dependency names the block
-            for name in self.run.methods:
-                if name not in self.experiments[exp].methods:
-                    raise ParamError(f"experiments.{exp}.methods has no block for method {name!r} of "
-                                     f"run.methods: add `{name}: {{}}` (code defaults) or its hyperparameters")
-
-    def experiment(self, name: str) -> ExperimentConfig:
-        if name not in self.experiments:
-            raise ParamError(f"unknown experiment {name!r}: use one of {', '.join(self.experiments)}")
-        return self.experiments[name]
+def tunable_keys(exp: ExperimentConfig) -> set[str]:
+    """Dotted keys a trial may set: leaves of the experiment config and every method's fields."""
+    flat = flatten({k: v for k, v in to_dict(exp).items() if k not in ("methods", *UNTUNABLE)})
+    return set(flat) | {f"methods.{name}.{f.name}" for name, m in REGISTRY.items()
+                        for f in dataclasses.fields(m.Config)}
 
 
-def parse_params(raw: Any) -> Params:
-    if not isinstance(raw, dict):
-        raise ParamError("params.yaml must be a mapping with keys run, experiments, tune")
-    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
-    if unknown:
-        raise ParamError(f"unknown top-level key {unknown[0]!r} in params.yaml: allowed keys are "
-                         f"{', '.join(TOP_LEVEL_KEYS)}")
-    exps = raw.get("experiments")
-    if not isinstance(exps, dict) or not exps:
-        raise ParamError("experiments must be a non-empty mapping of experiment name -> settings")
-    experiments = {name: build(ExperimentConfig, cfg, f"experiments.{name}") for name, cfg in exps.items()}
-    for name, exp in experiments.items():
-        exp.check_schedule(f"experiments.{name}")
-    return Params(build(RunConfig, raw.get("run"), "run"), experiments, raw.get("tune") or {})
+def check_tunable(exp: ExperimentConfig, key: str, where: str) -> None:
+    head = key.split(".")[0]
+    if head in UNTUNABLE:
+        raise ParamError(f"{where}: {key!r} cannot be tuned: every trial shares the experiment's "
+                         f"prepared data and pretrain checkpoint ({', '.join(UNTUNABLE)} are fixed)")
+    if key not in tunable_keys(exp):
+        raise ParamError(f"{where}: {key!r} is not a key of the experiment config (use a dotted path "
+                         "such as optim.lr or methods.meta_iada.alpha)")
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read and validate ``params.yaml``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParamError(f"{path} not found: run from the project root or pass --params")
-    text = path.read_text()
-    try:
-        reject_aliases(text, path)
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ParamError(f"{path} is not valid YAML: {err}") from err
-    return parse_params(raw)
+def check_values(exp: ExperimentConfig, key: str, spec: ParamSpace, where: str) -> None:
+    """Every choice, or both ends of a range, must be a valid value of ``key`` (checked by
+    building the experiment with it), so that a bad bound fails here, not at trial time."""
+    raw = to_dict(exp)
+    for value in spec.ends():
+        try:
+            apply_values(raw, {key: value}, "experiments.<trial>")
+        except ParamError as err:
+            raise ParamError(f"{where}: the value {value!r} is not allowed for {key} ({err})") from None
 
 
-def reject_aliases(text: str, path: str | Path = PARAMS_FILE) -> None:
-    """Refuse YAML anchors, aliases and merge keys: ``dvc exp run -S key=value`` edits params.yaml
-    through a round trip that drops a change made through an alias (``methods: *methods``) or a
-    merge (``<<: *lt``), so the run would silently keep the old value."""
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        line = event.start_mark.line + 1
-        if isinstance(event, yaml.AliasEvent):
-            raise ParamError(f"{path} line {line}: YAML alias *{event.anchor} is not allowed (dvc exp run -S "
-                             "drops changes made through it): write the block out in full")
-        if getattr(event, "anchor", None):
-            raise ParamError(f"{path} line {line}: YAML anchor &{event.anchor} is not allowed (dvc exp run -S "
-                             "drops changes made through its aliases): write each block out in full")
-        if isinstance(event, yaml.ScalarEvent) and event.value == "<<" and event.style is None:
-            raise ParamError(f"{path} line {line}: YAML merge key << is not allowed (dvc exp run -S drops "
-                             "changes made through it): write the block out in full")
+def apply_values(raw_exp: Mapping[str, Any], values: Mapping[str, Any], where: str) -> ExperimentConfig:
+    """The experiment with dotted ``values`` merged in, validated like params.yaml (without its
+    search space: a trial searches nothing)."""
+    raw = json.loads(json.dumps(raw_exp))  # a deep copy
+    raw.pop("search", None)
+    for key, value in values.items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return build(ExperimentConfig, raw, where)
 
 
 def config_hash(*parts: Any) -> str:

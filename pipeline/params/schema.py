@@ -14,10 +14,12 @@ import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from pipeline.errors import UserError
+
 T = TypeVar("T")
 
 
-class ParamError(ValueError):
+class ParamError(UserError, ValueError):
     """A parameter a user can fix: the message names the key and what is allowed."""
 
 
@@ -148,9 +150,10 @@ def build(cls: type[T], raw: Mapping[str, Any] | None, where: str) -> T:
 
 
 def to_dict(obj: Any) -> Any:
-    """Plain-data view of a config (for logging, hashing and MLflow params)."""
+    """Plain-data view of a config (for logging, hashing and MLflow params); fields that are not
+    read from params.yaml (``init=False``, e.g. an experiment's name) are left out."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
     if isinstance(obj, dict):
         return {k: to_dict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -7,17 +7,15 @@ Writes ``models/<experiment>/s<seed>/pretrain/``; rerunning an interrupted run r
 
 from __future__ import annotations
 
-from pipeline.stages.common import load, main_guard, parser, run_dir
-from pipeline.stages.training import train_stage
+from pipeline.engine.runs import pretrain
+from pipeline.stages.common import load, main_guard, parser
 
 
 @main_guard
 def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__).parse_args(argv)
     params, exp = load(args)
-    train_stage(params, exp, args.experiment, "ce", args.seed, run_dir(args.experiment, args.seed, "pretrain"),
-                first_epoch=0, last_epoch=exp.pretrain_epochs, init=None, stage="pretrain",
-                track=not args.no_mlflow)
+    pretrain(exp, args.seed, device=params.run.device, track=not args.no_mlflow)
 
 
 if __name__ == "__main__":

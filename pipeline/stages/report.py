@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.params.experiment import load_params
 from pipeline.evaluation.report import collect, markdown, summarise
-from pipeline.stages.common import METRICS_DIR, REPORTS_DIR, main_guard, write_json
+from pipeline.layout import METRICS_DIR, REPORTS_DIR, write_json
+from pipeline.params.file import load_params
+from pipeline.stages.common import main_guard
 
 
 @main_guard

@@ -1,14 +1,61 @@
-"""``tune`` stage: run one Optuna study declared in params.yaml (``tune.studies``).
+"""``tune`` stage: run Optuna studies declared in params.yaml (``tune.studies``).
 
-    python -m pipeline.stages.tune --study lt_meta_iada
+    python -m pipeline.stages.tune --study lt_meta_iada [--workers 2] [--n-trials 20] [--storage URL]
+    python -m pipeline.stages.tune            # every study listed in tune.run
 
-Resumes the named study in its storage up to its trial budget and writes its analysis to
-``studies/<study>/`` (see :mod:`pipeline.tuning.study`).
+Resumes each named study in its storage up to its trial budget and writes its analysis to
+``studies/<study>/`` (see :mod:`pipeline.tuning`). Exit status: 0; 2 on a user error (one line);
+1 when a study ended short of its budget (one line, after its analysis; the studies after it in
+tune.run are not started).
 """
 
 from __future__ import annotations
 
-from pipeline.tuning.study import main
+import argparse
+import sys
+
+from pipeline.params.file import load_params
+from pipeline.params.tune import make_plan
+from pipeline.stages.common import main_guard
+from pipeline.tuning.budget import IncompleteStudy
+from pipeline.tuning.study import run_study
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Run Optuna studies declared in params.yaml (tune.studies).")
+    p.add_argument("--study", help="study name (default: every study in tune.run)")
+    p.add_argument("--workers", type=positive_int, help="parallel worker processes (default: the study's workers)")
+    p.add_argument("--n-trials", type=positive_int, help="COMPLETE + PRUNED trials wanted in total")
+    p.add_argument("--storage", help="SQLAlchemy URL of the study storage (default: the study's storage)")
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run_studies(argv)
+    except IncompleteStudy as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+@main_guard
+def run_studies(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    params = load_params(args.params)
+    names = [args.study] if args.study else params.tune.run
+    if not names:
+        print("nothing to run: tune.run is empty (name a study with --study)")
+    for name in names:
+        run_study(params, make_plan(params, name, n_trials=args.n_trials, storage=args.storage, workers=args.workers))
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.params.experiment import load_params
+from pipeline.params.file import load_params
 from pipeline.methods import REGISTRY
-from pipeline.engine.loop import BEST, HISTORY, LAST, CheckpointError, fit, load_checkpoint
+from pipeline.engine.checkpoint import CheckpointError, load_checkpoint
+from pipeline.engine.loop import RunSpec, fit
+from pipeline.layout import BEST, HISTORY, LAST
 from tests.tiny import tiny_data, tiny_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,20 +28,20 @@ def weights(path):
 @pytest.mark.parametrize("method", ["ce", "meta_iada"])
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, method):
     exp, data = tiny_experiment(), tiny_data()
-    fit(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=2, device="cpu")
+    fit(RunSpec(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=2, device="cpu"))
     init = tmp_path / "pre" / LAST
-    fit(exp, data, method, 0, tmp_path / "full", first_epoch=2, last_epoch=5, init=init, device="cpu")
+    fit(RunSpec(exp, data, method, 0, tmp_path / "full", first_epoch=2, last_epoch=5, init=init, device="cpu"))
 
     def stop_after_first(epoch, metrics):
         if epoch == 2:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        fit(exp, data, method, 0, tmp_path / "cut", first_epoch=2, last_epoch=5, init=init, device="cpu",
+        fit(RunSpec(exp, data, method, 0, tmp_path / "cut", first_epoch=2, last_epoch=5, init=init, device="cpu"),
             on_epoch=stop_after_first)
     assert load_checkpoint(tmp_path / "cut" / LAST)["epoch"] == 3
     seen = []
-    summary = fit(exp, data, method, 0, tmp_path / "cut", first_epoch=2, last_epoch=5, init=init, device="cpu",
+    summary = fit(RunSpec(exp, data, method, 0, tmp_path / "cut", first_epoch=2, last_epoch=5, init=init, device="cpu"),
                   on_epoch=lambda e, m: seen.append(e))
     assert seen == [3, 4]  # only the missing epochs were trained
     assert [h["epoch"] for h in summary["history"]] == [2, 3, 4]
@@ -49,16 +51,16 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, method):
 
 def test_changed_config_starts_over_instead_of_resuming(tmp_path):
     exp, data = tiny_experiment(), tiny_data()
-    fit(exp, data, "ce", 0, tmp_path, first_epoch=0, last_epoch=2, device="cpu")
+    fit(RunSpec(exp, data, "ce", 0, tmp_path, first_epoch=0, last_epoch=2, device="cpu"))
     seen = []
-    fit(tiny_experiment(optim={"lr": 0.01, "batch_size": 8, "warmup_epochs": 1}), data, "ce", 0, tmp_path,
-        first_epoch=0, last_epoch=2, device="cpu", on_epoch=lambda e, m: seen.append(e))
+    fit(RunSpec(tiny_experiment(optim={"lr": 0.01, "batch_size": 8, "warmup_epochs": 1}), data, "ce", 0, tmp_path,
+                first_epoch=0, last_epoch=2, device="cpu"), on_epoch=lambda e, m: seen.append(e))
     assert seen == [0, 1]
 
 
 def test_best_checkpoint_is_the_validation_argmax(tmp_path):
     exp, data = tiny_experiment(), tiny_data()
-    fit(exp, data, "ce", 0, tmp_path, first_epoch=0, last_epoch=4, device="cpu")
+    fit(RunSpec(exp, data, "ce", 0, tmp_path, first_epoch=0, last_epoch=4, device="cpu"))
     history = json.loads((tmp_path / HISTORY).read_text())
     vals = [h["val_acc"] for h in history["history"]]
     best = load_checkpoint(tmp_path / BEST)
@@ -100,7 +102,7 @@ def test_training_applies_the_per_iteration_warmup(tmp_path):
     runs = {}
     for w in (0, 1):
         exp = tiny_experiment(optim={"lr": 0.05, "batch_size": 8, "warmup_epochs": w, "milestones": [3]})
-        fit(exp, data, "ce", 0, tmp_path / f"w{w}", first_epoch=0, last_epoch=1, device="cpu")
+        fit(RunSpec(exp, data, "ce", 0, tmp_path / f"w{w}", first_epoch=0, last_epoch=1, device="cpu"))
         runs[w] = weights(tmp_path / f"w{w}" / LAST)
     assert any(not torch.equal(runs[0][k], runs[1][k]) for k in runs[0] if runs[0][k].is_floating_point())
 
@@ -109,7 +111,7 @@ def test_history_warmup_fills_every_sample_before_the_first_meta_step(tmp_path):
     """With ``history_warmup`` the characteristics' history holds every training sample and the
     class-average loss is measured before the method's first step; the network is unchanged."""
     exp, data = tiny_experiment(), tiny_data()
-    fit(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu")
+    fit(RunSpec(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu"))
     init = load_checkpoint(tmp_path / "pre" / LAST)
     seen = {}
 
@@ -126,8 +128,8 @@ def test_history_warmup_fills_every_sample_before_the_first_meta_step(tmp_path):
 
         REGISTRY["meta_iada"].start = spy
         try:
-            fit(exp, data, "meta_iada", 0, tmp_path / f"h{flag}", first_epoch=1, last_epoch=2,
-                init=tmp_path / "pre" / LAST, device="cpu")
+            fit(RunSpec(exp, data, "meta_iada", 0, tmp_path / f"h{flag}", first_epoch=1, last_epoch=2,
+                init=tmp_path / "pre" / LAST, device="cpu"))
         finally:
             REGISTRY["meta_iada"].start = original
     filled, class_loss = seen[True]
@@ -153,19 +155,19 @@ def test_broken_checkpoint_gives_one_clear_error(tmp_path):
 
 def test_checkpoint_of_another_network_is_refused(tmp_path):
     data = tiny_data()
-    fit(tiny_experiment(), data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu")
+    fit(RunSpec(tiny_experiment(), data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu"))
     other = tiny_experiment(network={"arch": "resnet20", "channels_last": False})
     with pytest.raises(CheckpointError, match="does not fit"):
-        fit(other, data, "ce", 0, tmp_path / "t", first_epoch=1, last_epoch=2, init=tmp_path / "pre" / LAST,
-            device="cpu")
+        fit(RunSpec(other, data, "ce", 0, tmp_path / "t", first_epoch=1, last_epoch=2, init=tmp_path / "pre" / LAST,
+            device="cpu"))
 
 
 @pytest.mark.parametrize("method", sorted(REGISTRY))
 def test_every_method_trains_from_the_pretrain_checkpoint(tmp_path, method):
     exp, data = tiny_experiment(), tiny_data()
-    fit(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu")
-    summary = fit(exp, data, method, 0, tmp_path / method, first_epoch=1, last_epoch=2,
-                  init=tmp_path / "pre" / LAST, device="cpu")
+    fit(RunSpec(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu"))
+    summary = fit(RunSpec(exp, data, method, 0, tmp_path / method, first_epoch=1, last_epoch=2,
+                  init=tmp_path / "pre" / LAST, device="cpu"))
     assert summary["method"] == method and len(summary["history"]) == 1
     row = summary["history"][0]
     assert row["epoch"] == 1 and torch.isfinite(torch.tensor(row["train_loss"])) and 0 <= row["val_acc"] <= 1
@@ -180,8 +182,8 @@ def test_a_batch_larger_than_its_split_is_refused_before_any_work(tmp_path, over
     from pipeline.params.schema import ParamError
 
     with pytest.raises(ParamError, match=expect):
-        fit(tiny_experiment(**overrides), tiny_data(), "meta_iada", 0, tmp_path / "run", first_epoch=0,
-            last_epoch=1, device="cpu")
+        fit(RunSpec(tiny_experiment(**overrides), tiny_data(), "meta_iada", 0, tmp_path / "run", first_epoch=0,
+            last_epoch=1, device="cpu"))
     assert not (tmp_path / "run").exists()
 
 
@@ -193,7 +195,7 @@ def test_a_run_killed_while_finishing_is_not_retrained(tmp_path, monkeypatch):
     import pipeline.engine.loop as train
 
     exp, data = tiny_experiment(), tiny_data()
-    fit(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu")
+    fit(RunSpec(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu"))
     init = tmp_path / "pre" / LAST
 
     def killed(*args, **kwargs):
@@ -201,13 +203,13 @@ def test_a_run_killed_while_finishing_is_not_retrained(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train.np, "savez", killed)
     with pytest.raises(Interrupt):
-        fit(exp, data, "meta_iada", 0, tmp_path / "run", first_epoch=1, last_epoch=3, init=init, device="cpu")
+        fit(RunSpec(exp, data, "meta_iada", 0, tmp_path / "run", first_epoch=1, last_epoch=3, init=init, device="cpu"))
     assert load_checkpoint(tmp_path / "run" / LAST)["epoch"] == 3 and not (tmp_path / "run" / HISTORY).exists()
     finished = weights(tmp_path / "run" / LAST)
     monkeypatch.undo()
     seen = []
-    summary = fit(exp, data, "meta_iada", 0, tmp_path / "run", first_epoch=1, last_epoch=3, init=init,
-                  device="cpu", on_epoch=lambda e, m: seen.append(e))
+    summary = fit(RunSpec(exp, data, "meta_iada", 0, tmp_path / "run", first_epoch=1, last_epoch=3, init=init,
+                          device="cpu"), on_epoch=lambda e, m: seen.append(e))
     assert seen == [] and [h["epoch"] for h in summary["history"]] == [1, 2]
     assert (tmp_path / "run" / HISTORY).is_file() and (tmp_path / "run" / "perturbation_net.pt").is_file()
     assert all(torch.equal(finished[k], v) for k, v in weights(tmp_path / "run" / LAST).items())
@@ -219,16 +221,16 @@ def test_a_run_folder_being_trained_is_locked(tmp_path):
     """A second trainer on the same run folder stops with one line naming the holder."""
     import fcntl
 
-    from pipeline.engine.loop import RunLockedError, run_lock
+    from pipeline.engine.checkpoint import RunLockedError, run_lock
 
     exp, data = tiny_experiment(), tiny_data()
     with run_lock(tmp_path / "run"):
         with pytest.raises(RunLockedError, match=r"being trained by another process \(pid \d+"):
-            fit(exp, data, "ce", 0, tmp_path / "run", first_epoch=0, last_epoch=1, device="cpu")
+            fit(RunSpec(exp, data, "ce", 0, tmp_path / "run", first_epoch=0, last_epoch=1, device="cpu"))
     assert not (tmp_path / "run" / LAST).exists()
     with open(tmp_path / ".run.lock") as handle:  # released: another holder can take it
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    fit(exp, data, "ce", 0, tmp_path / "run", first_epoch=0, last_epoch=1, device="cpu")
+    fit(RunSpec(exp, data, "ce", 0, tmp_path / "run", first_epoch=0, last_epoch=1, device="cpu"))
     assert (tmp_path / "run" / LAST).is_file()
 
 
@@ -246,14 +248,14 @@ def test_a_failed_checkpoint_write_is_one_error_and_leaves_no_temporary_file(tmp
     exp, data = tiny_experiment(), tiny_data()
     monkeypatch.setattr(train.torch, "save", full_disk)
     with pytest.raises(CheckpointError, match=r"cannot write .*best\.pt \(RuntimeError: .*unexpected pos.*free disk"):
-        fit(exp, data, "ce", 0, tmp_path / "run", first_epoch=0, last_epoch=1, device="cpu")
+        fit(RunSpec(exp, data, "ce", 0, tmp_path / "run", first_epoch=0, last_epoch=1, device="cpu"))
     monkeypatch.setattr(train.torch, "save", real_save)
     assert not list((tmp_path / "run").glob(".*.tmp"))
 
 
 def test_ctrl_c_during_training_is_one_line_naming_the_saved_epoch(tmp_path, capsys):
     from pipeline.stages.common import main_guard
-    from pipeline.engine.loop import TrainingInterrupted
+    from pipeline.engine.checkpoint import TrainingInterrupted
 
     exp, data = tiny_experiment(), tiny_data()
 
@@ -262,7 +264,7 @@ def test_ctrl_c_during_training_is_one_line_naming_the_saved_epoch(tmp_path, cap
             raise KeyboardInterrupt
 
     def main(argv):
-        fit(exp, data, "ce", 0, tmp_path / argv[0], first_epoch=0, last_epoch=3, device="cpu", on_epoch=ctrl_c)
+        fit(RunSpec(exp, data, "ce", 0, tmp_path / argv[0], first_epoch=0, last_epoch=3, device="cpu"), on_epoch=ctrl_c)
 
     with pytest.raises(TrainingInterrupted, match=r"saved at epoch 2 .*rerun the same command"):
         main(["a"])
@@ -273,7 +275,7 @@ def test_ctrl_c_during_training_is_one_line_naming_the_saved_epoch(tmp_path, cap
 
 def test_a_run_logs_only_its_own_experiment_and_method_params():
     """An lt ce run logged 85 params, with data.noisy.*, data.glt.* and methods.meta_iada.*."""
-    from pipeline.engine.loop import run_params
+    from pipeline.params.experiment import run_params
 
     exp = load_params(ROOT / "params.yaml").experiment("lt")
     params = run_params(exp, exp.method_config("la"))

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.data.prepared import PreparedData, Split
 from pipeline.evaluation.evaluate import epsilon_analysis, headline, prediction_metrics
-from pipeline.jsonfile import write_json
+from pipeline.layout import write_json
 
 
 def split(y: list[int], **extras: list) -> Split:
@@ -139,11 +139,13 @@ def test_evaluation_refuses_an_unfinished_or_mixed_run_folder(tmp_path, capsys):
     import shutil
 
     from pipeline.evaluation.evaluate import evaluate_run
-    from pipeline.engine.loop import HISTORY, LAST, SCORES, CheckpointError, fit
+    from pipeline.engine.checkpoint import CheckpointError
+    from pipeline.engine.loop import RunSpec, fit
+    from pipeline.layout import HISTORY, LAST, SCORES
     from tests.tiny import tiny_data, tiny_experiment
 
     data, run = tiny_data(), tmp_path / "run"
-    fit(tiny_experiment(), data, "meta_iada", 0, run, first_epoch=0, last_epoch=2, device="cpu")
+    fit(RunSpec(tiny_experiment(), data, "meta_iada", 0, run, first_epoch=0, last_epoch=2, device="cpu"))
     assert evaluate_run(tiny_experiment(), data, run, tmp_path / "plots", device="cpu")["final"]["epoch"] == 1
     progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[evaluate")]
     assert len(progress) == 4 and "final weights (epoch 1) on val (18), test (30)" in progress[0]  # no silence
@@ -154,7 +156,7 @@ def test_evaluation_refuses_an_unfinished_or_mixed_run_folder(tmp_path, capsys):
 
     other = tiny_experiment(optim={"lr": 0.01, "batch_size": 8, "warmup_epochs": 1, "milestones": [3]})
     with pytest.raises(Interrupt):  # another configuration into the same folder, killed after epoch 0
-        fit(other, data, "meta_iada", 0, run, first_epoch=0, last_epoch=2, device="cpu", on_epoch=stop)
+        fit(RunSpec(other, data, "meta_iada", 0, run, first_epoch=0, last_epoch=2, device="cpu"), on_epoch=stop)
     with pytest.raises(CheckpointError, match="belong to different runs"):
         evaluate_run(other, data, run, tmp_path / "plots", device="cpu")
     (run / HISTORY).unlink()
@@ -162,13 +164,13 @@ def test_evaluation_refuses_an_unfinished_or_mixed_run_folder(tmp_path, capsys):
         evaluate_run(other, data, run, tmp_path / "plots", device="cpu")
     # the same configuration, its history written but last.pt one epoch short
     shutil.copy(run / LAST, tmp_path / "partial.pt")
-    fit(other, data, "meta_iada", 0, run, first_epoch=0, last_epoch=2, device="cpu")
+    fit(RunSpec(other, data, "meta_iada", 0, run, first_epoch=0, last_epoch=2, device="cpu"))
     evaluate_run(other, data, run, tmp_path / "plots", device="cpu")
     shutil.copy(tmp_path / "partial.pt", run / LAST)
     with pytest.raises(CheckpointError, match=r"did not finish: last.pt is at epoch 1 of 2"):
         evaluate_run(other, data, run, tmp_path / "plots", device="cpu")
     (run / SCORES).write_bytes(finished[SCORES])  # scores of the first run
-    fit(other, data, "meta_iada", 0, run, first_epoch=0, last_epoch=2, device="cpu")  # resumes and finishes
+    fit(RunSpec(other, data, "meta_iada", 0, run, first_epoch=0, last_epoch=2, device="cpu"))  # resumes and finishes
     (run / SCORES).write_bytes(finished[SCORES])
     with pytest.raises(CheckpointError, match="sample_scores.npz belongs to another run"):
         evaluate_run(other, data, run, tmp_path / "plots", device="cpu")

@@ -51,7 +51,7 @@ def test_report_mean_and_std_over_the_seeds_of_the_run_matrix(tmp_path):
 def test_report_prints_a_dash_for_a_null_metric(tmp_path):
     """few_acc is undefined (no Few-shot class): NaN in memory, null in the metrics file
     (written by the evaluate stage's writer), "—" in the table and None in the summary."""
-    from pipeline.stages.common import write_json
+    from pipeline.layout import write_json
 
     for seed, few in ((0, float("nan")), (1, 0.25)):
         head = {"acc": 0.5, "few_acc": few}

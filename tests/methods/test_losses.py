@@ -30,8 +30,9 @@ def test_cross_entropy_when_epsilon_and_alpha_are_zero():
     expected = F.cross_entropy(logits, labels, reduction="none")
     for direction in ("pairwise", "gradient"):
         zero = torch.zeros(len(labels))
-        assert torch.equal(iada_loss(logits, None, labels, weight, cov, zero, 0.0, 1.0, direction), expected)
-    assert torch.equal(iada_loss(logits, None, labels, weight, None, None, 0.0), expected)
+        got = iada_loss(logits, None, labels, weight, cov, epsilon=zero, alpha=0.0, beta=1.0, direction=direction)
+        assert torch.equal(got, expected)
+    assert torch.equal(iada_loss(logits, None, labels, weight, None, epsilon=None, alpha=0.0), expected)
 
 
 def isda_reference(logits, labels, weight, cov, alpha):
@@ -54,7 +55,7 @@ def test_isda_when_epsilon_is_zero(direction):
     logits = h @ weight.T + bias
     expected = isda_reference(logits, labels, weight, cov, alpha=0.7)
     zero = torch.zeros(len(labels), dtype=torch.float64)
-    got = iada_loss(logits, None, labels, weight, cov, zero, 0.7, 1.0, direction)
+    got = iada_loss(logits, None, labels, weight, cov, epsilon=zero, alpha=0.7, beta=1.0, direction=direction)
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-12)
     np.testing.assert_allclose(isda_loss(logits, labels, weight, cov, 0.7).numpy(), expected, rtol=1e-12)
 
@@ -64,8 +65,8 @@ def test_diagonal_covariance_equals_full_covariance_with_that_diagonal():
     var = cov.diagonal(dim1=1, dim2=2)  # [C, A]
     logits = h @ weight.T + bias
     eps = torch.linspace(-1, 1, len(labels), dtype=torch.float64)
-    full = iada_loss(logits, None, labels, weight, torch.diag_embed(var), eps, 0.8)
-    diagonal = iada_loss(logits, None, labels, weight, var, eps, 0.8)
+    full = iada_loss(logits, None, labels, weight, torch.diag_embed(var), epsilon=eps, alpha=0.8)
+    diagonal = iada_loss(logits, None, labels, weight, var, epsilon=eps, alpha=0.8)
     np.testing.assert_allclose(diagonal.numpy(), full.numpy(), rtol=1e-12)
 
 
@@ -97,8 +98,8 @@ def test_jensen_bound_gradient_direction(epsilon):
         for alpha in (1.0, 0.1, 0.01, 1e-4):
             logits = (h[i] @ weight.T + bias).unsqueeze(0)
             bound = iada_loss(logits, None, labels[i:i + 1], weight, cov,
-                              torch.tensor([epsilon], dtype=torch.float64), alpha, beta,
-                              "gradient").item()
+                              epsilon=torch.tensor([epsilon], dtype=torch.float64), alpha=alpha, beta=beta,
+                              direction="gradient").item()
             ce = monte_carlo_ce(h[i], y, weight, bias, beta * epsilon * d, cov[y], alpha, noise)
             se = ce.std().item() / math.sqrt(samples)
             assert ce.mean().item() <= bound + 4 * se
@@ -114,14 +115,14 @@ def test_pairwise_loss_increases_with_epsilon():
     weight, bias, h, labels, cov = random_problem(5, batch=8)
     logits = h @ weight.T + bias
     grid = torch.linspace(-1, 1, 41, dtype=torch.float64)
-    losses = torch.stack([iada_loss(logits, None, labels, weight, cov, torch.full_like(labels, e.item(),
+    losses = torch.stack([iada_loss(logits, None, labels, weight, cov, epsilon=torch.full_like(labels, e.item(),
                                                                                  dtype=torch.float64),
-                                    0.5, 1.0, "pairwise") for e in grid])  # [41, B]
+                                    alpha=0.5, beta=1.0, direction="pairwise") for e in grid])  # [41, B]
     assert (losses.diff(dim=0) > 0).all()  # strictly increasing in ε, for ε < 0 and ε > 0
     zero = losses[20]
     assert (losses[21:] > zero).all() and (losses[:20] < zero).all()
     eps = torch.tensor([-0.5, 0.5] * 4, dtype=torch.float64, requires_grad=True)
-    iada_loss(logits, None, labels, weight, cov, eps, 0.5).sum().backward()
+    iada_loss(logits, None, labels, weight, cov, epsilon=eps, alpha=0.5).sum().backward()
     assert (eps.grad > 0).all()
 
 
@@ -132,7 +133,7 @@ def test_gradient_reaches_weight_through_both_terms():
     eps = torch.linspace(-0.9, 0.9, 5, dtype=torch.float64)
 
     def total(w):
-        return iada_loss(h @ w.T + bias, h, labels, w, cov, eps, 0.6).sum()
+        return iada_loss(h @ w.T + bias, h, labels, w, cov, epsilon=eps, alpha=0.6).sum()
 
     assert torch.autograd.gradcheck(total, (weight.clone().requires_grad_(),))
 
@@ -142,7 +143,7 @@ def test_gradient_direction_is_a_constant():
     weight, bias, h, labels, cov = random_problem(7, batch=6)
     logits = (h @ weight.T + bias).requires_grad_()
     eps = torch.full((6,), 0.7, dtype=torch.float64)
-    loss = iada_loss(logits, None, labels, weight, cov, eps, 0.3, 1.0, "gradient")
+    loss = iada_loss(logits, None, labels, weight, cov, epsilon=eps, alpha=0.3, beta=1.0, direction="gradient")
     loss.sum().backward()
     p = torch.softmax(logits.detach(), 1)
     d = F.normalize((p - F.one_hot(labels, 5).double()) @ weight, dim=1)
@@ -213,7 +214,7 @@ def test_pairwise_is_a_bound_for_positive_epsilon(seed):
     noise = torch.randn(samples, h.shape[1], generator=g, dtype=torch.float64)
     logits = h @ weight.T + bias
     eps = torch.full((len(labels),), epsilon, dtype=torch.float64)
-    bound = iada_loss(logits, None, labels, weight, cov, eps, alpha, beta, "pairwise")
+    bound = iada_loss(logits, None, labels, weight, cov, epsilon=eps, alpha=alpha, beta=beta, direction="pairwise")
     for i, y in enumerate(labels.tolist()):
         directions = candidate_directions(h[i], y, weight, bias, 20, g)
         mean, _ = shifted_ce_stats(h[i], y, weight, bias, beta * epsilon * directions, cov[y], alpha, noise)
@@ -256,7 +257,8 @@ def test_pairwise_is_not_a_bound_for_negative_epsilon():
     y, alpha, beta, epsilon, samples = 0, 0.1, 1.0, -0.6, 20_000
     logits = (h @ weight.T + bias).unsqueeze(0)
     pairwise = iada_loss(logits, None, torch.tensor([y]), weight, cov.expand(5, 2, 2),
-                         torch.tensor([epsilon], dtype=torch.float64), alpha, beta, "pairwise").item()
+                         epsilon=torch.tensor([epsilon], dtype=torch.float64), alpha=alpha, beta=beta,
+                         direction="pairwise").item()
 
     n = 3600
     angle = torch.arange(n, dtype=torch.float64) * 2 * math.pi / n
@@ -285,7 +287,8 @@ def test_gradient_direction_is_a_bound_for_both_signs_on_the_fixed_case(epsilon)
     y, alpha, beta, samples = 0, 0.1, 1.0, 40_000
     logits = (h @ weight.T + bias).unsqueeze(0)
     bound = iada_loss(logits, None, torch.tensor([y]), weight, cov.expand(5, 2, 2),
-                      torch.tensor([epsilon], dtype=torch.float64), alpha, beta, "gradient").item()
+                      epsilon=torch.tensor([epsilon], dtype=torch.float64), alpha=alpha, beta=beta,
+                      direction="gradient").item()
     p = torch.softmax(weight @ h + bias, 0)
     grad = weight.T @ (p - F.one_hot(torch.tensor(y), 5).double())
     noise = torch.randn(samples, 2, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
@@ -323,9 +326,10 @@ def test_beta_zero_makes_the_loss_constant_in_epsilon(direction):
     logits = (h @ weight.T + bias).requires_grad_()
     eps = torch.linspace(-0.9, 0.9, 6, dtype=torch.float64, requires_grad=True)
     for beta in (0.0, 1.0):
-        loss = iada_loss(logits, None, labels, weight, cov, eps, 0.5, beta, direction)
+        loss = iada_loss(logits, None, labels, weight, cov, epsilon=eps, alpha=0.5, beta=beta, direction=direction)
         (grad,) = torch.autograd.grad(loss.sum(), eps, allow_unused=True, materialize_grads=True)
-        others = [iada_loss(logits, None, labels, weight, cov, e, 0.5, beta, direction).detach()
+        others = [iada_loss(logits, None, labels, weight, cov, epsilon=e, alpha=0.5, beta=beta,
+                            direction=direction).detach()
                   for e in (-eps.detach(), torch.zeros_like(eps), torch.full_like(eps, 0.5))]
         if beta == 0:
             assert torch.equal(grad, torch.zeros_like(eps))

@@ -14,8 +14,8 @@ from torch import nn
 
 from pipeline.params.schema import build
 from pipeline.methods.losses import iada_loss
-from pipeline.methods.meta_gradient import (ForwardPrimals, TrainLoss, _batch_norm_tangent, meta_gradient, meta_step,
-                           pseudo_update)
+from pipeline.methods.meta_gradient import (ForwardPrimals, MetaInputs, PseudoUpdate, TrainForward, TrainLoss,
+                                            _batch_norm_tangent, meta_gradient, meta_step, pseudo_update)
 from pipeline.methods import TrainInfo
 from pipeline.methods.iada import MetaIADA, MetaIADAConfig
 from pipeline.networks import FeatureClassifier, build_network
@@ -60,7 +60,7 @@ def problem(net: FeatureClassifier, x_shape: tuple[int, ...], dtype=torch.float3
     omega = PerturbationNet(4).to(dtype).train()
 
     def train_loss(logits, weight, eps):
-        return iada_loss(logits, None, y, weight, cov, eps, 0.8, 1.0, "pairwise")
+        return iada_loss(logits, None, y, weight, cov, epsilon=eps, alpha=0.8, beta=1.0, direction="pairwise")
 
     return net, omega, x, y, meta_x, meta_y, c, train_loss
 
@@ -114,8 +114,8 @@ def test_meta_gradient_matches_finite_differences(kind, scope, pseudo_step):
     with primals.record():
         features = net.features(x)
     logits = net.classifier(features)
-    meta_loss, grads = meta_gradient(net, omega, train_loss, x, features, logits, c, meta_x,
-                                     meta_y, lr, scope, optimizer, primals)
+    meta_loss, grads = meta_gradient(net, omega, train_loss, batch=TrainForward(x, features, logits, c, primals),
+                                     meta=MetaInputs(meta_x, meta_y), pseudo=PseudoUpdate(lr, scope, optimizer))
     if scope == "full":
         assert not primals.saved  # consumed by the forward-mode pass
 
@@ -179,17 +179,17 @@ def test_meta_gradient_with_class_balanced_weights(scope):
     w = torch.tensor([(1 - cb_beta) / (1 - cb_beta ** n) for n in counts], dtype=torch.float64)[y]
 
     def by_hand(logits, weight, eps):  # per-sample terms whose batch mean is Σ w_i L_i / Σ w_i
-        return iada_loss(logits, None, y, weight, cov, eps, alpha) * w * len(w) / w.sum()
+        return iada_loss(logits, None, y, weight, cov, epsilon=eps, alpha=alpha) * w * len(w) / w.sum()
 
     def unweighted(logits, weight, eps):
-        return iada_loss(logits, None, y, weight, cov, eps, alpha)
+        return iada_loss(logits, None, y, weight, cov, epsilon=eps, alpha=alpha)
 
     primals = ForwardPrimals(net)
     with primals.record():
         features = net.features(x)
     logits = net.classifier(features)
-    meta_loss, grads = meta_gradient(net, omega, train_loss, x, features, logits, c, meta_x, meta_y,
-                                     lr, scope, None, primals)
+    meta_loss, grads = meta_gradient(net, omega, train_loss, batch=TrainForward(x, features, logits, c, primals),
+                                     meta=MetaInputs(meta_x, meta_y), pseudo=PseudoUpdate(lr, scope))
 
     def objective(loss=by_hand):
         return meta_objective(net, omega, x, c, meta_x, meta_y, loss, lr, scope)
@@ -223,9 +223,11 @@ def test_reusing_the_recorded_primals_changes_no_gradient(kind):
         features = net.features(x)
     logits = net.classifier(features)
     assert len(primals.saved) == recorded
-    _, plain = meta_gradient(net, omega, train_loss, x, features, logits, c, meta_x, meta_y, 0.5)
-    _, reused = meta_gradient(net, omega, train_loss, x, features, logits, c, meta_x, meta_y, 0.5,
-                              primals=primals)
+    meta = MetaInputs(meta_x, meta_y)
+    _, plain = meta_gradient(net, omega, train_loss, batch=TrainForward(x, features, logits, c), meta=meta,
+                             pseudo=PseudoUpdate(0.5))
+    _, reused = meta_gradient(net, omega, train_loss, batch=TrainForward(x, features, logits, c, primals), meta=meta,
+                              pseudo=PseudoUpdate(0.5))
     for a, b in zip(plain, reused):
         assert a.abs().sum() > 0
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
@@ -255,8 +257,9 @@ def test_batch_norm_tangent_is_the_derivative_of_batch_norm(which, channels_last
     _, expected = torch.func.jvp(bn, (x, weight, bias), tuple(dots))
     _, mean, rstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
     x_dot, w_dot, b_dot = dots
-    got = _batch_norm_tangent(x, None if which == "affine" else x_dot, mean, rstd, weight,
-                              None if which == "input" else w_dot, None if which == "input" else b_dot, eps)
+    got = _batch_norm_tangent(x, None if which == "affine" else x_dot, mean, rstd, weight=weight,
+                              weight_dot=None if which == "input" else w_dot,
+                              bias_dot=None if which == "input" else b_dot, eps=eps)
     assert expected.abs().max() > 0.1
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
@@ -282,7 +285,8 @@ def test_meta_step_leaves_the_network_alone(scope):
     before = {k: v.clone() for k, v in net.state_dict().items()}
     omega_before = [p.clone() for p in omega.parameters()]
     adam = torch.optim.Adam(omega.parameters(), lr=1e-3)
-    meta_step(net, omega, adam, train_loss, x, features, logits, c, meta_x, meta_y, 0.1, scope)
+    meta_step(net, omega, adam, train_loss, batch=TrainForward(x, features, logits, c), meta=MetaInputs(meta_x, meta_y),
+              pseudo=PseudoUpdate(0.1, scope))
     after = net.state_dict()
     for k, v in before.items():
         assert torch.equal(after[k], v), k  # parameters and BN running statistics

@@ -239,8 +239,9 @@ def test_class_balanced_loss_is_the_weighted_mean(name, params):
     cfg = method.cfg
     eps = torch.full((8,), float(getattr(cfg, "epsilon", 0.0)), dtype=torch.float64)
     logits = twin_net(x[index])
-    per_sample = iada_loss(logits, None, y[index], twin_net.classifier.weight, cov, eps, cfg.alpha * 3 / 4,
-                           getattr(cfg, "beta", 0.0), getattr(cfg, "direction", "pairwise"))
+    per_sample = iada_loss(logits, None, y[index], twin_net.classifier.weight, cov, epsilon=eps,
+                           alpha=cfg.alpha * 3 / 4, beta=getattr(cfg, "beta", 0.0),
+                           direction=getattr(cfg, "direction", "pairwise"))
     w = class_weights_by_hand(beta_cb)[y[index]]
     loss = (w * per_sample).sum() / w.sum()
     assert reported == pytest.approx(loss.item(), rel=1e-12)
@@ -403,7 +404,8 @@ def test_meta_iada_step_equals_the_textbook_procedure(scope, params):
     method.update(Batch(xb, yb, index), ctx)
 
     def train_loss(z, weight, eps):
-        per_sample = iada_loss(z, None, yb, weight, cov, eps, alpha, cfg.beta, cfg.direction)
+        per_sample = iada_loss(z, None, yb, weight, cov, epsilon=eps, alpha=alpha, beta=cfg.beta,
+                               direction=cfg.direction)
         return (weights * per_sample).sum() / weights.sum()
 
     # characteristics

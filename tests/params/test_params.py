@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.params.schema import ParamError
-from pipeline.params.experiment import load_params, parse_params
+from pipeline.params.file import load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -24,11 +24,17 @@ import torch
 import yaml
 from optuna.trial import TrialState
 
-from pipeline.params import tune as tune_config
-from pipeline.tuning import study as tune
+from pipeline.stages import tune as tune_stage
+from pipeline.tuning import budget as tuning_budget
+from pipeline.tuning import objective as tuning_objective
+from pipeline.tuning import storage as tuning_storage
+from pipeline.tuning import study as tuning_study
+from pipeline.tuning import workers as tuning_workers
 from pipeline.params.schema import ParamError, build, to_dict
 from pipeline.data.prepared import save_prepared
-from pipeline.params.experiment import ExperimentConfig, load_params, parse_params
+from pipeline.params.experiment import ExperimentConfig
+from pipeline.params.file import load_params, parse_params
+from pipeline.params.tune import make_plan
 from pipeline.tracking import setup
 from tests.tiny import tiny_data, tiny_experiment
 
@@ -65,7 +71,7 @@ def storage(root: Path, name: str) -> str:
 
 
 def run(path: Path, name: str, *args: str) -> None:
-    assert tune.main(["--params", str(path), "--study", name, *args]) == 0
+    assert tune_stage.main(["--params", str(path), "--study", name, *args]) == 0
 
 
 def load(root: Path, name: str) -> optuna.Study:
@@ -73,7 +79,7 @@ def load(root: Path, name: str) -> optuna.Study:
 
 
 def children(study: optuna.Study) -> Any:
-    parent = study.user_attrs[tune.PARENT_RUN_ATTR]
+    parent = study.user_attrs[tuning_study.PARENT_RUN_ATTR]
     return mlflow.search_runs(experiment_names=[MLFLOW_EXPERIMENT],
                               filter_string=f"tags.mlflow.parentRunId = '{parent}'")
 
@@ -110,7 +116,7 @@ def test_two_workers_run_exactly_n_trials_nested_pruned_and_analysed(workspace):
     study = load(workspace, name)
     assert study.metric_names == ["val_acc"]  # the dashboard names the objective
     trials = study.get_trials()
-    finished = [t for t in trials if t.state in tune.FINISHED]
+    finished = [t for t in trials if t.state in tuning_budget.FINISHED]
     assert len(finished) == 4
     assert len({t.number for t in trials}) == len(trials)
     assert all(t.user_attrs.get("surplus") for t in trials if t.state == TrialState.FAIL)
@@ -141,7 +147,7 @@ def test_two_workers_run_exactly_n_trials_nested_pruned_and_analysed(workspace):
     # completed with a better value (it depends on how the two workers interleave)
     n_pruned = sum(t.state == TrialState.PRUNED for t in finished)
     assert n_pruned in (1, 2) and (summary["n_complete"], summary["n_pruned"]) == (4 - n_pruned, n_pruned)
-    parent = mlflow.get_run(study.user_attrs[tune.PARENT_RUN_ATTR])
+    parent = mlflow.get_run(study.user_attrs[tuning_study.PARENT_RUN_ATTR])
     assert parent.data.metrics["best_val_acc"] == study.best_value
     assert parent.data.params["sampler"] == "tpe" and parent.data.params["pruner"] == "MedianPruner"
     artifacts = {Path(a.path).name for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "study")}
@@ -169,7 +175,7 @@ def test_rerun_resumes_the_same_study_and_refuses_a_changed_experiment(workspace
     raw["experiments"][EXPERIMENT]["optim"]["momentum"] = 0.5
     path.write_text(yaml.safe_dump(raw))
     capsys.readouterr()
-    assert tune.main(["--params", str(path), "--study", name, "--n-trials", "4"]) == 2
+    assert tune_stage.main(["--params", str(path), "--study", name, "--n-trials", "4"]) == 2
     assert "settings.optim.momentum = 0.9" in capsys.readouterr().err
     assert len(load(workspace, name).trials) == 3
 
@@ -183,8 +189,8 @@ def test_concurrent_workers_never_claim_the_same_enqueued_trial(tmp_path):
     workers = 4
     for round_ in range(12):
         url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
-        optuna.create_study(study_name="race", storage=tune.open_storage(url)).enqueue_trial({"x": 1.0})
-        studies = [optuna.load_study(study_name="race", storage=tune.open_storage(url)) for _ in range(workers)]
+        optuna.create_study(study_name="race", storage=tuning_storage.open_storage(url)).enqueue_trial({"x": 1.0})
+        studies = [optuna.load_study(study_name="race", storage=tuning_storage.open_storage(url)) for _ in range(workers)]
         barrier = threading.Barrier(workers)
         numbers: list[int] = []
 
@@ -218,17 +224,17 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(workspace):
 
 
 def tune_command(path: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.tuning.study", "--params", str(path), "--study", name]
+    return [sys.executable, "-m", "pipeline.stages.tune", "--params", str(path), "--study", name]
 
 
 def test_a_killed_worker_is_reported_the_study_analysed_and_a_rerun_finishes_it(workspace, monkeypatch):
-    """Worker 1 of 2 is SIGKILLed as its first trial starts (``tune.KILL_WORKER_ENV``): the command
+    """Worker 1 of 2 is SIGKILLed as its first trial starts (``tuning_objective.KILL_WORKER_ENV``): the command
     names it in one line, analyses what the study holds, exits 1 with one line; once the heartbeat
     grace is over, the same command runs exactly the missing trial."""
     name = "killed"
     path = write_params(workspace, name, {"method": "ce", "n_trials": 3, "workers": 2,
                                           "pruner": {"name": "none"}}, LR_WD_SPACE)
-    env = {**os.environ, tune.KILL_WORKER_ENV: f"{name}-w1"}
+    env = {**os.environ, tuning_objective.KILL_WORKER_ENV: f"{name}-w1"}
     proc = subprocess.run(tune_command(path, name), env=env, capture_output=True, text=True, timeout=600)
 
     assert proc.returncode == 1, proc.stderr
@@ -242,11 +248,11 @@ def test_a_killed_worker_is_reported_the_study_analysed_and_a_rerun_finishes_it(
     killed = [t for t in load(workspace, name).trials if t.state == TrialState.RUNNING]
     assert len(killed) == 1
 
-    monkeypatch.setattr(tune, "GRACE_S", 1)
+    monkeypatch.setattr(tuning_storage, "GRACE_S", 1)
     time.sleep(2)  # past the grace by SQLite's clock, which counts whole seconds
     run(path, name)
     study = load(workspace, name)
-    assert len(study.get_trials(states=tune.FINISHED)) == 3
+    assert len(study.get_trials(states=tuning_budget.FINISHED)) == 3
     assert study.trials[killed[0].number].state == TrialState.FAIL
 
 
@@ -257,27 +263,28 @@ def test_failures_in_a_row_end_the_study_with_one_line_and_exit_1(workspace, cap
     space = {"optim.momentum": {"type": "float", "low": 0.0, "high": 0.95}}
     path = write_params(workspace, name, {"method": "ce", "n_trials": 2, "pruner": {"name": "none"}}, space)
     queued = optuna.create_study(study_name=name, storage=storage(workspace, name), direction="maximize")
-    for _ in range(tune.MAX_FAILURES_IN_A_ROW):
+    for _ in range(tuning_budget.MAX_FAILURES_IN_A_ROW):
         queued.enqueue_trial({"optim.momentum": 1.5})  # outside OptimConfig's bounds: every trial fails
     capsys.readouterr()
 
-    assert tune.main(["--params", str(path), "--study", name]) == 1
+    assert tune_stage.main(["--params", str(path), "--study", name]) == 1
 
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
     assert errors[0].startswith(f"error: study '{name}' ended with 0 of its 2 trials done")
-    assert f"{tune.MAX_FAILURES_IN_A_ROW} trial(s) failed in a row, the last with ParamError: " in errors[0]
+    assert f"{tuning_budget.MAX_FAILURES_IN_A_ROW} trial(s) failed in a row, the last with ParamError: " in errors[0]
     assert "optim.momentum = 1.5" in errors[0]
-    assert [t.state for t in load(workspace, name).trials] == [TrialState.FAIL] * tune.MAX_FAILURES_IN_A_ROW
+    assert [t.state for t in load(workspace, name).trials] == [TrialState.FAIL] * tuning_budget.MAX_FAILURES_IN_A_ROW
     assert json.loads((workspace / "studies" / name / "summary.json").read_text())["n_fail"] == 5
 
 
-# `python -c RACE_TO_THE_PARENT_RUN BARRIER N ARGS...` runs `python -m pipeline.tuning.study ARGS...`, its
+# `python -c RACE_TO_THE_PARENT_RUN BARRIER N ARGS...` runs `python -m pipeline.stages.tune ARGS...`, its
 # parent_run held until N processes have reached it (one file each in BARRIER): they all look for
 # the study's parent run at the same moment.
 RACE_TO_THE_PARENT_RUN = """
 import os, sys, time
 from pathlib import Path
+from pipeline.stages import tune as tune_stage
 from pipeline.tuning import study as tune
 
 barrier, n = Path(sys.argv[1]), int(sys.argv[2])
@@ -293,7 +300,7 @@ def all_at_once(*args):
 
 
 tune.parent_run = all_at_once
-raise SystemExit(tune.main(sys.argv[3:]))
+raise SystemExit(tune_stage.main(sys.argv[3:]))
 """
 
 
@@ -305,18 +312,18 @@ def test_two_invocations_at_once_share_one_parent_run(workspace, tmp_path):
     # is another race than the parent run's.
     optuna.create_study(study_name=name, storage=storage(workspace, name), direction="maximize")
     params = load_params(path)
-    tune.ensure_pretrain(params, tune_config.make_plan(params, tune_config.load_tune(params), name))
+    tuning_objective.ensure_pretrain(params, make_plan(params, name))
     cmd = [sys.executable, "-c", RACE_TO_THE_PARENT_RUN, str(tmp_path), "2", *tune_command(path, name)[3:]]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
 
     study = load(workspace, name)
-    assert len(study.get_trials(states=tune.FINISHED)) == 2
+    assert len(study.get_trials(states=tuning_budget.FINISHED)) == 2
     runs = mlflow.search_runs(experiment_names=[MLFLOW_EXPERIMENT],
                               filter_string=f"tags.`optuna.study_name` = '{name}'")  # active runs only
     parents = runs[runs["tags.mlflow.parentRunId"].isna()]
-    assert list(parents["run_id"]) == [study.user_attrs[tune.PARENT_RUN_ATTR]]
+    assert list(parents["run_id"]) == [study.user_attrs[tuning_study.PARENT_RUN_ATTR]]
     kids = runs[runs["tags.mlflow.parentRunId"].notna()]
     assert set(kids["tags.mlflow.parentRunId"]) == set(parents["run_id"])
     assert len(kids) == len([t for t in study.trials if not t.user_attrs.get("surplus")])
@@ -325,8 +332,8 @@ def test_two_invocations_at_once_share_one_parent_run(workspace, tmp_path):
 def test_claiming_a_study_attr_is_compare_and_set(tmp_path):
     """What two processes racing for the parent run get, in either order: the first claim stands."""
     url = f"sqlite:///{tmp_path / 'cas.db'}"
-    study = optuna.create_study(study_name="cas", storage=tune.open_storage(url))
-    claim = functools.partial(tune.claim_study_attr, tune.open_storage(url), study._study_id, "run")
+    study = optuna.create_study(study_name="cas", storage=tuning_storage.open_storage(url))
+    claim = functools.partial(tuning_storage.claim_study_attr, tuning_storage.open_storage(url), study._study_id, "run")
     assert claim("a", replacing=None) == "a"
     assert claim("b", replacing=None) == "a"  # already set: not overwritten
     assert claim("c", replacing="a") == "c"
@@ -338,14 +345,14 @@ def test_claiming_a_study_attr_is_compare_and_set(tmp_path):
 def test_a_trial_that_never_had_a_heartbeat_is_failed_after_the_grace(tmp_path, monkeypatch):
     """A process killed between creating a trial and its first heartbeat leaves a RUNNING trial that
     Optuna's fail_stale_trials never fails: it would hold a place in the budget for ever."""
-    monkeypatch.setattr(tune, "GRACE_S", 1)
-    storage_ = tune.open_storage(f"sqlite:///{tmp_path / 'orphan.db'}")
+    monkeypatch.setattr(tuning_storage, "GRACE_S", 1)
+    storage_ = tuning_storage.open_storage(f"sqlite:///{tmp_path / 'orphan.db'}")
     study = optuna.create_study(study_name="orphan", storage=storage_)
     study.ask()  # RUNNING, and no heartbeat thread: as if its process died at once
-    tune.fail_dead_trials(study, storage_)
+    tuning_storage.fail_dead_trials(study, storage_)
     assert study.trials[0].state == TrialState.RUNNING  # within the grace
     time.sleep(1.5)
-    tune.fail_dead_trials(study, storage_)
+    tuning_storage.fail_dead_trials(study, storage_)
     assert study.trials[0].state == TrialState.FAIL
 
 
@@ -353,14 +360,14 @@ def test_a_trial_that_never_had_a_heartbeat_is_failed_after_the_grace(tmp_path, 
 def test_an_invocation_waits_for_the_trials_running_elsewhere(tmp_path, monkeypatch):
     """Once its workers have ended, an invocation waits for the trials RUNNING in another one (they
     count toward the budget) and for a killed process's trial to be failed, then analyses."""
-    monkeypatch.setattr(tune, "GRACE_S", 1)
-    monkeypatch.setattr(tune, "WAIT_POLL_S", 0.1)
-    storage_ = tune.open_storage(f"sqlite:///{tmp_path / 'elsewhere.db'}")
+    monkeypatch.setattr(tuning_storage, "GRACE_S", 1)
+    monkeypatch.setattr(tuning_workers, "WAIT_POLL_S", 0.1)
+    storage_ = tuning_storage.open_storage(f"sqlite:///{tmp_path / 'elsewhere.db'}")
     study = optuna.create_study(study_name="elsewhere", storage=storage_)
     running, killed = study.ask(), study.ask()  # the first is told below, the second never
     other_invocation = threading.Timer(0.5, study.tell, args=(running, 1.0))
     other_invocation.start()
-    tune.wait_for_running(study, storage_, SimpleNamespace(name="elsewhere"))
+    tuning_workers.wait_for_running(study, storage_, SimpleNamespace(name="elsewhere"))
     states = [t.state for t in study.trials]
     other_invocation.join()
     assert states == [TrialState.COMPLETE, TrialState.FAIL]
@@ -401,9 +408,8 @@ def test_a_one_point_sweep_runs(workspace):
 
 
 def bad_space_error(search: dict[str, Any]) -> str:
-    exp = build(ExperimentConfig, experiment_dict(search), f"experiments.{EXPERIMENT}")
-    with pytest.raises(ParamError) as err:
-        tune_config.parse_space(exp, f"experiments.{EXPERIMENT}")
+    with pytest.raises(ParamError) as err:  # the search block is parsed with its experiment
+        build(ExperimentConfig, experiment_dict(search), f"experiments.{EXPERIMENT}")
     return str(err.value)
 
 
@@ -441,12 +447,12 @@ def test_invalid_study_names_the_key(study, expected):
     raw = {"run": {"experiments": [EXPERIMENT]}, "experiments": {EXPERIMENT: experiment_dict(LR_WD_SPACE)},
            "tune": {"run": ["s"], "studies": {"s": study}}}
     with pytest.raises(ParamError) as err:
-        tune_config.load_tune(parse_params(raw))
+        parse_params(raw)  # the tune section is parsed with the rest
     assert expected in str(err.value)
 
 
 def test_unknown_study_is_one_clear_line(workspace, capsys):
     path = write_params(workspace, "known", {"n_trials": 1}, LR_WD_SPACE)
-    assert tune.main(["--params", str(path), "--study", "unknown"]) == 2
+    assert tune_stage.main(["--params", str(path), "--study", "unknown"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown study 'unknown'") and "\n" not in err

@@ -1,0 +1,87 @@
+"""What a run is built from: the device, the network and its SGD optimizer, and the loaders
+(training and meta batches augmented and seeded, evaluation splits in order)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.data.loader import BatchLoader, channel_stats
+from pipeline.data.prepared import PreparedData
+from pipeline.networks import FeatureClassifier, build_network
+from pipeline.params.experiment import ExperimentConfig
+from pipeline.params.schema import ParamError
+
+TRAINING_SPLITS = ("train", "meta")  # every other split is an evaluation split
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ParamError("run.device = 'cuda' but no CUDA device is available: use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def normalisation(data: PreparedData) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std of the training images (std floored at 1: MNIST-like blank channels)."""
+    mean, std = channel_stats(data.splits["train"].x)
+    return mean, [max(s, 1.0) for s in std]
+
+
+def build_net(exp: ExperimentConfig, data: PreparedData, device: torch.device) -> FeatureClassifier:
+    c, _, _ = data.image_shape
+    net = build_network(exp.network.arch, data.num_classes, in_channels=c).to(device)
+    if exp.network.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    return net
+
+
+def build_model(exp: ExperimentConfig, data: PreparedData,
+                device: torch.device) -> tuple[FeatureClassifier, torch.optim.SGD]:
+    """The network and its SGD optimizer (lr set per iteration by the loop)."""
+    net = build_net(exp, data, device)
+    o = exp.optim
+    opt = torch.optim.SGD(net.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+                          weight_decay=o.weight_decay)
+    return net, opt
+
+
+def check_batch_sizes(exp: ExperimentConfig, data: PreparedData) -> None:
+    """A batch larger than its split is a mistake (a loader would shrink it silently)."""
+    sizes = {"optim.batch_size": (exp.optim.batch_size, "train"), "meta_batch_size": (exp.meta_batch_size, "meta")}
+    for key, (size, split) in sizes.items():
+        if size > len(data.splits[split].y):
+            raise ParamError(f"{key} = {size} is larger than the {split} split ({len(data.splits[split].y)} "
+                             "images): lower it")
+
+
+@dataclass
+class Loaders:
+    train: BatchLoader
+    meta: BatchLoader
+    eval: dict[str, BatchLoader]
+
+
+def eval_loaders(exp: ExperimentConfig, data: PreparedData, device: torch.device,
+                 stats: tuple[list[float], list[float]] | None = None) -> dict[str, BatchLoader]:
+    """One in-order, unaugmented loader per evaluation split (every split but train and meta)."""
+    mean, std = stats or normalisation(data)
+    return {name: BatchLoader(split, mean, std, exp.eval_batch_size, device=device,
+                              channels_last=exp.network.channels_last)
+            for name, split in data.splits.items() if name not in TRAINING_SPLITS}
+
+
+def make_loaders(exp: ExperimentConfig, data: PreparedData, seed: int, device: torch.device) -> Loaders:
+    """Training (shuffled, augmented, seeded by ``seed``), meta (the same, its own seed) and
+    evaluation loaders."""
+    mean, std = normalisation(data)
+    aug = dict(augment=exp.augment.crop_padding > 0 or exp.augment.flip, pad=exp.augment.crop_padding,
+               flip=exp.augment.flip)
+    common = dict(device=device, channels_last=exp.network.channels_last)
+    train = BatchLoader(data.splits["train"], mean, std, exp.optim.batch_size, shuffle=True,
+                        drop_last=True, seed=seed, **aug, **common)
+    meta = BatchLoader(data.splits["meta"], mean, std, exp.meta_batch_size, shuffle=True,
+                       drop_last=True, seed=seed + 7919, **aug, **common)
+    return Loaders(train, meta, eval_loaders(exp, data, device, (mean, std)))

@@ -1,0 +1,46 @@
+"""An experiment's runs as the stages (and the studies' pretraining) run them: the CE
+pretraining and a method's run from its checkpoint, with their folders from
+:mod:`pipeline.layout` and, with ``track``, an MLflow run each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipeline.data.prepared import load_prepared
+from pipeline.engine.loop import RunSpec, fit
+from pipeline.layout import LAST, PRETRAIN, data_dir, run_dir, run_name
+from pipeline.params.experiment import ExperimentConfig
+
+
+def pretrain(exp: ExperimentConfig, seed: int, *, device: str = "auto", track: bool = True) -> dict[str, Any]:
+    """Cross-entropy for the experiment's ``pretrain_epochs`` (method.md §6) into
+    ``models/<experiment>/s<seed>/pretrain``; resumes an interrupted run."""
+    return _run(exp, "ce", seed, PRETRAIN, first_epoch=0, last_epoch=exp.pretrain_epochs, device=device, track=track)
+
+
+def train(exp: ExperimentConfig, method: str, seed: int, *, device: str = "auto", track: bool = True) -> dict[str, Any]:
+    """``method`` from the pretraining's ``last.pt`` for ``train_epochs`` into
+    ``models/<experiment>/s<seed>/<method>`` (every method of one experiment and seed starts from
+    the same checkpoint and seed); resumes an interrupted run."""
+    return _run(exp, method, seed, method, first_epoch=exp.pretrain_epochs, last_epoch=exp.total_epochs,
+                device=device, track=track)
+
+
+def _run(exp: ExperimentConfig, method: str, seed: int, label: str, *, first_epoch: int, last_epoch: int,
+         device: str, track: bool) -> dict[str, Any]:
+    data = load_prepared(data_dir(exp.name))
+    init = None if label == PRETRAIN else run_dir(exp.name, seed, PRETRAIN) / LAST
+    spec = RunSpec(exp, data, method, seed, run_dir(exp.name, seed, label), first_epoch=first_epoch,
+                   last_epoch=last_epoch, init=init, device=device, desc=run_name(exp.name, label, seed))
+    if not track:
+        return fit(spec)
+    from pipeline.tracking import RunTracker, registered_model_name
+
+    tracker = RunTracker(exp.mlflow_experiment, run_name(exp.name, label, seed), card=data.card,
+                         tags={"stage": "pretrain" if label == PRETRAIN else "train", "experiment": exp.name,
+                               "method": label, "seed": str(seed)},
+                         register_as=registered_model_name(exp.name))
+    try:
+        return fit(spec, tracker=tracker)
+    finally:
+        tracker.close("FAILED")

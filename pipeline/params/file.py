@@ -1,0 +1,130 @@
+"""``params.yaml``: read once, completely, into typed objects before any work.
+
+Layout::
+
+    run:          # what `dvc repro` runs: the matrix experiment x method x seed
+      experiments: [lt]
+      methods: [ce, la, meta_iada]
+      seeds: [0]
+    experiments:  # named experiments (scenario + data + network + schedule + method params)
+      lt: {data: {...}, network: {...}, optim: {...}, pretrain_epochs: .., train_epochs: ..,
+           methods: {meta_iada: {alpha: 0.5, ...}}, search: {...}}
+    tune: {...}   # Optuna studies (pipeline.params.tune)
+
+:func:`load_params` gives a :class:`Params` whose experiments hold their method configs and
+search spaces and whose ``tune`` holds every study, all validated: an unknown key, a value out
+of range, an unknown method, experiment or study stops with one
+:class:`~pipeline.params.schema.ParamError` naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from pipeline.methods import method_class
+from pipeline.params.experiment import ExperimentConfig
+from pipeline.params.schema import ParamError, bounded, build
+from pipeline.params.tune import TuneConfig, check_tune
+
+PARAMS_FILE = "params.yaml"
+TOP_LEVEL_KEYS = ("run", "experiments", "tune")
+
+
+@dataclass
+class RunConfig:
+    experiments: list[str] = bounded(["lt"])
+    methods: list[str] = bounded(["ce", "la", "meta_iada"])
+    seeds: list[int] = bounded([0])
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        for key in ("experiments", "methods", "seeds"):  # an empty or repeated entry gives a wrong report
+            values = getattr(self, key)
+            if not values:
+                raise ParamError(f"run.{key} is empty: list at least one")
+            repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+            if repeated:
+                raise ParamError(f"run.{key} = {values} repeats {repeated[0]!r}: list each once")
+        negative = [s for s in self.seeds if s < 0]
+        if negative:
+            raise ParamError(f"run.seeds = {self.seeds}: seed {negative[0]} is negative; use seeds >= 0")
+
+
+@dataclass
+class Params:
+    run: RunConfig
+    experiments: dict[str, ExperimentConfig]
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+    def __post_init__(self) -> None:
+        for i, name in enumerate(self.run.experiments):
+            if name not in self.experiments:
+                raise ParamError(f"run.experiments[{i}] = {name!r} is not declared: use one of "
+                                 f"{', '.join(self.experiments)}")
+        for i, name in enumerate(self.run.methods):
+            method_class(name, f"run.methods[{i}]")
+        for exp in self.run.experiments:  # the train stage's params dependency names the block
+            for name in self.run.methods:
+                if name not in self.experiments[exp].methods:
+                    raise ParamError(f"experiments.{exp}.methods has no block for method {name!r} of "
+                                     f"run.methods: add `{name}: {{}}` (code defaults) or its hyperparameters")
+
+    def experiment(self, name: str) -> ExperimentConfig:
+        if name not in self.experiments:
+            raise ParamError(f"unknown experiment {name!r}: use one of {', '.join(self.experiments)}")
+        return self.experiments[name]
+
+
+def parse_params(raw: Any) -> Params:
+    if not isinstance(raw, dict):
+        raise ParamError("params.yaml must be a mapping with keys run, experiments, tune")
+    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ParamError(f"unknown top-level key {unknown[0]!r} in params.yaml: allowed keys are "
+                         f"{', '.join(TOP_LEVEL_KEYS)}")
+    exps = raw.get("experiments")
+    if not isinstance(exps, dict) or not exps:
+        raise ParamError("experiments must be a non-empty mapping of experiment name -> settings")
+    experiments = {}
+    for name, cfg in exps.items():
+        experiments[name] = exp = build(ExperimentConfig, cfg, f"experiments.{name}")
+        exp.name = name
+        exp.check_schedule(f"experiments.{name}")
+    tune = build(TuneConfig, raw.get("tune"), "tune")
+    check_tune(tune, experiments)
+    return Params(build(RunConfig, raw.get("run"), "run"), experiments, tune)
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    """Read and validate ``params.yaml``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamError(f"{path} not found: run from the project root or pass --params")
+    text = path.read_text()
+    try:
+        reject_aliases(text, path)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ParamError(f"{path} is not valid YAML: {err}") from err
+    return parse_params(raw)
+
+
+def reject_aliases(text: str, path: str | Path = PARAMS_FILE) -> None:
+    """Refuse YAML anchors, aliases and merge keys: ``dvc exp run -S key=value`` edits params.yaml
+    through a round trip that drops a change made through an alias (``methods: *methods``) or a
+    merge (``<<: *lt``), so the run would silently keep the old value."""
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            raise ParamError(f"{path} line {line}: YAML alias *{event.anchor} is not allowed (dvc exp run -S "
+                             "drops changes made through it): write the block out in full")
+        if getattr(event, "anchor", None):
+            raise ParamError(f"{path} line {line}: YAML anchor &{event.anchor} is not allowed (dvc exp run -S "
+                             "drops changes made through its aliases): write each block out in full")
+        if isinstance(event, yaml.ScalarEvent) and event.value == "<<" and event.style is None:
+            raise ParamError(f"{path} line {line}: YAML merge key << is not allowed (dvc exp run -S drops "
+                             "changes made through it): write the block out in full")

@@ -1,0 +1,109 @@
+"""The trial budget of a study: when a worker stops, which trials may run, and why a study ended
+short (in one line)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from pipeline.params.tune import Plan
+from pipeline.tuning.storage import GRACE_S
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+GRID_ATTR = "grid_point"  # trial user attr of an enqueued sweep point
+MAX_FAILURES_IN_A_ROW = 5
+
+
+class SurplusTrial(RuntimeError):
+    """A trial started past the budget by a concurrent worker: refused before any training."""
+
+
+@dataclass
+class Budget:
+    """When a worker stops and which trials may run.
+
+    Study: stop once COMPLETE + PRUNED + RUNNING trials reach ``n_trials``; a trial runs only if
+    fewer than ``n_trials`` lower-numbered trials are COMPLETE, PRUNED, RUNNING or WAITING
+    (trial numbers are assigned atomically by the storage, so this is exact across processes).
+    Sweep: stop once no enqueued grid point waits; only enqueued grid points run.
+    A worker also stops after ``MAX_FAILURES_IN_A_ROW`` failed trials (something is broken).
+    """
+
+    n_trials: int
+    sweep: bool
+    failures_in_a_row: int = 0
+
+    def finished(self, study: optuna.Study) -> int:
+        """Trials of the budget done: COMPLETE + PRUNED, or grid points with a COMPLETE trial."""
+        if self.sweep:
+            complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            return len({json.dumps(t.params, sort_keys=True) for t in complete})
+        return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+    def remaining(self, study: optuna.Study) -> int:
+        """Trials still to start: waiting grid points, or n_trials - (COMPLETE + PRUNED + RUNNING)."""
+        if self.sweep:
+            return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        return self.n_trials - len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
+
+    def done(self, study: optuna.Study) -> bool:
+        return self.remaining(study) <= 0
+
+    def admits(self, trial: optuna.Trial) -> bool:
+        if self.sweep:
+            return GRID_ATTR in trial.user_attrs
+        states = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
+        earlier = [t for t in trial.study.get_trials(deepcopy=False, states=states) if t.number < trial.number]
+        return len(earlier) < self.n_trials
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        """``study.optimize`` callback."""
+        self.failures_in_a_row = self.failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
+        if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            print(f"[{study.study_name}] {self.failures_in_a_row} trials failed in a row: this worker stops "
+                  "(see the errors above; the trials' user attr 'error' keeps them)")
+            study.stop()
+        elif self.done(study):
+            study.stop()
+
+
+class IncompleteStudy(RuntimeError):
+    """A study ended short of its budget; the message says why and what to do (one line)."""
+
+
+def failure_streak(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.FrozenTrial]:
+    """The failed trials since the last COMPLETE or PRUNED one (refused surplus trials left out)."""
+    ended = [t for t in sorted(trials, key=lambda t: t.number)
+             if t.state.is_finished() and not t.user_attrs.get("surplus")]
+    streak: list[optuna.trial.FrozenTrial] = []
+    for t in reversed(ended):
+        if t.state != TrialState.FAIL:
+            break
+        streak.insert(0, t)
+    return streak
+
+
+def shortfall(study: optuna.Study, plan: Plan, dead: list[str]) -> str | None:
+    """Why the study ended short of its budget and what to do, in one line; None when it is done."""
+    done = Budget(plan.n_trials, plan.sweep).finished(study)
+    if done >= plan.n_trials:
+        return None
+    trials = study.get_trials(deepcopy=False)
+    why = [f"{len(dead)} worker(s) died ({'; '.join(dead)})"] if dead else []
+    failed = [t for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("surplus")]
+    streak = failure_streak(trials)
+    if failed:
+        errors = [t.user_attrs["error"] for t in streak or failed if "error" in t.user_attrs]
+        last = errors[-1].splitlines()[0][:300] if errors else "no error recorded"
+        why.append(f"{len(streak)} trial(s) failed in a row" if streak else f"{len(failed)} trial(s) failed")
+        why[-1] += f", the last with {last}"
+    todo = "rerun the same command to run exactly the missing trials (failed trials do not count)"
+    running = [str(t.number) for t in trials if t.state == TrialState.RUNNING]
+    if running:
+        todo = (f"trial(s) {', '.join(running)} stay RUNNING until they have had no heartbeat for {GRACE_S} s "
+                f"and are then failed: after that, {todo}")
+    return (f"study {plan.name!r} ended with {done} of its {plan.n_trials} trials done (COMPLETE or PRUNED): "
+            f"{'; '.join(why) or 'trials are missing'}; {todo}")

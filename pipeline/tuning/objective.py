@@ -1,0 +1,121 @@
+"""A trial: suggest its values, train the method from the pretrain checkpoint (never seeing a
+test split), report the validation metric every epoch for pruning, return its best value."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from pipeline.data.prepared import PreparedData, load_prepared
+from pipeline.engine.checkpoint import load_checkpoint
+from pipeline.engine.loop import EpochCallback, RunSpec, fit
+from pipeline.engine.runs import pretrain
+from pipeline.layout import LAST, PRETRAIN, data_dir, run_dir
+from pipeline.params.experiment import apply_values
+from pipeline.params.file import Params
+from pipeline.params.tune import SEED_PARAM, Plan
+from pipeline.tracking import RunTracker, end_trial_run
+from pipeline.tuning.budget import Budget, SurplusTrial
+
+# Tests only: a worker process of this name SIGKILLs itself when a trial starts (a killed worker).
+KILL_WORKER_ENV = "PIPELINE_TUNE_TEST_KILL_WORKER"
+
+
+def training_data(plan: Plan) -> PreparedData:
+    """The prepared data without its test splits: a study never sees them."""
+    data = load_prepared(data_dir(plan.cfg.experiment))
+    return PreparedData({k: v for k, v in data.splits.items() if k in ("train", "meta", "val")}, data.card)
+
+
+def pretrain_checkpoint(plan: Plan, seed: int) -> Path:
+    return run_dir(plan.cfg.experiment, seed, PRETRAIN) / LAST
+
+
+def ensure_pretrain(params: Params, plan: Plan) -> None:
+    """Train the pretraining of every seed whose finished checkpoint is missing (as the
+    ``pretrain`` stage does), so that all trials start from it."""
+    base = params.experiment(plan.cfg.experiment)
+    for seed in plan.seeds:
+        path = pretrain_checkpoint(plan, seed)
+        if path.is_file() and load_checkpoint(path)["epoch"] == base.pretrain_epochs:
+            continue
+        print(f"[{plan.name}] no finished pretraining at {path}: training it ({base.pretrain_epochs} epochs)")
+        pretrain(base, seed, device=plan.device, track=True)
+
+
+def suggest(trial: optuna.Trial, plan: Plan) -> tuple[dict[str, Any], int]:
+    """The trial's values (dotted key -> value) and its training seed."""
+    if plan.sweep:
+        value = trial.suggest_categorical(plan.cfg.param, plan.cfg.values)
+        return {plan.cfg.param: value}, int(trial.suggest_categorical(SEED_PARAM, plan.cfg.seeds))
+    values = {}
+    for key, s in plan.space.items():
+        if s.type == "categorical":
+            values[key] = trial.suggest_categorical(key, s.choices)
+        elif s.type == "int":
+            values[key] = trial.suggest_int(key, int(s.low), int(s.high), step=int(s.step or 1), log=s.log)
+        else:
+            values[key] = trial.suggest_float(key, s.low, s.high, step=s.step, log=s.log)
+    return values, plan.cfg.seed
+
+
+def reporter(trial: optuna.Trial, first_epoch: int, metric: str) -> EpochCallback:
+    """``fit``'s epoch callback: report the metric at the trial's epoch k and prune."""
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        step = epoch - first_epoch
+        trial.report(metrics[metric], step)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at trial epoch {step}: {metric} = {metrics[metric]:.4f}")
+    return on_epoch
+
+
+class Objective:
+    """Optuna objective: suggest, train from the pretrain checkpoint, return the best value."""
+
+    def __init__(self, plan: Plan, data: PreparedData, budget: Budget) -> None:
+        self.plan, self.data, self.budget = plan, data, budget
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        if os.environ.get(KILL_WORKER_ENV) == multiprocessing.current_process().name:
+            os.kill(os.getpid(), signal.SIGKILL)  # tests only: a worker killed mid-trial
+        if not self.budget.admits(trial):
+            trial.set_user_attr("surplus", True)
+            trial.study.stop()
+            raise SurplusTrial(f"trial {trial.number} is past the budget of {self.budget.n_trials} trials "
+                               "(another worker started the last one); not run")
+        values, seed = suggest(trial, self.plan)
+        trial.set_user_attr("seed", seed)
+        with tempfile.TemporaryDirectory(prefix=f"{self.plan.name}-t{trial.number}-") as tmp:
+            return self.train(trial, values, seed, Path(tmp))
+
+    def train(self, trial: optuna.Trial, values: dict[str, Any], seed: int, out: Path) -> float:
+        plan = self.plan
+        tags = {"stage": "tune", "experiment": plan.cfg.experiment, "method": plan.cfg.method, "seed": str(seed),
+                "optuna.study_name": plan.name, "optuna.trial_number": str(trial.number)}
+        tracker = RunTracker(plan.exp.mlflow_experiment, f"{plan.name}-t{trial.number}", card=self.data.card,
+                             tags=tags, parent_run_id=plan.parent_run_id, log_models=False)
+        state = "FAIL"
+        try:
+            exp = apply_values(plan.raw_experiment, values, plan.where())
+            run = RunSpec(exp, self.data, plan.cfg.method, seed, out, first_epoch=exp.pretrain_epochs,
+                          last_epoch=exp.total_epochs, init=pretrain_checkpoint(plan, seed), device=plan.device,
+                          desc=f"{plan.name}-t{trial.number}")
+            summary = fit(run, tracker=tracker, on_epoch=reporter(trial, exp.pretrain_epochs, plan.metric))
+            state = "COMPLETE"
+            return float(summary["selected_value"])
+        except optuna.TrialPruned:
+            state = "PRUNED"
+            raise
+        except Exception as err:
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:2000])
+            raise
+        finally:
+            tracker.close("FAILED" if state == "FAIL" else "FINISHED")
+            end_trial_run(tracker, tags, values, state)
+            trial.set_user_attr("mlflow_run_id", tracker.run_id)

@@ -1,0 +1,121 @@
+"""The processes that run a study's trials: samplers and pruners, the study object, spawned
+workers with their share of the cores, and waiting for other invocations' trials."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from pipeline.params.tune import Plan
+from pipeline.tuning.budget import Budget
+from pipeline.tuning.objective import Objective, training_data
+from pipeline.tuning.storage import GRACE_S, experimental_features, fail_dead_trials, open_storage
+
+WAIT_POLL_S = 5  # how often the main process looks whether other invocations' trials have ended
+
+
+def make_sampler(plan: Plan, stream: list[int]) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded from (sampler.seed, *stream)."""
+    seed = int(np.random.SeedSequence([plan.cfg.sampler.seed, *stream]).generate_state(1)[0])
+    # A sweep runs only its enqueued grid points (``Budget.admits``), whose values are all fixed:
+    # the sampler decides nothing. (Optuna's GridSampler is not used: it skips enqueued trials in
+    # before_trial and then fails in after_trial on a one-point grid.)
+    if plan.sweep or plan.cfg.sampler.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(plan: Plan) -> optuna.pruners.BasePruner:
+    p = plan.cfg.pruner
+    if plan.sweep or p.name == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+
+
+def open_study(plan: Plan, stream: list[int], storage: optuna.storages.RDBStorage | None = None) -> optuna.Study:
+    """The study, created on first use; its objective is named after the validation metric (the
+    dashboard showed "Objective 0")."""
+    study = optuna.create_study(study_name=plan.name, storage=storage or open_storage(plan.storage),
+                                load_if_exists=True, direction="maximize", sampler=make_sampler(plan, stream),
+                                pruner=make_pruner(plan))
+    if study.metric_names != [plan.metric]:
+        with experimental_features():
+            study.set_metric_names([plan.metric])
+    return study
+
+
+def worker(plan: Plan, index: int, first_trial: int, threads: int | None) -> None:
+    """One worker process: run trials of the study until the budget is spent."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    study = open_study(plan, [first_trial, index])
+    budget = Budget(plan.n_trials, plan.sweep)
+    if budget.done(study):
+        return
+    study.optimize(Objective(plan, training_data(plan), budget), catch=(Exception,), callbacks=[budget.after_trial])
+
+
+def run_workers(plan: Plan, workers: int, first_trial: int) -> list[str]:
+    """``workers`` spawned processes (1: in this process), each with its share of the cores.
+
+    Returns the workers that died (``name: how``), each also reported in one line on stderr; the
+    caller still analyses what the study holds. Ctrl-C stops the workers (each fails its running
+    trial) and propagates.
+    """
+    if workers == 1:
+        worker(plan, 0, first_trial, None)
+        return []
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=worker, args=(plan, i, first_trial, threads), name=f"{plan.name}-w{i}")
+             for i in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    finally:
+        for p in procs:
+            p.join(timeout=30)  # on Ctrl-C the workers fail their running trial and exit
+            if p.is_alive():
+                p.terminate()
+    dead = [f"{p.name}: {how_it_ended(p.exitcode)}" for p in procs if p.exitcode != 0]
+    for line in dead:
+        print(f"[{plan.name}] worker {line}", file=sys.stderr)
+    return dead
+
+
+def how_it_ended(exitcode: int | None) -> str:
+    """A dead process's exit code in words (multiprocessing gives -N for signal N)."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode} (its error is above)"
+
+
+def wait_for_running(study: optuna.Study, storage: optuna.storages.RDBStorage, plan: Plan) -> None:
+    """Wait until no trial of the study is RUNNING, failing stale ones as the heartbeat allows.
+
+    Called once this invocation's workers have all ended normally: a RUNNING trial is then another
+    invocation's (another machine on a shared storage, or a second command): it counts toward the
+    budget, so the analysis waits for it rather than report a short study. A killed process's trial
+    is failed here after GRACE_S (:func:`fail_dead_trials`; the study is then reported short).
+    """
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if running:
+        print(f"[{plan.name}] waiting for trials {', '.join(str(t.number) for t in running)}, RUNNING in another "
+              f"process (a killed process's trial is failed after {GRACE_S} s without a heartbeat)")
+    while running:
+        time.sleep(WAIT_POLL_S)
+        fail_dead_trials(study, storage)
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))

@@ -1,0 +1,80 @@
+"""``dvc.yaml``'s dependency lists cannot drift from the code: each stage's ``deps`` cover exactly
+the modules its command imports (statically, lazy imports inside functions included), so that a
+change to any of them reruns the stage and no listed path is dead weight."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def module_file(name: str) -> Path | None:
+    """The file of module ``pipeline.x.y`` (a module or a package's ``__init__.py``)."""
+    base = ROOT / Path(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """The ``pipeline`` modules a file imports anywhere in it (``from pkg import sub`` counts
+    ``pkg.sub`` when it is a module), with every package on the way (their ``__init__`` runs)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        for name in names:
+            if name.split(".")[0] == "pipeline" and module_file(name) is not None:
+                parts = name.split(".")
+                found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return found
+
+
+def closure(module: str) -> set[Path]:
+    """Files of ``module`` and of every ``pipeline`` module it imports, transitively."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        todo.extend(imported_modules(module_file(name)) - seen)
+    return {module_file(name).relative_to(ROOT) for name in seen}
+
+
+def stages() -> dict[str, dict]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+
+
+@pytest.mark.parametrize("stage", sorted(stages()))
+def test_deps_are_the_import_closure_of_the_stage_command(stage):
+    spec = stages()[stage]
+    module = re.search(r"python -m (pipeline(?:\.\w+)+)", spec["cmd"]).group(1)
+    files = closure(module)
+    deps = [Path(d) for d in spec.get("deps", []) if str(d).startswith("pipeline")]
+    uncovered = sorted(str(f) for f in files if not any(f == d or d in f.parents for d in deps))
+    assert not uncovered, f"{stage}: add to deps in dvc.yaml: {uncovered}"
+    dead = sorted(str(d) for d in deps if not any(f == d or d in f.parents for f in files))
+    assert not dead, f"{stage}: deps in dvc.yaml that {module} does not import: {dead}"
+    broad = sorted(f"{d}/{p.relative_to(ROOT / d)}" for d in deps if (ROOT / d).is_dir()
+                   for p in (ROOT / d).rglob("*.py") if p.relative_to(ROOT) not in files)
+    assert not broad, f"{stage}: a folder in deps holds modules the stage does not import (list files instead): {broad}"
+
+
+def test_closure_follows_lazy_imports_and_packages():
+    """The walk itself: a lazy import inside a function counts, and so does every package's
+    __init__ on the way."""
+    files = closure("pipeline.stages.prepare")
+    assert Path("pipeline/tracking.py") in files  # imported inside main(), only with MLflow on
+    assert Path("pipeline/data/__init__.py") in files and Path("pipeline/__init__.py") in files
+    assert Path("pipeline/tuning/study.py") not in files

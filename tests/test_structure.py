@@ -1,0 +1,54 @@
+"""The package's layering, checked on the source: imports run one way (stages -> library), the
+paper's parts stay free of the training engine, tracking and run files, and no function takes
+more than 7 positional parameters (beyond that: keyword-only named objects)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "pipeline"
+MODULES = sorted(PACKAGE.rglob("*.py"))
+PAPER_PARTS = ["losses", "covariance", "characteristics", "perturbation", "meta_gradient"]
+
+
+def imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if "stages" not in p.parts], ids=rel)
+def test_the_library_never_imports_a_stage(path):
+    assert not [n for n in imports(path) if n.startswith("pipeline.stages")]
+
+
+@pytest.mark.parametrize("part", PAPER_PARTS)
+def test_the_papers_parts_import_no_loop_tracking_or_run_files(part):
+    bad = ("pipeline.engine", "pipeline.tracking", "pipeline.layout", "pipeline.stages", "pipeline.tuning", "mlflow",
+           "dvc", "optuna")
+    names = imports(PACKAGE / "methods" / f"{part}.py")
+    assert not [n for n in names if n.startswith(bad)]
+
+
+@pytest.mark.parametrize("path", MODULES, ids=rel)
+def test_no_function_takes_more_than_seven_positional_parameters(path):
+    wide = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            params = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
+            if len(params) > 7:
+                wide.append(f"{node.name}({', '.join(params)})")
+    assert not wide
