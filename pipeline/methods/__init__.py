@@ -1,4 +1,12 @@
-"""Training methods behind one interface (see :mod:`pipeline.methods.base`)."""
+"""Every training method and the paper's parts they are built from.
+
+Methods: :mod:`~pipeline.methods.base` (the interface, ``ce``, ``la``), :mod:`~pipeline.methods.iada`
+(``isda``, ``iada``, ``meta_iada``). The paper's parts: :mod:`~pipeline.methods.losses` (the IADA
+loss, method.md §2-3), :mod:`~pipeline.methods.covariance` (Σ), :mod:`~pipeline.methods.characteristics`
+(Ω's inputs, §4), :mod:`~pipeline.methods.perturbation` (Ω), :mod:`~pipeline.methods.meta_gradient`
+(the meta step, §5). A new method is one :class:`~pipeline.methods.base.Method` subclass
+registered here, with its ``Config`` and a block in params.yaml.
+"""
 
 from pipeline.methods.base import REGISTRY, Batch, Method, StepContext, TrainInfo, method_class, register
 from pipeline.methods import iada  # noqa: F401  (registers isda, iada, meta_iada)
