@@ -11,7 +11,6 @@ here and ``null`` in the metrics JSON (:func:`pipeline.layout.write_json`).
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 import time
@@ -25,6 +24,7 @@ from pipeline.data.longtail import shot_groups
 from pipeline.data.prepared import PreparedData
 from pipeline.params.experiment import ExperimentConfig
 from pipeline.evaluation.metrics import group_accuracy, per_class_accuracy, predict, shot_accuracy, split_metrics
+from pipeline.evaluation.plots import plot_summary, write_history_csv, write_plot_files
 from pipeline.engine.build import build_net, eval_loaders, resolve_device
 from pipeline.engine.checkpoint import CheckpointError, load_checkpoint
 from pipeline.layout import BEST, HISTORY, LAST, SCORES
@@ -230,70 +230,3 @@ def evaluate_run(exp: ExperimentConfig, data: PreparedData, run_dir: Path, plots
                  f"{history['method']} seed {history['seed']}", plots_dir / "summary.png")
     write_history_csv(history["history"], plots_dir / "history.csv")
     return result
-
-
-def write_plot_files(data: PreparedData, pred: np.ndarray, plots_dir: Path) -> None:
-    """``confusion.csv`` (actual, predicted per test sample) and ``per_class.csv`` for DVC plots."""
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    test = data.splits["test"]
-    names = data.card.get("class_names") or [str(c) for c in range(data.num_classes)]
-    with open(plots_dir / "confusion.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["actual", "predicted"])
-        w.writerows((names[a], names[p]) for a, p in zip(test.y, pred))
-    per_class = per_class_accuracy(pred, test.y, data.num_classes)
-    with open(plots_dir / "per_class.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["class", "accuracy"])
-        w.writerows((names[c], f"{a:.4f}") for c, a in enumerate(per_class))
-
-
-def write_history_csv(history: list[dict[str, float]], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys = sorted({k for row in history for k in row if not k.startswith("eps_class")}, key=lambda k: (k != "epoch", k))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(history)
-
-
-def plot_summary(data: PreparedData, per_class: np.ndarray, eps: np.ndarray | None, title: str,
-                 path: Path) -> None:
-    """Per-class test accuracy, and for methods with a perturbation network the distribution of
-    the learned epsilon per class (and per clean/noisy label or group where the data has them)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = data.splits["train"]
-    names = data.card.get("class_names") or [str(c) for c in range(data.num_classes)]
-    panels: list[tuple[str, list[str], list[np.ndarray]]] = []
-    if eps is not None:
-        seen = np.isfinite(eps)
-        panels.append(("per class", names, [eps[seen & (train.y == c)] for c in range(data.num_classes)]))
-        if "is_noisy" in train.extras:
-            noisy = train.extras["is_noisy"].astype(bool)
-            panels.append(("clean vs noisy label", ["clean", "noisy"], [eps[seen & ~noisy], eps[seen & noisy]]))
-        if "group" in train.extras:
-            g = train.extras["group"]
-            ks = np.unique(g)
-            panels.append(("per group", [f"group {k}" for k in ks], [eps[seen & (g == k)] for k in ks]))
-    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(5 * (1 + len(panels)) + 1, 4), squeeze=False)
-    ax = axes[0][0]
-    ax.bar(range(len(per_class)), 100 * per_class)
-    ax.set_xticks(range(len(per_class)), names[:len(per_class)], rotation=45, ha="right")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{title}: per-class accuracy")
-    for ax, (name, labels, values) in zip(axes[0][1:], panels):
-        keep = [(lab, v) for lab, v in zip(labels, values) if len(v)]
-        if keep:
-            ax.violinplot([v for _, v in keep], showmeans=True)
-            ax.set_xticks(range(1, len(keep) + 1), [lab for lab, _ in keep], rotation=45, ha="right")
-        ax.axhline(0, color="grey", lw=0.5)
-        ax.set_title(f"epsilon {name}")
-        ax.set_ylabel("epsilon (> 0: adversarial)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
