@@ -42,7 +42,7 @@ def command(kind: str, port: int, storage: str | None) -> tuple[list[str], dict[
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ)
     if kind == "ui":
-        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # ~5 s to start instead of ~20
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # starts several times faster (docs/benchmarks.md)
         from pipeline.tracking import tracking_uri  # imports mlflow: only for the UI
 
         uri = tracking_uri()

@@ -157,7 +157,7 @@ class RunTracker:
         if parent_run_id:
             self.tags["mlflow.parentRunId"] = parent_run_id
         self.register_as = register_as
-        self.log_models = log_models  # Optuna trials skip the MLflow-model logging (~2 s each)
+        self.log_models = log_models  # Optuna trials skip the MLflow-model logging (seconds per trial)
         self.run_id: str | None = None
 
     def start(self, run_id: str | None, *, fingerprint: str, params: Mapping[str, Any]) -> str:

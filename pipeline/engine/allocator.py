@@ -3,10 +3,8 @@
 A training step on CPU frees and re-allocates activations of megabytes every step. glibc's
 malloc serves blocks above a (dynamic) threshold with fresh ``mmap`` pages and trims free memory
 at the top of the heap back to the OS, so these blocks come back as new pages whose first touch
-is a page fault (kernel entry and zeroing of 4 KiB). Measured on ResNet-32, batch 100, 2-core
-CPU: about 6,000 minor page faults per CE step, 43,000 per Meta-IADA ``head`` step and 119,000
-per ``full`` step, the meta steps spending several percent of their time there; with the setting
-below, a few hundred or none.
+is a page fault (kernel entry and zeroing of 4 KiB); the meta steps, which allocate most, pay
+the most (the page-fault counts with and without this setting are in docs/benchmarks.md).
 
 :func:`keep_freed_memory` is the glibc equivalent of the allocator swap PyTorch's CPU
 performance guide recommends (preloading jemalloc or tcmalloc), without a native dependency:

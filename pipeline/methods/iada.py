@@ -220,8 +220,8 @@ class MetaIADA(FeatureAugmentation):
         """On a step with a meta step, the meta batch is drawn before the train batch's forward;
         ``full`` records that forward's primals, ``head`` computes the meta batch's features
         first: they depend only on θ, which the forward does not change, and the train batch's
-        activations then stay in the CPU caches for its backward (2.5 ms of a 172 ms ResNet-32
-        head step, measured)."""
+        activations then stay in the CPU caches for its backward (the saving is in
+        docs/benchmarks.md)."""
         self._meta = None
         if not self.meta_step_due(ctx):
             return contextlib.nullcontext()

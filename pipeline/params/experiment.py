@@ -33,7 +33,7 @@ MLFLOW_EXPERIMENT = {"longtail": "long-tail", "noisy": "noisy-labels", "subpop":
 @dataclass
 class NetworkConfig:
     arch: Arch = "resnet32"
-    channels_last: bool = True  # NHWC: about 15% faster CE and meta steps on CPU (pipeline.bench)
+    channels_last: bool = True  # NHWC: faster CE and meta steps on CPU (docs/benchmarks.md)
 
 
 @dataclass
