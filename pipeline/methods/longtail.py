@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import bounded
-from pipeline.losses import class_balanced_weights
+from pipeline.params.schema import bounded
+from pipeline.methods.losses import class_balanced_weights
 from pipeline.methods.base import (Batch, LogitAdjustment, LogitAdjustmentConfig, Method, StepContext,
                                    TrainInfo, register)
 from pipeline.networks import FeatureClassifier

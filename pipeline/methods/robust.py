@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import ParamError, bounded
+from pipeline.params.schema import ParamError, bounded
 from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register
 from pipeline.networks import FeatureClassifier
 

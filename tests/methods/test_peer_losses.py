@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import ParamError, build
+from pipeline.params.schema import ParamError, build
 from pipeline.methods import REGISTRY, Batch, StepContext, TrainInfo
 from pipeline.networks import FeatureClassifier, build_network
 
