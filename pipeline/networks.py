@@ -14,19 +14,32 @@ import torch.nn.functional as F
 from torch import nn
 
 Arch = Literal["resnet8", "resnet20", "resnet32", "resnet56", "cnn"]
+# linear: z = W h + b; cosine: z_j = cos θ_j = hᵀw_j / (||h|| ||w_j||) (LDAM-DRW's NormedLinear;
+# the same W, its bias unused, so a CE checkpoint loads into either).
+Head = Literal["linear", "cosine"]
+
+
+def cosine_logits(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """cos θ_ij = h_iᵀ w_j / (||h_i|| ||w_j||) [B, C] for features h [B, A] and class weights W [C, A]."""
+    return F.normalize(features, dim=1) @ F.normalize(weight, dim=1).T
 
 
 class FeatureClassifier(nn.Module):
-    """Backbone F (image -> h) followed by a linear classifier: logits z = W h + b."""
+    """Backbone F (image -> h) followed by the classifier head: logits z = W h + b, or cos θ with
+    ``head = "cosine"``."""
 
     feature_dim: int
     classifier: nn.Linear
+    head: Head = "linear"
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        h = self.features(x)
+        if self.head == "cosine":
+            return cosine_logits(h, self.classifier.weight)
+        return self.classifier(h)
 
 
 class BasicBlock(nn.Module):
@@ -104,10 +117,16 @@ class SmallCNN(FeatureClassifier):
         return F.adaptive_avg_pool2d(self.body(x), 1).flatten(1)  # [B, 128]
 
 
-def build_network(arch: Arch, num_classes: int, in_channels: int = 3) -> FeatureClassifier:
-    """Network by name: ``resnet8/20/32/56`` (CIFAR ResNets) or ``cnn`` (28x28 inputs)."""
+def build_network(arch: Arch, num_classes: int, in_channels: int = 3, head: Head = "linear") -> FeatureClassifier:
+    """Network by name: ``resnet8/20/32/56`` (CIFAR ResNets) or ``cnn`` (28x28 inputs), with a
+    linear or cosine head."""
+    net: FeatureClassifier
     if arch.startswith("resnet"):
-        return CifarResNet(int(arch[len("resnet"):]), num_classes, in_channels)
-    if arch == "cnn":
-        return SmallCNN(num_classes, in_channels)
-    raise ValueError(f"unknown network {arch!r}: use one of resnet8, resnet20, resnet32, resnet56, cnn")
+        net = CifarResNet(int(arch[len("resnet"):]), num_classes, in_channels)
+    elif arch == "cnn":
+        net = SmallCNN(num_classes, in_channels)
+    else:
+        raise ValueError(f"unknown network {arch!r}: use one of resnet8, resnet20, resnet32, resnet56, cnn")
+    net.head = head
+    return net
+

@@ -9,7 +9,7 @@ import torch
 
 from pipeline.data.loader import BatchLoader, channel_stats
 from pipeline.data.prepared import PreparedData
-from pipeline.networks import FeatureClassifier, build_network
+from pipeline.networks import FeatureClassifier, Head, build_network
 from pipeline.params.experiment import ExperimentConfig
 from pipeline.params.schema import ParamError
 
@@ -30,18 +30,19 @@ def normalisation(data: PreparedData) -> tuple[list[float], list[float]]:
     return mean, [max(s, 1.0) for s in std]
 
 
-def build_net(exp: ExperimentConfig, data: PreparedData, device: torch.device) -> FeatureClassifier:
+def build_net(exp: ExperimentConfig, data: PreparedData, device: torch.device,
+              head: Head = "linear") -> FeatureClassifier:
     c, _, _ = data.image_shape
-    net = build_network(exp.network.arch, data.num_classes, in_channels=c).to(device)
+    net = build_network(exp.network.arch, data.num_classes, in_channels=c, head=head).to(device)
     if exp.network.channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net
 
 
-def build_model(exp: ExperimentConfig, data: PreparedData,
-                device: torch.device) -> tuple[FeatureClassifier, torch.optim.SGD]:
+def build_model(exp: ExperimentConfig, data: PreparedData, device: torch.device,
+                head: Head = "linear") -> tuple[FeatureClassifier, torch.optim.SGD]:
     """The network and its SGD optimizer (lr set per iteration by the loop)."""
-    net = build_net(exp, data, device)
+    net = build_net(exp, data, device, head)
     o = exp.optim
     opt = torch.optim.SGD(net.parameters(), lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
                           weight_decay=o.weight_decay)

@@ -151,8 +151,9 @@ def set_up(run: RunSpec) -> Training:
     fingerprint = config_hash(exp.data, exp.network, exp.optim, exp.augment, exp.meta_batch_size,
                               run.method, method_cfg, run.seed, run.first_epoch, run.last_epoch,
                               init_ckpt["fingerprint"] if init_ckpt else None)
+    cls = method_class(run.method)
     torch.manual_seed(run.seed)
-    net, opt = build_model(exp, data, dev)
+    net, opt = build_model(exp, data, dev, cls.head)
     if init_ckpt is not None:
         try:
             net.load_state_dict(init_ckpt["model"])
@@ -161,9 +162,11 @@ def set_up(run: RunSpec) -> Training:
             raise CheckpointError(f"checkpoint {run.init} does not fit experiment network "
                                   f"{exp.network.arch} ({err}); rerun the pretrain stage") from err
     train_y = torch.from_numpy(data.splits["train"].y.astype(np.int64))
+    groups = data.splits["train"].extras.get("group")
     info = TrainInfo(num_classes=data.num_classes, class_counts=torch.bincount(train_y, minlength=data.num_classes),
-                     num_train=len(train_y), feature_dim=net.feature_dim, device=dev, seed=run.seed)
-    method = method_class(run.method)(method_cfg, net, opt, info).to(dev)
+                     num_train=len(train_y), feature_dim=net.feature_dim, device=dev, seed=run.seed,
+                     train_groups=None if groups is None else torch.from_numpy(groups.astype(np.int64)))
+    method = cls(method_cfg, net, opt, info).to(dev)
     loaders = make_loaders(exp, data, run.seed + run.first_epoch, dev)
     t = Training(run, fingerprint, net, opt, method, loaders, epoch=run.first_epoch)
     last = run.out_dir / LAST

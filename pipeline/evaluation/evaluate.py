@@ -28,15 +28,18 @@ from pipeline.evaluation.plots import plot_summary, write_history_csv, write_plo
 from pipeline.engine.build import build_net, eval_loaders, resolve_device
 from pipeline.engine.checkpoint import CheckpointError, load_checkpoint
 from pipeline.layout import BEST, HISTORY, LAST, SCORES
+from pipeline.methods import method_class
+from pipeline.networks import Head
 
 # Test-split names of the generalized long-tail protocols.
 GLT_PROTOCOLS = {"test": "clt", "test_glt": "glt", "test_alt": "alt"}
 
 
 def evaluate_weights(exp: ExperimentConfig, data: PreparedData, state_dict: dict[str, Any],
-                     device: torch.device) -> dict[str, Any]:
-    """Metrics of one set of weights on every evaluation split, plus test predictions."""
-    net = build_net(exp, data, device)
+                     device: torch.device, head: Head = "linear") -> dict[str, Any]:
+    """Metrics of one set of weights (with the classifier head their method trained) on every
+    evaluation split, plus test predictions."""
+    net = build_net(exp, data, device, head)
     net.load_state_dict(state_dict)
     loaders = eval_loaders(exp, data, device)
     logits = {name: predict(net, loader) for name, loader in loaders.items()}
@@ -214,7 +217,7 @@ def evaluate_run(exp: ExperimentConfig, data: PreparedData, run_dir: Path, plots
         print(f"[evaluate {run_dir}] {rule} weights (epoch {int(ckpt['epoch']) - 1}) on {splits}",
               file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        ev = evaluate_weights(exp, data, ckpt["model"], dev)
+        ev = evaluate_weights(exp, data, ckpt["model"], dev, method_class(history["method"]).head)
         print(f"[evaluate {run_dir}] {rule}: test accuracy {ev['metrics']['test']['acc']:.4f} "
               f"({time.perf_counter() - t0:.1f}s)", file=sys.stderr, flush=True)
         result[rule] = {"epoch": int(ckpt["epoch"]) - 1, **ev["metrics"],

@@ -21,7 +21,7 @@ from torch import nn
 
 from pipeline.data.loader import Batch
 from pipeline.params.schema import ParamError
-from pipeline.networks import FeatureClassifier
+from pipeline.networks import FeatureClassifier, Head
 
 
 @dataclass
@@ -34,6 +34,7 @@ class TrainInfo:
     feature_dim: int
     device: torch.device
     seed: int = 0
+    train_groups: torch.Tensor | None = None  # int64 [num_train], group of each training row (subpop)
 
 
 @dataclass
@@ -56,6 +57,7 @@ class Method(nn.Module):
 
     name: ClassVar[str]
     Config: ClassVar[type]
+    head: ClassVar[Head] = "linear"  # the network's classifier head while training and at evaluation
 
     def __init__(self, cfg: Any, net: FeatureClassifier, optimizer: torch.optim.Optimizer,
                  info: TrainInfo) -> None:

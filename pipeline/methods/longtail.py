@@ -130,12 +130,6 @@ def ldam_margins(counts: torch.Tensor, max_m: float) -> torch.Tensor:
     return raw * (max_m / raw.max())
 
 
-def cosine_logits(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """cos θ_ij = h_iᵀ w_j / (||h_i|| ||w_j||) [B, C] for features h [B, A] and class weights
-    W [C, A] (the classifier's, no bias): LDAM-DRW's ``NormedLinear``."""
-    return F.normalize(features, dim=1) @ F.normalize(weight, dim=1).T
-
-
 def ldam_loss(cos: torch.Tensor, labels: torch.Tensor, margins: torch.Tensor, s: float,
               weight: torch.Tensor | None = None) -> torch.Tensor:
     """LDAM loss (Cao et al., 2019): CE on s·(cos θ_ij − m_{y_i}·[j = y_i]).
@@ -168,13 +162,13 @@ class LDAMDRW(Method):
     class weighs 1 (LDAM-DRW's β = 0), from it on w_c = class-balanced weights with β = drw_beta,
     and the loss is the weighted mean Σ_i w_{y_i} L_i / Σ_i w_{y_i}.
 
-    The logits it returns (for the training accuracy) are cos θ, the output of LDAM-DRW's
-    normalised head. At evaluation the network must give cos θ too, not W h + b (see
-    :func:`cosine_logits`): a cosine head is not in :mod:`pipeline.networks` yet.
+    The network is built with the cosine head (``head = "cosine"``), so its logits are cos θ
+    (LDAM-DRW's ``NormedLinear``) in training and at evaluation; a CE checkpoint's W loads into it.
     """
 
     name = "ldam_drw"
     Config = LDAMDRWConfig
+    head = "cosine"
 
     def __init__(self, cfg: LDAMDRWConfig, net: FeatureClassifier, optimizer: torch.optim.Optimizer,
                  info: TrainInfo) -> None:
@@ -188,8 +182,7 @@ class LDAMDRW(Method):
         return self.drw if epoch >= self.cfg.drw_epoch else torch.ones_like(self.drw)
 
     def loss(self, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        net = self.network
-        cos = cosine_logits(net.features(batch.x), net.classifier.weight)  # [B, C]
+        cos = self.network(batch.x)  # [B, C], the cosine head
         return ldam_loss(cos, batch.y, self.margins, self.cfg.s, self.class_weights(ctx.epoch)), cos
 
 

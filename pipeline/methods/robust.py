@@ -105,7 +105,7 @@ class GroupDRO(Method):
     def __init__(self, cfg: GroupDROConfig, net: FeatureClassifier, optimizer: torch.optim.Optimizer,
                  info: TrainInfo) -> None:
         super().__init__(cfg, net, optimizer, info)
-        groups = getattr(info, "train_groups", None)
+        groups = info.train_groups
         if groups is None:
             raise ParamError("groupdro needs group labels of the training samples (TrainInfo.train_groups); "
                              "use it on a scenario with groups (subpopulation shift)")

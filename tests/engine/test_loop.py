@@ -11,6 +11,7 @@ from pipeline.params.file import load_params
 from pipeline.methods import REGISTRY
 from pipeline.engine.checkpoint import CheckpointError, load_checkpoint
 from pipeline.engine.loop import RunSpec, fit
+from pipeline.params.schema import ParamError
 from pipeline.layout import BEST, HISTORY, LAST
 from tests.tiny import tiny_data, tiny_experiment
 
@@ -25,9 +26,13 @@ def weights(path):
     return load_checkpoint(path)["model"]
 
 
-@pytest.mark.parametrize("method", ["ce", "meta_iada"])
+def needs_groups(method: str) -> bool:
+    return method == "groupdro"
+
+
+@pytest.mark.parametrize("method", sorted(REGISTRY))
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, method):
-    exp, data = tiny_experiment(), tiny_data()
+    exp, data = tiny_experiment(), tiny_data(groups=needs_groups(method))
     fit(RunSpec(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=2, device="cpu"))
     init = tmp_path / "pre" / LAST
     fit(RunSpec(exp, data, method, 0, tmp_path / "full", first_epoch=2, last_epoch=5, init=init, device="cpu"))
@@ -164,7 +169,7 @@ def test_checkpoint_of_another_network_is_refused(tmp_path):
 
 @pytest.mark.parametrize("method", sorted(REGISTRY))
 def test_every_method_trains_from_the_pretrain_checkpoint(tmp_path, method):
-    exp, data = tiny_experiment(), tiny_data()
+    exp, data = tiny_experiment(), tiny_data(groups=needs_groups(method))
     fit(RunSpec(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu"))
     summary = fit(RunSpec(exp, data, method, 0, tmp_path / method, first_epoch=1, last_epoch=2,
                   init=tmp_path / "pre" / LAST, device="cpu"))
@@ -172,6 +177,12 @@ def test_every_method_trains_from_the_pretrain_checkpoint(tmp_path, method):
     row = summary["history"][0]
     assert row["epoch"] == 1 and torch.isfinite(torch.tensor(row["train_loss"])) and 0 <= row["val_acc"] <= 1
     assert (tmp_path / method / BEST).is_file()
+
+
+def test_a_method_that_needs_groups_refuses_data_without_them_in_one_line(tmp_path, capsys):
+    exp, data = tiny_experiment(), tiny_data()
+    with pytest.raises(ParamError, match=r"^groupdro needs group labels of the training samples"):
+        fit(RunSpec(exp, data, "groupdro", 0, tmp_path / "run", first_epoch=0, last_epoch=1, device="cpu"))
 
 
 @pytest.mark.parametrize("overrides, expect", [
