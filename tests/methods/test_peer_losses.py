@@ -221,7 +221,7 @@ def test_balanced_softmax_is_ce_on_logits_plus_log_counts_and_la_at_tau_one():
     torch.manual_seed(0)
     net = TinyNet()
     method = make("balanced_softmax", {}, net)
-    la_cls = _BEFORE["la"]
+    la_cls = REGISTRY["la"]
     info = TrainInfo(CLASSES, torch.tensor(COUNTS), sum(COUNTS), net.feature_dim, torch.device("cpu"))
     la = la_cls(build(la_cls.Config, {"tau": 1.0}, "methods.la"), net, method.optimizer, info)
     batch = separable(8)
