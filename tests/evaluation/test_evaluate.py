@@ -180,3 +180,40 @@ def test_evaluation_refuses_an_unfinished_or_mixed_run_folder(tmp_path, capsys):
     (run / HISTORY).write_text("{truncated")
     with pytest.raises(CheckpointError, match="history.json is corrupt"):
         evaluate_run(other, data, run, tmp_path / "plots", device="cpu")
+
+
+def test_a_cosine_head_method_is_evaluated_with_its_cosine_head(tmp_path):
+    """ldam_drw trains a cosine classifier: its test accuracy is that of cos θ = ĥᵀŵ_j, computed
+    here by hand from the checkpoint, not of W h + b (which the bias and the norms change)."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.data.loader import BatchLoader
+    from pipeline.engine.build import normalisation
+    from pipeline.engine.loop import RunSpec, fit
+    from pipeline.evaluation.evaluate import evaluate_run
+    from pipeline.layout import LAST
+    from pipeline.networks import build_network
+    from tests.tiny import tiny_data, tiny_experiment
+
+    exp, data = tiny_experiment(), tiny_data()
+    fit(RunSpec(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu"))
+    fit(RunSpec(exp, data, "ldam_drw", 0, tmp_path / "run", first_epoch=1, last_epoch=3, init=tmp_path / "pre" / LAST,
+                device="cpu"))
+    state = torch.load(tmp_path / "run" / LAST, weights_only=True)["model"]
+    net = build_network("resnet8", data.num_classes)  # a plain linear-head network, the weights loaded
+    net.load_state_dict(state)
+    net.classifier.bias.data += torch.tensor([1e4, 0.0, 0.0])  # a bias the cosine head must ignore
+    state = net.state_dict()
+    net.eval()
+    test = data.splits["test"]
+    mean, std = normalisation(data)
+    x = torch.cat([b.x for b in BatchLoader(test, mean, std, 64).epoch(0)])
+    with torch.no_grad():
+        h = net.features(x)
+        cos_pred = (F.normalize(h, dim=1) @ F.normalize(net.classifier.weight, dim=1).T).argmax(1).numpy()
+        linear_pred = net(x).argmax(1).numpy()
+    assert (cos_pred != linear_pred).any()  # the two heads disagree here, so the test can tell them apart
+    torch.save({**torch.load(tmp_path / "run" / LAST, weights_only=True), "model": state}, tmp_path / "run" / LAST)
+    result = evaluate_run(exp, data, tmp_path / "run", tmp_path / "plots", device="cpu")
+    assert result["final"]["test"]["acc"] == pytest.approx(float((cos_pred == test.y).mean()))
