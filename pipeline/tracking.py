@@ -9,6 +9,7 @@ store. Each run is tagged with the git commit and the DVC experiment name.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -149,13 +150,12 @@ class RunTracker:
     """
 
     def __init__(self, experiment: str, run_name: str, *, card: Mapping[str, Any] | None = None,
-                 tags: Mapping[str, str] | None = None, parent_run_id: str | None = None,
+                 data_dir: Path | None = None, tags: Mapping[str, str] | None = None,
                  register_as: str | None = None, log_models: bool = True) -> None:
+        """``tags`` may hold ``mlflow.parentRunId`` (a child run, e.g. an Optuna trial's)."""
         self.experiment, self.run_name = experiment, run_name
-        self.card = card
+        self.card, self.data_dir = card, data_dir
         self.tags = dict(tags or {})
-        if parent_run_id:
-            self.tags["mlflow.parentRunId"] = parent_run_id
         self.register_as = register_as
         self.log_models = log_models  # Optuna trials skip the MLflow-model logging (seconds per trial)
         self.run_id: str | None = None
@@ -179,6 +179,8 @@ class RunTracker:
             log_params(params)
             if self.card is not None:
                 mlflow.log_dict(dict(self.card), "data_card.json")
+                if self.data_dir is not None:
+                    log_dataset(self.card, self.data_dir)
         return self.run_id
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
@@ -197,8 +199,11 @@ class RunTracker:
             if (out_dir / name).is_file():
                 mlflow.log_artifact(str(out_dir / name), artifact_path="checkpoint")
         if self.log_models:
+            summary = json.loads((out_dir / HISTORY).read_text())
             for name, module in networks.items():
-                log_network(module, name, self.register_as)
+                version = log_network(module, name, self.register_as)
+                if version is not None:
+                    promote(self.register_as, version, summary["selection_metric"], summary["selected_value"])
         mlflow.end_run()
 
     def close(self, status: str = "FAILED") -> None:
@@ -219,16 +224,71 @@ def run_exists(run_id: str) -> bool:
     return True
 
 
-def log_network(module: Any, name: str, register_as: str | None) -> None:
-    """Log a learned network as an MLflow model (pickle format: loads as its own class)."""
+def log_network(module: Any, name: str, register_as: str | None) -> str | None:
+    """Log a learned network as an MLflow model (pickle format: loads as its own class) with a
+    signature and an input example, registered as ``register_as``; returns the registered
+    version (None when not registered)."""
     import copy
 
     import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
 
     module = copy.deepcopy(module).cpu().eval()
-    mlflow.pytorch.log_model(module, name=name, serialization_format="pickle",
-                             pip_requirements=PIP_REQUIREMENTS, code_paths=[str(workdir() / "pipeline")],
-                             registered_model_name=register_as)
+    inputs = next(m for m in module.modules() if isinstance(m, torch.nn.Linear)).in_features
+    example = np.random.default_rng(0).standard_normal((4, inputs)).astype(np.float32)  # [B, K] characteristics
+    with torch.no_grad():
+        output = module(torch.from_numpy(example)).numpy()
+    info = mlflow.pytorch.log_model(module, name=name, serialization_format="pickle",
+                                    pip_requirements=PIP_REQUIREMENTS, code_paths=[str(workdir() / "pipeline")],
+                                    registered_model_name=register_as, signature=infer_signature(example, output),
+                                    input_example=example)
+    if register_as is None or info.registered_model_version is None:
+        return None
+    return str(info.registered_model_version)
+
+
+CHAMPION = "champion"  # alias of the registered version with the best validation value
+
+
+def promote(name: str, version: str, metric: str, value: float) -> None:
+    """Describe the registered model, tag the version with its validation value, and point the
+    alias ``champion`` at it when no version holds the alias or this one's value is higher."""
+    client = MlflowClient()
+    client.update_registered_model(name, description=(
+        f"Perturbation networks Ω of Meta-IADA runs of experiment {name.split('-', 1)[-1]!r} (params.yaml): "
+        "ε_i = Ω(c_i) from the 15 training characteristics; input [B, K] float32 characteristics, "
+        "output [B] ε. Alias 'champion': the version whose run has the best validation-selected "
+        f"{metric}."))
+    if not math.isfinite(value):
+        return
+    client.set_model_version_tag(name, version, metric, str(value))
+    try:
+        best = client.get_model_version_by_alias(name, CHAMPION)
+        current = float(best.tags.get(metric, "-inf"))
+    except mlflow.exceptions.MlflowException:
+        current = -math.inf
+    if value > current:
+        client.set_registered_model_alias(name, CHAMPION, version)
+
+
+def log_dataset(card: Mapping[str, Any], data_dir: Path) -> None:
+    """The prepared data set as the run's MLflow input: its folder as source, and as digest a
+    hash of its data card (source checksums, config, counts), so runs on the same data share it."""
+    import hashlib
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    digest = hashlib.sha256(json.dumps(json_safe(dict(card)), sort_keys=True).encode()).hexdigest()[:16]
+    dataset = card.get("source", {}).get("dataset", "data")
+    name = f"{dataset} {card.get('scenario', '')}".strip()
+    with warnings.catch_warnings():  # MLflow 3.17 registers the local source twice and says so
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(str(data_dir.resolve()))  # a LocalArtifactDatasetSource
+    mlflow.log_input(MetaDataset(source, name=name, digest=digest), context="training")
 
 
 def check_store(experiment: str) -> None:
@@ -317,3 +377,22 @@ def end_trial_run(tracker: RunTracker, tags: Mapping[str, str], values: Mapping[
         log_params(values)
         tracker.run_id = run.info.run_id
         mlflow.end_run("FAILED")
+
+
+def end_orphan_trial_runs(experiment: str, study_name: str, finished: Mapping[int, str]) -> list[str]:
+    """End as FAILED the child runs still RUNNING of trials that the study holds as finished
+    (``finished``: trial number -> Optuna state): a killed worker's trial, failed after its
+    heartbeat stopped, left its run open. Returns their run ids."""
+    with store_errors():
+        client = MlflowClient()
+        runs = client.search_runs([setup(experiment)], filter_string=(
+            f"tags.`optuna.study_name` = '{study_name}' and attributes.status = 'RUNNING'"))
+        ended = []
+        for r in runs:
+            number = int(r.data.tags.get("optuna.trial_number", -1))
+            if number in finished:
+                client.set_tag(r.info.run_id, "optuna.state", finished[number])
+                client.set_terminated(r.info.run_id, "FAILED")
+                ended.append(r.info.run_id)
+        return ended
+

@@ -21,6 +21,13 @@ def predict(net: FeatureClassifier, loader: BatchLoader) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
+def confusion_counts(pred: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """M [C, C] with M[a, p] = #{i: y_i = a, pred_i = p}, every class a row and a column even
+    when it is never the label or never predicted."""
+    return np.bincount(y.astype(np.int64) * num_classes + pred.astype(np.int64),
+                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
 def per_class_accuracy(pred: np.ndarray, y: np.ndarray, num_classes: int) -> np.ndarray:
     """acc_c = #{i: y_i = c, pred_i = c} / #{i: y_i = c}; NaN for absent classes."""
     correct = np.bincount(y[pred == y], minlength=num_classes).astype(float)

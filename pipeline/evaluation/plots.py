@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from pipeline.data.prepared import PreparedData
-from pipeline.evaluation.metrics import per_class_accuracy
+from pipeline.evaluation.metrics import confusion_counts, per_class_accuracy
 
 
 def write_plot_files(data: PreparedData, pred: np.ndarray, plots_dir: Path) -> None:
-    """``confusion.csv`` (actual, predicted per test sample) and ``per_class.csv`` for DVC plots."""
+    """``confusion.csv`` (actual, predicted per test sample) and ``per_class.csv`` for DVC plots,
+    and ``confusion.png`` with every class as a row and a column (DVC's confusion template draws
+    only the classes that occur in the pairs: a class never predicted has no column there)."""
     plots_dir.mkdir(parents=True, exist_ok=True)
     test = data.splits["test"]
     names = data.card.get("class_names") or [str(c) for c in range(data.num_classes)]
@@ -26,6 +29,35 @@ def write_plot_files(data: PreparedData, pred: np.ndarray, plots_dir: Path) -> N
         w = csv.writer(f)
         w.writerow(["class", "accuracy"])
         w.writerows((names[c], f"{a:.4f}") for c, a in enumerate(per_class))
+    plot_confusion(confusion_counts(pred, test.y, data.num_classes), names, plots_dir / "confusion.png")
+
+
+def plot_confusion(counts: np.ndarray, names: list[str], path: Path) -> None:
+    """The confusion matrix [C, C] (rows: actual, columns: predicted) with its counts."""
+    plt = pyplot()
+    c = len(counts)
+    fig, ax = plt.subplots(figsize=(1 + 0.5 * c, 1 + 0.5 * c))
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(c), names[:c], rotation=45, ha="right")
+    ax.set_yticks(range(c), names[:c])
+    ax.set(xlabel="predicted", ylabel="actual", title="confusion matrix (test)")
+    if c <= 20:
+        for (a, p), n in np.ndenumerate(counts):
+            ax.text(p, a, str(n), ha="center", va="center", fontsize=7,
+                    color="white" if n > counts.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def write_history_csv(history: list[dict[str, float]], path: Path) -> None:
@@ -41,11 +73,7 @@ def plot_summary(data: PreparedData, per_class: np.ndarray, eps: np.ndarray | No
                  path: Path) -> None:
     """Per-class test accuracy, and for methods with a perturbation network the distribution of
     the learned epsilon per class (and per clean/noisy label or group where the data has them)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     train = data.splits["train"]
     names = data.card.get("class_names") or [str(c) for c in range(data.num_classes)]
     panels: list[tuple[str, list[str], list[np.ndarray]]] = []

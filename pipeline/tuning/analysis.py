@@ -12,6 +12,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState
 
+from pipeline.evaluation.plots import pyplot
 from pipeline.layout import write_json
 from pipeline.params.tune import SEED_PARAM, Plan
 from pipeline.tracking import log_to_run, masked
@@ -43,16 +44,6 @@ def importances(study: optuna.Study, plan: Plan) -> dict[str, Any]:
     out["importances"] = {k: float(v) for k, v in
                           optuna.importance.get_param_importances(study, evaluator=evaluator, params=chosen).items()}
     return out
-
-
-def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the non-interactive Agg backend (no display, no network)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def figure_of(axes: Any) -> Any:

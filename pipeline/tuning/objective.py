@@ -23,7 +23,7 @@ from pipeline.params.tune import SEED_PARAM, Plan
 from pipeline.tracking import RunTracker, end_trial_run
 from pipeline.tuning.budget import Budget, SurplusTrial
 
-# Tests only: a worker process of this name SIGKILLs itself when a trial starts (a killed worker).
+# Tests only: a worker process of this name SIGKILLs itself after its trial's first epoch.
 KILL_WORKER_ENV = "PIPELINE_TUNE_TEST_KILL_WORKER"
 
 
@@ -68,6 +68,8 @@ def suggest(trial: optuna.Trial, plan: Plan) -> tuple[dict[str, Any], int]:
 def reporter(trial: optuna.Trial, first_epoch: int, metric: str) -> EpochCallback:
     """``fit``'s epoch callback: report the metric at the trial's epoch k and prune."""
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        if os.environ.get(KILL_WORKER_ENV) == multiprocessing.current_process().name:
+            os.kill(os.getpid(), signal.SIGKILL)  # tests only: a worker killed mid-trial, its MLflow run open
         step = epoch - first_epoch
         trial.report(metrics[metric], step)
         if trial.should_prune():
@@ -82,8 +84,6 @@ class Objective:
         self.plan, self.data, self.budget = plan, data, budget
 
     def __call__(self, trial: optuna.Trial) -> float:
-        if os.environ.get(KILL_WORKER_ENV) == multiprocessing.current_process().name:
-            os.kill(os.getpid(), signal.SIGKILL)  # tests only: a worker killed mid-trial
         if not self.budget.admits(trial):
             trial.set_user_attr("surplus", True)
             trial.study.stop()
@@ -98,8 +98,10 @@ class Objective:
         plan = self.plan
         tags = {"stage": "tune", "experiment": plan.cfg.experiment, "method": plan.cfg.method, "seed": str(seed),
                 "optuna.study_name": plan.name, "optuna.trial_number": str(trial.number)}
+        if plan.parent_run_id:
+            tags["mlflow.parentRunId"] = plan.parent_run_id
         tracker = RunTracker(plan.exp.mlflow_experiment, f"{plan.name}-t{trial.number}", card=self.data.card,
-                             tags=tags, parent_run_id=plan.parent_run_id, log_models=False)
+                             tags=tags, log_models=False)
         state = "FAIL"
         try:
             exp = apply_values(plan.raw_experiment, values, plan.where())

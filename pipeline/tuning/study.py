@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from pipeline.params.file import Params
 from pipeline.params.schema import ParamError, flatten
 from pipeline.params.tune import Plan
-from pipeline.tracking import create_run, delete_run, is_active_run, masked
+from pipeline.tracking import create_run, delete_run, end_orphan_trial_runs, is_active_run, masked
 from pipeline.tuning.analysis import analyse
 from pipeline.tuning.budget import GRID_ATTR, Budget, IncompleteStudy, shortfall
 from pipeline.tuning.objective import ensure_pretrain, training_data
@@ -95,6 +95,8 @@ def run_study(params: Params, plan: Plan) -> dict[str, Any]:
         wait_for_running(study, storage, plan)
     if to_run <= 0 and budget.finished(study) >= plan.n_trials:
         print(f"[{plan.name}] the study already has its {plan.n_trials} trials: analysing only")
+    finished = {t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    end_orphan_trial_runs(plan.exp.mlflow_experiment, plan.name, finished)
     summary = analyse(study, plan)
     problem = shortfall(study, plan, dead)
     if problem is not None:
