@@ -1,6 +1,8 @@
 """The package's layering, checked on the source: imports run one way (stages -> library), the
 paper's parts stay free of the training engine, tracking and run files, and no function takes
-more than 7 positional parameters (beyond that: keyword-only named objects)."""
+more than 7 positional parameters: beyond 7, parameters are keyword-only (named at every call
+site; e.g. the IADA loss's epsilon, alpha, beta, direction) or grouped in small named objects
+(``fit(RunSpec)``, ``meta_step(batch=, meta=, pseudo=)``, ``BatchLoader(augment=, order=)``)."""
 
 from __future__ import annotations
 

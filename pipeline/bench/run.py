@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from pipeline.engine.allocator import keep_freed_memory
 from pipeline.data.prepared import PreparedData, load_prepared
-from pipeline.data.loader import BatchLoader, channel_stats
+from pipeline.data.loader import Augmentation, BatchLoader, Order, channel_stats
 from pipeline.networks import build_network
 
 
@@ -65,8 +65,8 @@ def input_pipeline(arch: str, batch: int, steps: int, warmup: int, channels_last
     data = bench_data(data_dir)
     split = data.splits["train"]
     mean, std = channel_stats(split.x)
-    loader = BatchLoader(split, mean, std, batch, augment=True, shuffle=True, drop_last=True,
-                         channels_last=channels_last)
+    loader = BatchLoader(split, (mean, std), batch, augment=Augmentation(),
+                         order=Order(shuffle=True, drop_last=True), channels_last=channels_last)
 
     def real():
         for b in loader.endless():

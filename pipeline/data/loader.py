@@ -72,30 +72,50 @@ def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Gen
     return x
 
 
+@dataclass(frozen=True)
+class Augmentation:
+    """Random crop after zero padding ``pad`` pixels (0: no crop) and a horizontal flip with
+    probability 1/2 (``flip``)."""
+
+    pad: int = 4
+    flip: bool = True
+
+
+@dataclass(frozen=True)
+class Order:
+    """How a loader draws its batches: in random order each epoch (``shuffle``, seeded by
+    ``seed`` and the epoch number), and whether the last, smaller batch of an epoch is dropped
+    (training) or kept (evaluation)."""
+
+    shuffle: bool = False
+    drop_last: bool = False
+    seed: int = 0
+
+
 class BatchLoader:
-    """Iterates a split in random batches; a fixed seed gives the same batches after a resume.
+    """Iterates a split in batches; a fixed seed gives the same batches after a resume.
 
     Args:
         split: the data (uint8 images, labels, indices).
-        mean, std: per-channel normalisation on the 0-255 scale.
-        batch_size: samples per batch; the last, smaller batch of an epoch is dropped when
-            ``drop_last`` (training), kept otherwise (evaluation).
-        augment: random crop (``pad``) + horizontal flip when True.
-        shuffle: random order each epoch (seeded by ``seed`` and the epoch number).
+        stats: per-channel (mean, std) of the normalisation, on the 0-255 scale.
+        batch_size: samples per batch.
+        augment: the augmentation of every batch (None: none).
+        order: shuffling, seed and whether to drop the last batch (default: in order, all kept).
     """
 
-    def __init__(self, split: Split, mean: list[float], std: list[float], batch_size: int,
-                 *, augment: bool = False, pad: int = 4, flip: bool = True, shuffle: bool = False,
-                 drop_last: bool = False, seed: int = 0, device: torch.device | str = "cpu",
-                 channels_last: bool = False) -> None:
+    def __init__(self, split: Split, stats: tuple[list[float], list[float]], batch_size: int, *,
+                 augment: Augmentation | None = None, order: Order = Order(),
+                 device: torch.device | str = "cpu", channels_last: bool = False) -> None:
+        mean, std = stats
         self.x = to_tensor_images(split.x)
         self.y = torch.from_numpy(split.y.astype(np.int64))
         self.n = len(self.y)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         self.batch_size = batch_size
-        self.augment, self.pad, self.flip = augment, pad, flip
-        self.shuffle, self.drop_last, self.seed = shuffle, drop_last, seed
+        self.augment = augment is not None
+        self.pad, self.flip = (augment.pad, augment.flip) if augment is not None else (0, False)
+        self.shuffle, self.drop_last, self.seed = order.shuffle, order.drop_last, order.seed
         self.device = torch.device(device)
         self.channels_last = channels_last
 
@@ -104,31 +124,34 @@ class BatchLoader:
             return max(self.n // self.batch_size, 1 if self.n else 0)
         return (self.n + self.batch_size - 1) // self.batch_size
 
-    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None) -> Batch:
-        """The batch of the given sample indices (augmented when the loader augments)."""
+    def batch(self, idx: torch.Tensor, generator: torch.Generator | None = None, *,
+              augment: bool | None = None) -> Batch:
+        """The batch of the given sample indices (augmented when the loader augments, unless
+        ``augment`` is False)."""
         x = self.x[idx]
-        if self.augment:
+        if self.augment and augment is not False:
             x = random_crop_flip(x, self.pad, self.flip, generator or torch.Generator())
         x = (x.to(self.device, torch.float32) - self.mean.to(self.device)) / self.std.to(self.device)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return Batch(x, self.y[idx].to(self.device), idx.to(self.device))
 
-    def epoch(self, epoch: int = 0, *, drop_last: bool | None = None) -> Iterator[Batch]:
+    def epoch(self, epoch: int = 0, *, drop_last: bool | None = None, augment: bool | None = None) -> Iterator[Batch]:
         """Batches of one epoch; the order and augmentation depend only on (seed, epoch).
-        ``drop_last`` overrides the loader's own setting."""
+        ``drop_last`` overrides the loader's own setting, ``augment=False`` turns augmentation off."""
         drop_last = self.drop_last if drop_last is None else drop_last
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
         bs = min(self.batch_size, self.n) if drop_last else self.batch_size
         stop = (self.n // bs) * bs if drop_last else self.n
         for start in range(0, stop, bs):
-            yield self.batch(order[start:start + bs], gen)
+            yield self.batch(order[start:start + bs], gen, augment=augment)
 
-    def sweep(self) -> Iterator[Batch]:
-        """Every sample exactly once, shuffled and augmented as a training epoch would be but
-        with the last, smaller batch kept (an epoch number no training epoch uses: -1)."""
-        return self.epoch(-1, drop_last=False)
+    def sweep(self, *, augment: bool = True) -> Iterator[Batch]:
+        """Every sample exactly once, shuffled and (unless ``augment`` is False) augmented as a
+        training epoch would be, with the last, smaller batch kept (an epoch number no training
+        epoch uses: -1)."""
+        return self.epoch(-1, drop_last=False, augment=None if augment else False)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch(0)

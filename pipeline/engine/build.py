@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.data.loader import BatchLoader, channel_stats
+from pipeline.data.loader import Augmentation, BatchLoader, Order, channel_stats
 from pipeline.data.prepared import PreparedData
 from pipeline.networks import FeatureClassifier, Head, build_network
 from pipeline.params.experiment import ExperimentConfig
@@ -68,8 +68,8 @@ class Loaders:
 def eval_loaders(exp: ExperimentConfig, data: PreparedData, device: torch.device,
                  stats: tuple[list[float], list[float]] | None = None) -> dict[str, BatchLoader]:
     """One in-order, unaugmented loader per evaluation split (every split but train and meta)."""
-    mean, std = stats or normalisation(data)
-    return {name: BatchLoader(split, mean, std, exp.eval_batch_size, device=device,
+    stats = stats or normalisation(data)
+    return {name: BatchLoader(split, stats, exp.eval_batch_size, device=device,
                               channels_last=exp.network.channels_last)
             for name, split in data.splits.items() if name not in TRAINING_SPLITS}
 
@@ -77,12 +77,12 @@ def eval_loaders(exp: ExperimentConfig, data: PreparedData, device: torch.device
 def make_loaders(exp: ExperimentConfig, data: PreparedData, seed: int, device: torch.device) -> Loaders:
     """Training (shuffled, augmented, seeded by ``seed``), meta (the same, its own seed) and
     evaluation loaders."""
-    mean, std = normalisation(data)
-    aug = dict(augment=exp.augment.crop_padding > 0 or exp.augment.flip, pad=exp.augment.crop_padding,
-               flip=exp.augment.flip)
-    common = dict(device=device, channels_last=exp.network.channels_last)
-    train = BatchLoader(data.splits["train"], mean, std, exp.optim.batch_size, shuffle=True,
-                        drop_last=True, seed=seed, **aug, **common)
-    meta = BatchLoader(data.splits["meta"], mean, std, exp.meta_batch_size, shuffle=True,
-                       drop_last=True, seed=seed + 7919, **aug, **common)
-    return Loaders(train, meta, eval_loaders(exp, data, device, (mean, std)))
+    stats = normalisation(data)
+    a = exp.augment
+    augment = Augmentation(a.crop_padding, a.flip) if a.crop_padding > 0 or a.flip else None
+    common = dict(augment=augment, device=device, channels_last=exp.network.channels_last)
+    train = BatchLoader(data.splits["train"], stats, exp.optim.batch_size,
+                        order=Order(shuffle=True, drop_last=True, seed=seed), **common)
+    meta = BatchLoader(data.splits["meta"], stats, exp.meta_batch_size,
+                       order=Order(shuffle=True, drop_last=True, seed=seed + 7919), **common)
+    return Loaders(train, meta, eval_loaders(exp, data, device, stats))
