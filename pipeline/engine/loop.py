@@ -115,7 +115,7 @@ def fit(run: RunSpec, *, tracker: Tracker | None = None, on_epoch: EpochCallback
         keep_freed_memory()
         t = set_up(run)
         if t.epoch == run.first_epoch:  # a fresh run, not a resumed one
-            t.method.start(t.loaders.train.sweep())
+            t.method.start(t.loaders.train.sweep(augment=t.method.start_augmented))
         if tracker is not None:
             t.run_id = tracker.start(t.run_id, fingerprint=t.fingerprint,
                                      params={"method": run.method, "seed": run.seed, "first_epoch": run.first_epoch,

@@ -15,21 +15,28 @@ from pipeline.params.experiment import ExperimentConfig
 def pretrain(exp: ExperimentConfig, seed: int, *, device: str = "auto", track: bool = True) -> dict[str, Any]:
     """Cross-entropy for the experiment's ``pretrain_epochs`` (method.md §6) into
     ``models/<experiment>/s<seed>/pretrain``; resumes an interrupted run."""
-    return _run(exp, "ce", seed, PRETRAIN, first_epoch=0, last_epoch=exp.pretrain_epochs, device=device, track=track)
+    return _run(exp, "ce", seed, PRETRAIN, device=device, track=track)
 
 
 def train(exp: ExperimentConfig, method: str, seed: int, *, device: str = "auto", track: bool = True) -> dict[str, Any]:
-    """``method`` from the pretraining's ``last.pt`` for ``train_epochs`` into
-    ``models/<experiment>/s<seed>/<method>`` (every method of one experiment and seed starts from
-    the same checkpoint and seed); resumes an interrupted run."""
-    return _run(exp, method, seed, method, first_epoch=exp.pretrain_epochs, last_epoch=exp.total_epochs,
-                device=device, track=track)
+    """``method`` into ``models/<experiment>/s<seed>/<method>``: with ``protocol: deferred`` from
+    the pretraining's ``last.pt`` for ``train_epochs`` (every method of one experiment and seed
+    starts from the same checkpoint and seed), with ``scratch`` over the whole schedule from a
+    seeded random initialisation; resumes an interrupted run."""
+    return _run(exp, method, seed, method, device=device, track=track)
 
 
-def _run(exp: ExperimentConfig, method: str, seed: int, label: str, *, first_epoch: int, last_epoch: int,
-         device: str, track: bool) -> dict[str, Any]:
+def _run(exp: ExperimentConfig, method: str, seed: int, label: str, *, device: str, track: bool) -> dict[str, Any]:
+    """The pretraining (``label`` ``pretrain``: epochs [0, pretrain_epochs) from a random init)
+    or a method's run (deferred: epochs [pretrain_epochs, total) from the pretraining's
+    ``last.pt``; scratch: epochs [0, total) from a random init)."""
     data = load_prepared(data_dir(exp.name))
-    init = None if label == PRETRAIN else run_dir(exp.name, seed, PRETRAIN) / LAST
+    if label == PRETRAIN:
+        first_epoch, last_epoch, init = 0, exp.pretrain_epochs, None
+    elif exp.protocol == "scratch":
+        first_epoch, last_epoch, init = 0, exp.total_epochs, None
+    else:
+        first_epoch, last_epoch, init = exp.pretrain_epochs, exp.total_epochs, run_dir(exp.name, seed, PRETRAIN) / LAST
     spec = RunSpec(exp, data, method, seed, run_dir(exp.name, seed, label), first_epoch=first_epoch,
                    last_epoch=last_epoch, init=init, device=device, desc=run_name(exp.name, label, seed))
     if not track:
@@ -37,6 +44,7 @@ def _run(exp: ExperimentConfig, method: str, seed: int, label: str, *, first_epo
     from pipeline.tracking import RunTracker, registered_model_name
 
     tracker = RunTracker(exp.mlflow_experiment, run_name(exp.name, label, seed), card=data.card,
+                         data_dir=data_dir(exp.name),
                          tags={"stage": "pretrain" if label == PRETRAIN else "train", "experiment": exp.name,
                                "method": label, "seed": str(seed)},
                          register_as=registered_model_name(exp.name))

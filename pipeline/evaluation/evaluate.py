@@ -211,7 +211,9 @@ def evaluate_run(exp: ExperimentConfig, data: PreparedData, run_dir: Path, plots
     history, checkpoints, scores = load_finished_run(run_dir)
     result: dict[str, Any] = {"scenario": exp.scenario, "method": history["method"], "seed": history["seed"],
                               "data": data.card.get("source", {}).get("dataset", exp.data.source),
-                              "selection_metric": history["selection_metric"], "run_id": history["run_id"]}
+                              "selection_metric": history["selection_metric"], "run_id": history["run_id"],
+                              # from the CE checkpoint, or the whole schedule from a random init
+                              "protocol": "deferred" if history["first_epoch"] > 0 else "scratch"}
     splits = ", ".join(f"{name} ({len(split)})" for name, split in data.splits.items() if name not in ("train", "meta"))
     for rule, ckpt in checkpoints.items():
         print(f"[evaluate {run_dir}] {rule} weights (epoch {int(ckpt['epoch']) - 1}) on {splits}",

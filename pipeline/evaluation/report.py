@@ -70,18 +70,20 @@ def markdown(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
     """One table per experiment: a row per method, headline metrics in % (mean ± std over seeds)."""
     lines = ["# Method comparison", "",
              "Test metrics in %, mean ± std over seeds. *final*: weights after the last epoch; "
-             "*selected*: weights of the epoch with the best validation metric (never selected on test).", ""]
+             "*selected*: weights of the epoch with the best validation metric (never selected on test). "
+             "*deferred*: trained from the CE pretraining's checkpoint; *scratch*: the whole schedule from a "
+             "random initialisation.", ""]
     for exp, runs in results.items():
         if not runs:
             continue
         first = next(iter(runs.values()))[0]
         keys = sorted(first["final"]["headline"], key=lambda k: (ORDER.index(k) if k in ORDER else len(ORDER), k))
         lines += [f"## {exp}: {first['scenario']}, data {first['data']}, selection on {first['selection_metric']}", ""]
-        header = ["method", "seeds"] + [f"{k} (final)" for k in keys] + [f"{k} (selected)" for k in keys]
+        header = ["method", "protocol", "seeds"] + [f"{k} (final)" for k in keys] + [f"{k} (selected)" for k in keys]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for m in runs:
             rs = runs[m]
-            cells = [m, str(len(rs))]
+            cells = [m, "/".join(sorted({r.get("protocol", "deferred") for r in rs})), str(len(rs))]
             cells += [mean_std([r["final"]["headline"][k] for r in rs]) for k in keys]
             cells += [mean_std([r["selected"]["headline"][k] for r in rs]) for k in keys]
             lines.append("| " + " | ".join(cells) + " |")

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from pipeline.data.config import DataConfig, Scenario
 from pipeline.methods import REGISTRY, method_class
@@ -21,7 +21,7 @@ from pipeline.params.schema import ParamError, bounded, build, flatten, to_dict
 from pipeline.params.search import ParamSpace
 
 # Shared by every trial of an experiment (prepared data, pretrain checkpoint): not tunable.
-UNTUNABLE = ("data", "network", "pretrain_epochs", "search")
+UNTUNABLE = ("data", "network", "pretrain_epochs", "protocol", "search")
 # The validation metric each scenario selects checkpoints (and tunes) on.
 SELECTION_METRIC = {"longtail": "val_acc", "noisy": "val_acc", "glt": "val_acc",
                     "subpop": "val_worst_group_acc"}
@@ -84,6 +84,10 @@ class ExperimentConfig:
     train_epochs: int = bounded(40, ge=1)  # epochs of the compared method
     meta_batch_size: int = bounded(100, ge=1)
     eval_batch_size: int = bounded(500, ge=1)
+    # deferred: every method trains train_epochs from the CE pretraining's checkpoint (the
+    # MetaSAug / Meta-IADA protocol); scratch: every method trains all pretrain_epochs +
+    # train_epochs from a seeded random initialisation (LDAM-DRW's, LA's, the CB papers' own).
+    protocol: Literal["deferred", "scratch"] = "deferred"
     # Method name -> its Config (read as a mapping of overrides of the code defaults).
     methods: dict[str, Any] = field(default_factory=dict)
     # Dotted key -> ParamSpace: the Optuna search space (read as mappings).

@@ -295,3 +295,32 @@ def test_a_run_logs_only_its_own_experiment_and_method_params():
     foreign = [k for k in params if k.startswith(("data.noisy", "data.subpop", "data.glt", "methods.", "search."))]
     assert foreign == []
     assert [k for k in params if k.startswith("method.")] == ["method.tau"]
+
+
+def test_the_protocol_decides_where_a_method_run_starts(tmp_path, monkeypatch):
+    """deferred: epochs [pretrain_epochs, total) from the pretraining's last.pt, the same start
+    for every method; scratch: epochs [0, total) from the seeded random init, no pretraining
+    needed. Evaluation reports which."""
+    from pipeline.data.prepared import save_prepared
+    from pipeline.engine.runs import pretrain, train
+    from pipeline.evaluation.evaluate import evaluate_run
+    from pipeline.layout import data_dir, run_dir
+
+    monkeypatch.chdir(tmp_path)
+    data = tiny_data()
+    save_prepared(data, data_dir("tiny"))
+    deferred, scratch = tiny_experiment(), tiny_experiment(protocol="scratch")
+    deferred.name = scratch.name = "tiny"
+    with pytest.raises(CheckpointError, match="pretrain/last.pt not found"):
+        train(deferred, "la", 0, device="cpu", track=False)
+    summary = train(scratch, "la", 0, device="cpu", track=False)
+    assert (summary["first_epoch"], summary["last_epoch"]) == (0, 4)
+    assert [h["epoch"] for h in summary["history"]] == [0, 1, 2, 3]
+    result = evaluate_run(scratch, data, run_dir("tiny", 0, "la"), tmp_path / "plots", device="cpu")
+    assert result["protocol"] == "scratch"
+    pretrain(deferred, 0, device="cpu", track=False)
+    summary = train(deferred, "la", 0, device="cpu", track=False)  # a changed protocol starts over
+    assert (summary["first_epoch"], summary["last_epoch"]) == (2, 4)
+    assert [h["epoch"] for h in summary["history"]] == [2, 3]
+    result = evaluate_run(deferred, data, run_dir("tiny", 0, "la"), tmp_path / "plots", device="cpu")
+    assert result["protocol"] == "deferred"

@@ -208,7 +208,7 @@ def test_a_cosine_head_method_is_evaluated_with_its_cosine_head(tmp_path):
     net.eval()
     test = data.splits["test"]
     mean, std = normalisation(data)
-    x = torch.cat([b.x for b in BatchLoader(test, mean, std, 64).epoch(0)])
+    x = torch.cat([b.x for b in BatchLoader(test, (mean, std), 64).epoch(0)])
     with torch.no_grad():
         h = net.features(x)
         cos_pred = (F.normalize(h, dim=1) @ F.normalize(net.classifier.weight, dim=1).T).argmax(1).numpy()
@@ -217,3 +217,17 @@ def test_a_cosine_head_method_is_evaluated_with_its_cosine_head(tmp_path):
     torch.save({**torch.load(tmp_path / "run" / LAST, weights_only=True), "model": state}, tmp_path / "run" / LAST)
     result = evaluate_run(exp, data, tmp_path / "run", tmp_path / "plots", device="cpu")
     assert result["final"]["test"]["acc"] == pytest.approx(float((cos_pred == test.y).mean()))
+
+
+def test_the_confusion_matrix_keeps_a_class_that_is_never_predicted(tmp_path):
+    """DVC's confusion template drew 10 x 9 for a run that never predicts one class; the counts
+    (and confusion.png) have every class as a row and a column."""
+    from pipeline.evaluation.metrics import confusion_counts
+    from pipeline.evaluation.plots import write_plot_files
+    from tests.tiny import tiny_data
+
+    y, pred = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 1, 1, 0, 1])  # class 2 is never predicted
+    assert confusion_counts(pred, y, 3).tolist() == [[1, 1, 0], [0, 2, 0], [1, 1, 0]]
+    data = tiny_data()
+    write_plot_files(data, np.zeros_like(data.splits["test"].y), tmp_path)  # predicts class 0 only
+    assert (tmp_path / "confusion.png").stat().st_size > 1000

@@ -44,8 +44,8 @@ def test_report_mean_and_std_over_the_seeds_of_the_run_matrix(tmp_path):
     assert summary["lt"]["ce"]["final.acc"]["std"] == pytest.approx(np.std([0.5, 0.6], ddof=1))
     assert summary["lt"]["meta_iada"]["final.acc"]["seeds"] == 1 and "la" not in summary["lt"]
     text = markdown(results)
-    assert "| ce | 2 | 55.00 ± 7.07 | 54.00 ± 7.07 |" in text
-    assert "| meta_iada | 1 | 70.00 | 69.00 |" in text and "CIFAR-10 (JPEG)" in text
+    assert "| ce | deferred | 2 | 55.00 ± 7.07 | 54.00 ± 7.07 |" in text
+    assert "| meta_iada | deferred | 1 | 70.00 | 69.00 |" in text and "CIFAR-10 (JPEG)" in text
 
 
 def test_report_prints_a_dash_for_a_null_metric(tmp_path):
@@ -60,7 +60,7 @@ def test_report_prints_a_dash_for_a_null_metric(tmp_path):
         write_json(result, tmp_path / "lt" / "detail" / f"ce-s{seed}.json")
     assert '"few_acc": null' in (tmp_path / "lt" / "detail" / "ce-s0.json").read_text()
     results = collect(tmp_path, ["lt"], ["ce"], [0, 1])
-    assert "| ce | 2 | 50.00 ± 0.00 | — | 50.00 ± 0.00 | 25.00 ± 0.00 |" in markdown(results)
+    assert "| ce | deferred | 2 | 50.00 ± 0.00 | — | 50.00 ± 0.00 | 25.00 ± 0.00 |" in markdown(results)
     summary = summarise(results)
     assert summary["lt"]["ce"]["final.few_acc"] == {"mean": None, "std": None, "seeds": 2}
     json.dumps(summary, allow_nan=False)
