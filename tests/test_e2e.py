@@ -135,7 +135,12 @@ def test_dvc_outputs_and_second_repro_is_a_no_op(repo):
     status = sh(["dvc", "status"], dst, env).stdout
     assert "changed" not in status, status
     report = (dst / "reports/comparison.md").read_text()
-    assert re.search(r"^\| ce \| 1 \|", report, re.M) and re.search(r"^\| meta_iada \| 1 \|", report, re.M)
+    for method in ("ce", "meta_iada"):
+        assert re.search(rf"^\| {method} \| deferred \| 1 \|", report, re.M), report
+    side_by_side = sh(["dvc", "exp", "show", "--no-pager", "--drop", ".*", "--keep", "Experiment|.*selected.acc"],
+                      dst, {**env, "COLUMNS": "150"}).stdout
+    assert "metrics/tiny/meta_iada-s0.json:selected.acc" in side_by_side and "…" not in side_by_side
+    assert max(len(line) for line in side_by_side.splitlines()) <= 150
     shown = json.loads(sh(["dvc", "metrics", "show", "--json"], dst, env).stdout)
     assert "metrics/tiny/ce-s0.json" in json.dumps(shown)
     table = sh(["dvc", "metrics", "show"], dst, env).stdout.splitlines()
@@ -170,6 +175,12 @@ import mlflow.pytorch, torch
 net = mlflow.pytorch.load_model(f"models:/{{name}}/1")
 out["_net"] = [type(net).__name__, list(net(torch.randn(4, net.body[0].num_features)).shape)]
 out["_location"] = exp.artifact_location
+out["_champion"] = c.get_model_version_by_alias(name, "champion").version
+out["_description"] = c.get_registered_model(name).description
+info = mlflow.models.get_model_info(f"models:/{{name}}/1")
+out["_signature"] = [str(info.signature.inputs), str(info.signature.outputs), info.saved_input_example_info is not None]
+meta_run = c.get_run(out["tiny-meta_iada-s0"]["id"])
+out["_inputs"] = [[d.dataset.name, d.dataset.digest, d.dataset.source] for d in meta_run.inputs.dataset_inputs]
 print(json.dumps(out))
 """
     runs = json.loads(sh([sys.executable, "-c", code], dst, env).stdout.strip().splitlines()[-1])
@@ -182,3 +193,8 @@ print(json.dumps(out))
     assert runs["_versions"] == [meta["id"]]  # registered from the Meta-IADA run
     assert runs["_net"] == ["PerturbationNet", [4]]  # loads back as its class, epsilon per sample
     assert runs["_location"].startswith(f"file://{dst}")
+    assert str(runs["_champion"]) == "1" and "validation-selected" in runs["_description"]
+    inputs, outputs, example = runs["_signature"]
+    assert "float32" in inputs and "(-1, 15)" in inputs and "(-1,)" in outputs and example
+    (name, digest, source), = runs["_inputs"]
+    assert name == "CIFAR-10 (JPEG) longtail" and len(digest) == 16 and "data/prepared/tiny" in source

@@ -11,6 +11,7 @@ registered here, with its ``Config`` and a block in params.yaml.
 from pipeline.methods.base import REGISTRY, Batch, Method, StepContext, TrainInfo, method_class, register
 from pipeline.methods import iada  # noqa: F401  (registers isda, iada, meta_iada)
 from pipeline.methods import longtail  # noqa: F401  (focal, cb_ce, cb_focal, ldam_drw, balanced_softmax)
-from pipeline.methods import robust  # noqa: F401  (gce, groupdro)
+from pipeline.methods import robust  # noqa: F401  (gce, groupdro, jtt)
+from pipeline.methods import mwn  # noqa: F401  (mwn)
 
 __all__ = ["REGISTRY", "Batch", "Method", "StepContext", "TrainInfo", "method_class", "register"]

@@ -58,6 +58,7 @@ class Method(nn.Module):
     name: ClassVar[str]
     Config: ClassVar[type]
     head: ClassVar[Head] = "linear"  # the network's classifier head while training and at evaluation
+    start_augmented: ClassVar[bool] = True  # whether :meth:`start` sees augmented batches
 
     def __init__(self, cfg: Any, net: FeatureClassifier, optimizer: torch.optim.Optimizer,
                  info: TrainInfo) -> None:
@@ -86,8 +87,9 @@ class Method(nn.Module):
 
     def start(self, batches: Iterable[Batch]) -> None:
         """Called once before the first epoch of a fresh (not resumed) run with every training
-        sample in batches (:meth:`pipeline.data.loader.BatchLoader.sweep`); e.g. to fill per-sample
-        buffers. Nothing by default: the batches are not even drawn."""
+        sample in batches (:meth:`pipeline.data.loader.BatchLoader.sweep`, augmented unless the
+        class sets ``start_augmented = False``); e.g. to fill per-sample buffers. Nothing by
+        default: the batches are not even drawn."""
 
     def epoch_metrics(self) -> dict[str, float]:
         """Metrics to log at the end of an epoch (e.g. statistics of epsilon)."""

@@ -384,8 +384,9 @@ def meta_gradient(net: FeatureClassifier, perturbation_net: PerturbationNet, tra
     # 4. ∇_Ω of the directional derivative of L along u, through the loss head only
     z0 = logits.detach().requires_grad_()
     w0 = theta[weight_key].requires_grad_()
-    dz, dw = torch.autograd.grad(train_loss(z0, w0, epsilon).mean(), [z0, w0], create_graph=True)
-    directional = (dz * z_dot).sum() + (dw * u[weight_key]).sum()
+    # (a loss that reaches W only through z, e.g. Meta-Weight-Net's, has no second term)
+    dz, dw = torch.autograd.grad(train_loss(z0, w0, epsilon).mean(), [z0, w0], create_graph=True, allow_unused=True)
+    directional = (dz * z_dot).sum() + (0 if dw is None else (dw * u[weight_key]).sum())
     omega = list(perturbation_net.parameters())
     return meta_loss.detach(), list(torch.autograd.grad(directional, omega))
 

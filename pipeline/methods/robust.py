@@ -1,5 +1,5 @@
-"""Robust-training baselines of the peers: ``gce`` (noisy labels) and ``groupdro`` (subpopulation
-shift).
+"""Robust-training baselines of the peers: ``gce`` (noisy labels), ``groupdro`` and ``jtt``
+(subpopulation shift).
 
 Notation: logits z [B, C], labels y [B], p = softmax(z); groups g_i ∈ {0, .., G−1}; group
 weights q [G] on the simplex.
@@ -7,6 +7,7 @@ weights q [G] on the simplex.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -131,3 +132,50 @@ class GroupDRO(Method):
     def epoch_metrics(self) -> dict[str, float]:
         """The group weights q_g (a state, not an average over the epoch)."""
         return {f"groupdro_q/{g}": float(v) for g, v in enumerate(self.q.tolist())}
+
+
+@dataclass
+class JTTConfig:
+    # λ_up: SubpopBench's default jtt_lambda (10); the JTT paper tunes it in {20, 50, 100}.
+    lambda_up: float = bounded(10.0, ge=1)
+
+
+@register
+class JTT(Method):
+    """Just Train Twice (Liu et al., 2021) in the deferred protocol.
+
+    Stage 1 is the CE pretraining: the ERM model after T = ``pretrain_epochs`` epochs (the run's
+    starting checkpoint). Its error set E is the training samples it misclassifies, found once
+    when the run starts (eval mode, no augmentation; a buffer, so kept on resume). Stage 2
+    trains with cross-entropy weighted λ_up on E and 1 elsewhere, L = Σ_i w_i ℓ_i / Σ_i w_i: the
+    expectation of upsampling E λ_up times, which is what JTT's and SubpopBench's samplers do.
+    Under ``protocol: scratch`` stage 1 is the random initialisation: use ``deferred``.
+    """
+
+    name = "jtt"
+    Config = JTTConfig
+    start_augmented = False
+
+    def __init__(self, cfg: JTTConfig, net: FeatureClassifier, optimizer: torch.optim.Optimizer,
+                 info: TrainInfo) -> None:
+        super().__init__(cfg, net, optimizer, info)
+        self.register_buffer("error_set", torch.zeros(info.num_train, dtype=torch.bool, device=info.device))
+
+    @torch.no_grad()
+    def start(self, batches: Iterable[Batch]) -> None:
+        net = self.network
+        was_training = net.training
+        net.eval()
+        for batch in batches:
+            self.error_set[batch.index] = net(batch.x).argmax(1) != batch.y
+        net.train(was_training)
+
+    def loss(self, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.network(batch.x)
+        w = 1 + (self.cfg.lambda_up - 1) * self.error_set[batch.index].to(logits.dtype)  # [B]
+        per_sample = F.cross_entropy(logits, batch.y, reduction="none")
+        return (w * per_sample).sum() / w.sum(), logits
+
+    def epoch_metrics(self) -> dict[str, float]:
+        return {"jtt_error_set_size": float(self.error_set.sum())}
+

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from pipeline.data.prepared import Split
-from pipeline.data.loader import BatchLoader, random_crop_flip
+from pipeline.data.loader import Augmentation, BatchLoader, Order, random_crop_flip
 
 
 def make_split(n=37, h=8, w=8, c=3, seed=0):
@@ -37,7 +37,7 @@ def test_flip_mirrors_about_half_of_the_batch():
 def test_batches_are_normalised_and_carry_their_indices():
     split = make_split()
     mean, std = [100.0, 110.0, 120.0], [50.0, 60.0, 70.0]
-    loader = BatchLoader(split, mean, std, batch_size=10, augment=False)
+    loader = BatchLoader(split, (mean, std), batch_size=10)
     batches = list(loader.epoch(0))
     assert [len(b.y) for b in batches] == [10, 10, 10, 7]
     b = batches[1]
@@ -51,7 +51,8 @@ def test_batches_are_normalised_and_carry_their_indices():
 
 def test_augmented_values_stay_in_the_normalised_range():
     split = make_split(n=50)
-    loader = BatchLoader(split, [127.5] * 3, [127.5] * 3, batch_size=25, augment=True, pad=4, shuffle=True)
+    loader = BatchLoader(split, ([127.5] * 3, [127.5] * 3), batch_size=25, augment=Augmentation(pad=4),
+                         order=Order(shuffle=True))
     for b in loader.epoch(3):
         assert b.x.min() >= -1.0 and b.x.max() <= 1.0
         assert torch.equal(b.y, torch.from_numpy(split.y)[b.index])
@@ -59,7 +60,8 @@ def test_augmented_values_stay_in_the_normalised_range():
 
 def test_shuffled_epoch_visits_every_sample_once_and_is_reproducible():
     split = make_split(n=40)
-    loader = BatchLoader(split, [0.0] * 3, [1.0] * 3, batch_size=8, shuffle=True, drop_last=True, seed=5, augment=True)
+    loader = BatchLoader(split, ([0.0] * 3, [1.0] * 3), batch_size=8, order=Order(shuffle=True, drop_last=True, seed=5),
+                         augment=Augmentation())
     idx = torch.cat([b.index for b in loader.epoch(2)])
     assert sorted(idx.tolist()) == list(range(40))
     again = torch.cat([b.index for b in loader.epoch(2)])
@@ -70,7 +72,8 @@ def test_shuffled_epoch_visits_every_sample_once_and_is_reproducible():
 
 
 def test_drop_last_drops_the_small_tail_batch():
-    loader = BatchLoader(make_split(n=37), [0.0] * 3, [1.0] * 3, batch_size=10, shuffle=True, drop_last=True)
+    loader = BatchLoader(make_split(n=37), ([0.0] * 3, [1.0] * 3), batch_size=10,
+                         order=Order(shuffle=True, drop_last=True))
     assert len(loader) == 3 and [len(b.y) for b in loader.epoch(0)] == [10, 10, 10]
 
 
@@ -93,3 +96,14 @@ def test_channel_stats_equal_the_float64_moments_without_a_float_copy():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < x.nbytes / 2, (peak, x.nbytes)  # chunks of 64 images: int64 block + squares
+
+
+def test_an_unaugmented_sweep_gives_every_image_as_it_is():
+    """What JTT's error set is computed on: every training image once, not cropped or flipped."""
+    split = make_split(n=23)
+    loader = BatchLoader(split, ([0.0] * 3, [1.0] * 3), batch_size=5, augment=Augmentation(pad=4),
+                         order=Order(shuffle=True, drop_last=True, seed=1))
+    seen = {int(i): b.x[k] for b in loader.sweep(augment=False) for k, i in enumerate(b.index)}
+    assert sorted(seen) == list(range(23))
+    for i, x in seen.items():
+        assert torch.equal(x, torch.from_numpy(split.x[i].transpose(2, 0, 1)).float())

@@ -347,3 +347,46 @@ def test_recorded_batch_norm_gives_the_primal_and_tangent_of_batch_norm(channels
         out, out_dot = fwAD.unpack_dual(torch.func.functional_call(bn, params, (fwAD.make_dual(x, dots[0]),)))
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(out_dot, expected_dot, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("normalise", [True, False])
+@pytest.mark.parametrize("scope", ["head", "full"])
+def test_mwn_meta_gradient_matches_finite_differences(scope, normalise):
+    """Meta-Weight-Net through the same meta step: V (a 1-h-1 sigmoid net on the per-sample loss)
+    in Ω's place, the weighted CE as the training loss (normalised by Σw, or not); its gradient
+    against central differences of L_meta written out by a copy of the network."""
+    from pipeline.methods.mwn import WeightingNet, weighted_loss
+
+    torch.manual_seed(0)
+    net, _, x, y, meta_x, meta_y, _, _ = problem(TinyCNN(), (3, 6, 6), torch.float64)
+    vnet = WeightingNet(hidden=7).double()
+    with torch.no_grad():
+        cost = F.cross_entropy(copy.deepcopy(net)(x), y, reduction="none")[:, None]  # V's input [B, 1]
+
+    def train_loss(logits, weight, w):
+        return weighted_loss(logits, y, w, normalise)
+
+    lr = 0.5
+    primals = ForwardPrimals(net)
+    with primals.record():
+        features = net.features(x)
+    logits = net.classifier(features)
+    meta_loss, grads = meta_gradient(net, vnet, train_loss, batch=TrainForward(x, features, logits, cost, primals),
+                                     meta=MetaInputs(meta_x, meta_y), pseudo=PseudoUpdate(lr, scope))
+
+    def objective():
+        return meta_objective(net, vnet, x, cost, meta_x, meta_y, train_loss, lr, scope)
+
+    assert meta_loss.item() == pytest.approx(objective(), rel=1e-12)
+    assert all(g.abs().sum() > 0 for g in grads)
+    assert_matches_finite_differences(grads, vnet, objective)
+
+
+def test_mwn_weighted_loss_is_the_normalised_or_plain_weighted_mean():
+    from pipeline.methods.mwn import weighted_loss
+
+    z, y = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.tensor([0, 0, 1])
+    w = torch.tensor([0.2, 0.5, 0.9])
+    ce = F.cross_entropy(z, y, reduction="none")
+    assert weighted_loss(z, y, w, True).mean().item() == pytest.approx(((w * ce).sum() / w.sum()).item())
+    assert weighted_loss(z, y, w, False).mean().item() == pytest.approx((w * ce).mean().item())

@@ -15,7 +15,7 @@ from pipeline.methods import REGISTRY, Batch, StepContext, TrainInfo
 from pipeline.methods import longtail, robust
 from pipeline.networks import FeatureClassifier, build_network, cosine_logits
 
-NAMES = ["focal", "cb_ce", "cb_focal", "ldam_drw", "balanced_softmax", "gce", "groupdro"]
+NAMES = ["focal", "cb_ce", "cb_focal", "ldam_drw", "balanced_softmax", "gce", "groupdro", "jtt"]
 PEERS = {name: REGISTRY[name] for name in NAMES}
 
 CLASSES = 4
@@ -349,7 +349,8 @@ def test_defaults_are_the_peers_recipes():
     assert defaults == {
         "focal": {"gamma": 1.0}, "cb_ce": {"beta": 0.9999}, "cb_focal": {"beta": 0.9999, "gamma": 1.0},
         "ldam_drw": {"max_m": 0.5, "s": 30.0, "drw_epoch": 160, "drw_beta": 0.9999},
-        "balanced_softmax": {}, "gce": {"q": 0.7}, "groupdro": {"step_size": 0.01, "adjustment": 0.0}}
+        "balanced_softmax": {}, "gce": {"q": 0.7}, "groupdro": {"step_size": 0.01, "adjustment": 0.0},
+        "jtt": {"lambda_up": 10.0}}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -375,3 +376,27 @@ def test_loss_decreases_on_a_separable_problem(name):
     batch = separable(32)
     losses = [method.update(batch, ctx())["loss"] for _ in range(20)]
     assert 0 < losses[-1] < 0.5 * losses[0], losses  # every loss here is positive
+
+
+def test_jtt_error_set_is_exactly_what_its_first_stage_misclassifies_and_is_up_weighted():
+    """Liu et al. (2021): E = training samples the stage-1 (ERM) model misclassifies, in eval mode;
+    stage 2 weighs them λ_up: L = Σ w_i ℓ_i / Σ w_i with w_i = λ_up on E, 1 elsewhere."""
+    torch.manual_seed(0)
+    net = TinyNet()
+    method = make("jtt", {"lambda_up": 7.0}, net)
+    assert method.start_augmented is False  # the error set is of the training images as they are
+    x, y = torch.randn(12, 8), torch.tensor([0, 1, 2, 3] * 3)
+    batches = [Batch(x[i:i + 5], y[i:i + 5], torch.arange(i, min(i + 5, 12))) for i in range(0, 12, 5)]
+    net.train()
+    method.start(batches)
+    assert net.training  # restored
+    with torch.no_grad():
+        net.eval()
+        wrong = (net(x).argmax(1) != y).tolist()
+        net.train()
+    assert method.error_set[:12].tolist() == wrong and 0 < sum(wrong) < 12 and not method.error_set[12:].any()
+    batch = Batch(x, y, torch.arange(12))
+    loss, logits = method.loss(batch, ctx())
+    w = torch.tensor([7.0 if e else 1.0 for e in wrong])
+    by_hand = (w * F.cross_entropy(logits.detach(), y, reduction="none")).sum() / w.sum()
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
