@@ -27,23 +27,56 @@ are much less sensitive than wall time to other processes competing for the core
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import statistics
 import time
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from pipeline.engine.allocator import return_freed_memory
 from pipeline.params.schema import build
 from pipeline.methods import REGISTRY, Batch, Method, StepContext, TrainInfo
+from pipeline.methods.losses import alpha_at, iada_loss
+from pipeline.methods.meta_gradient import stateless_forward
 from pipeline.networks import build_network
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ce": ("ce", {}),
     "meta_head": ("meta_iada", {"meta_scope": "head"}),
     "meta_full": ("meta_iada", {"meta_scope": "full"}),
+    "mwn_full": ("mwn", {"meta_scope": "full"}),
+    # Meta-IADA's full step written the peers' way (peer_style_step); its own meta step never runs
+    "peer_style_full": ("meta_iada", {"meta_scope": "full", "meta_interval": 10 ** 9}),
 }
+PEER_STYLE = "peer_style_full"
+
+
+def peer_style_step(method: Any, batch: Batch, ctx: StepContext) -> None:
+    """Meta-IADA's full-scope step as the peers' code (Meta-Weight-Net, MetaSAug) writes its meta
+    step: a functional copy of θ, ∇_θ of the pseudo loss with ``create_graph=True``, θ' = θ − η·g,
+    the meta batch's CE at θ' and a double backward to Ω, an AdamW step on Ω; then the real step
+    with the updated Ω (``method.update``, whose own meta step is off)."""
+    net = method.network
+    params = dict(net.named_parameters())
+    features, logits = stateless_forward(net, params, batch.x)
+    c = method.characteristics.compute(logits.detach(), features.detach(), batch.y, batch.index,
+                                       net.classifier.weight)
+    alpha = alpha_at(method.cfg.alpha, ctx.epoch, ctx.total_epochs)
+    loss = iada_loss(logits, features, batch.y, params["classifier.weight"], method.class_covariance.covariance,
+                     epsilon=method.perturbation_net(c), alpha=alpha, beta=method.cfg.beta,
+                     direction=method.cfg.direction).mean()
+    grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+    pseudo = {k: p - ctx.lr * g for (k, p), g in zip(params.items(), grads)}
+    meta = ctx.meta_batch()
+    _, meta_logits = stateless_forward(net, pseudo, meta.x)
+    omega = list(method.perturbation_net.parameters())
+    method.perturbation_optimizer.zero_grad(set_to_none=True)
+    F.cross_entropy(meta_logits, meta.y).backward(inputs=omega)
+    method.perturbation_optimizer.step()
+    method.update(batch, dataclasses.replace(ctx, step=1))
 
 
 def _setup(variant: str, arch: str, batch: int, num_classes: int, device: torch.device,
@@ -129,9 +162,11 @@ def time_steps(*, arch: str = "resnet32", batch: int = 100, repeats: int = 10, w
                memory: bool = True) -> dict[str, float]:
     """Seconds per step (``<variant>_step_s`` mean, ``<variant>_step_median_s``, on CPU also
     ``<variant>_step_cpu_s``) of CE (``ce``), Meta-IADA head (``meta_head``) and full
-    (``meta_full``), the ratios of the medians ``meta_head_over_ce`` and ``meta_full_over_ce``
-    (on CPU also ``*_over_ce_cpu``), and (``memory``) each variant's peak step memory
-    ``<variant>_peak_mb`` in MiB (see the module docstring for what is measured).
+    (``meta_full``), Meta-Weight-Net full (``mwn_full``) and Meta-IADA's full step written the
+    peers' way (``peer_style_full``, :func:`peer_style_step`), the ratios of the medians
+    ``<variant>_over_ce`` (on CPU also ``*_over_ce_cpu``) and ``meta_full_over_peer_style``, and
+    (``memory``) each variant's peak step memory ``<variant>_peak_mb`` in MiB (see the module
+    docstring for what is measured; not for the peer-style step).
 
     Also timed, interleaved with the steps: ``meta_forward``, the no-grad forward of the meta
     batch through the backbone, which a head step adds to a CE step at the least (its features
@@ -139,6 +174,8 @@ def time_steps(*, arch: str = "resnet32", batch: int = 100, repeats: int = 10, w
     dev = torch.device(device)
     setups = {v: _setup(v, arch, batch, num_classes, dev, channels_last) for v in VARIANTS}
     steps = {v: (lambda m=method, b=train, c=ctx: m.update(b, c)) for v, (method, train, ctx) in setups.items()}
+    method, train, ctx = setups[PEER_STYLE]
+    steps[PEER_STYLE] = lambda m=method, b=train, c=ctx: peer_style_step(m, b, c)
     ce_net, meta_x = setups["ce"][0].network, setups["ce"][2].meta_batch().x
 
     def meta_forward() -> None:  # what the head step adds to a CE step, at the least
@@ -163,15 +200,16 @@ def time_steps(*, arch: str = "resnet32", batch: int = 100, repeats: int = 10, w
         result[f"{variant}_step_median_s"] = statistics.median(wall[variant])
         if dev.type == "cpu":
             result[f"{variant}_step_cpu_s"] = statistics.median(cpu[variant])
-    for variant in ("meta_head", "meta_full", "meta_forward"):
+    for variant in ("meta_head", "meta_full", "meta_forward", "mwn_full", PEER_STYLE):
         result[f"{variant}_over_ce"] = (result[f"{variant}_step_median_s"]
                                         / result["ce_step_median_s"])
         if dev.type == "cpu":
             result[f"{variant}_over_ce_cpu"] = (result[f"{variant}_step_cpu_s"]
                                                 / result["ce_step_cpu_s"])
+    result["meta_full_over_peer_style"] = result["meta_full_step_median_s"] / result[f"{PEER_STYLE}_step_median_s"]
     if memory:
         del setups
-        for variant in VARIANTS:
+        for variant in (v for v in VARIANTS if v != PEER_STYLE):
             result[f"{variant}_peak_mb"] = _peak_memory_mb(variant, arch, batch, num_classes, dev,
                                                            channels_last)
     return result

@@ -10,8 +10,32 @@ from pipeline.bench.steps import time_steps
 
 def test_time_steps_reports_every_variant_and_the_ratios():
     result = time_steps(arch="resnet8", batch=10, repeats=1, warmup=0, memory=False)
-    for variant in ("ce", "meta_head", "meta_full", "meta_forward"):
+    for variant in ("ce", "meta_head", "meta_full", "meta_forward", "mwn_full", "peer_style_full"):
         assert result[f"{variant}_step_median_s"] > 0, variant
-    for ratio in ("meta_head_over_ce", "meta_full_over_ce", "meta_forward_over_ce"):
+    for ratio in ("meta_head_over_ce", "meta_full_over_ce", "meta_forward_over_ce", "mwn_full_over_ce",
+                  "peer_style_full_over_ce"):
         assert math.isfinite(result[ratio]) and result[ratio] > 0, ratio
         assert result[ratio] == result[ratio.replace("_over_ce", "_step_median_s")] / result["ce_step_median_s"]
+    assert result["meta_full_over_peer_style"] == (result["meta_full_step_median_s"]
+                                                   / result["peer_style_full_step_median_s"])
+
+
+def test_the_peer_style_step_computes_the_same_step_as_the_projects():
+    """The benchmark compares like with like: from the same state, Meta-IADA's full step written
+    the peers' way (create_graph + double backward) and the project's (forward-mode second-order
+    term) leave Ω and θ at the same values."""
+    import torch
+
+    from pipeline.bench.steps import _setup, peer_style_step
+
+    ours, batch, ctx = _setup("meta_full", "resnet8", 10, 10, torch.device("cpu"), False)
+    peers, batch2, ctx2 = _setup("peer_style_full", "resnet8", 10, 10, torch.device("cpu"), False)
+    assert torch.equal(batch.x, batch2.x)
+    start = [p.detach().clone() for p in ours.perturbation_net.parameters()]
+    ours.update(batch, ctx)
+    peer_style_step(peers, batch2, ctx2)
+    assert any(not torch.equal(a, s) for a, s in zip(ours.perturbation_net.parameters(), start))  # Ω moved
+    for a, b in zip(ours.perturbation_net.parameters(), peers.perturbation_net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for a, b in zip(ours.network.parameters(), peers.network.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
