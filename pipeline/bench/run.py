@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"step time: meta head / CE = {steps['meta_head_over_ce']:.2f} (goal <= 1.3; its floor, "
               f"1 + meta-batch forward / CE, is {1 + steps['meta_forward_over_ce']:.2f}), "
               f"meta full / CE = {steps['meta_full_over_ce']:.2f} (goal <= 3.5), "
-              f"MWN full / CE = {steps['mwn_full_over_ce']:.2f}, peer-style full / CE = "
+              f"MWN full / CE = {steps['mwn_full_over_ce']:.2f}, MetaSAug full / CE = "
+              f"{steps['metasaug_full_over_ce']:.2f}, peer-style full / CE = "
               f"{steps['peer_style_full_over_ce']:.2f}, meta full / peer style = "
               f"{steps['meta_full_over_peer_style']:.2f} (goal <= 0.5)")
     if args.json:

@@ -13,5 +13,6 @@ from pipeline.methods import iada  # noqa: F401  (registers isda, iada, meta_iad
 from pipeline.methods import longtail  # noqa: F401  (focal, cb_ce, cb_focal, ldam_drw, balanced_softmax)
 from pipeline.methods import robust  # noqa: F401  (gce, groupdro, jtt)
 from pipeline.methods import mwn  # noqa: F401  (mwn)
+from pipeline.methods import metasaug  # noqa: F401  (metasaug)
 
 __all__ = ["REGISTRY", "Batch", "Method", "StepContext", "TrainInfo", "method_class", "register"]

@@ -115,6 +115,10 @@ class FeatureAugmentation(Method):
         """Around the step's forward (Meta-IADA draws its meta batch here, see there)."""
         return contextlib.nullcontext()
 
+    def current_covariance(self) -> torch.Tensor:
+        """Σ of the loss: the running estimate (MetaSAug substitutes its meta-updated one)."""
+        return self.class_covariance.covariance
+
     def update(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
         net = self.network
         with self.forward_context(ctx):
@@ -146,7 +150,7 @@ class FeatureAugmentation(Method):
         the pseudo step's gradient and the meta gradient are those of that weighted mean. The
         meta loss on the meta set stays plain CE."""
         beta, direction = getattr(self.cfg, "beta", 0.0), getattr(self.cfg, "direction", "pairwise")
-        loss = iada_loss(logits, features, labels, weight, self.class_covariance.covariance, epsilon=epsilon,
+        loss = iada_loss(logits, features, labels, weight, self.current_covariance(), epsilon=epsilon,
                          alpha=alpha, beta=beta, direction=direction)
         if self.class_weights is None:
             return loss
@@ -174,8 +178,40 @@ class IADA(FeatureAugmentation):
         return torch.full_like(batch.y, self.cfg.epsilon, dtype=logits.dtype)
 
 
+class MetaLearned(FeatureAugmentation):
+    """The step of the feature-augmentation methods with a meta step (``meta_iada``, ``metasaug``):
+    every ``meta_interval`` iterations a meta batch is drawn around the train batch's forward
+    (:meth:`forward_context`) for the meta step a subclass runs in :meth:`epsilon`."""
+
+    def __init__(self, cfg: Any, net: FeatureClassifier, optimizer: torch.optim.Optimizer,
+                 info: TrainInfo) -> None:
+        super().__init__(cfg, net, optimizer, info)
+        self.primals = ForwardPrimals(net)
+        self._meta: tuple[Batch, torch.Tensor | None] | None = None  # this step's meta batch, h_meta
+
+    def meta_step_due(self, ctx: StepContext) -> bool:
+        return ctx.step % self.cfg.meta_interval == 0
+
+    def forward_context(self, ctx: StepContext) -> contextlib.AbstractContextManager:
+        """On a step with a meta step, the meta batch is drawn before the train batch's forward;
+        ``full`` records that forward's primals, ``head`` computes the meta batch's features
+        first: they depend only on θ, which the forward does not change, and the train batch's
+        activations then stay in the CPU caches for its backward (the saving is in
+        docs/benchmarks.md)."""
+        self._meta = None
+        if not self.meta_step_due(ctx):
+            return contextlib.nullcontext()
+        meta = ctx.meta_batch()
+        if self.cfg.meta_scope == "head":
+            self._meta = (meta, meta_features(self.network, meta.x))
+            return contextlib.nullcontext()
+        self._meta = (meta, None)
+        return self.primals.record()
+
+
+
 @register
-class MetaIADA(FeatureAugmentation):
+class MetaIADA(MetaLearned):
     """Meta-IADA: ε_i = Ω(c_i) with Ω meta-learned online on the meta set (method.md §5).
 
     Buffers besides Σ: Ω (``perturbation_net``), the characteristics' history, the last ε of
@@ -198,8 +234,6 @@ class MetaIADA(FeatureAugmentation):
                                                info.num_train, info.device)
         self.perturbation_net = PerturbationNet(self.characteristics.num_inputs, cfg.epsilon_sign,
                                                 input_names=cfg.characteristics).to(info.device)
-        self.primals = ForwardPrimals(net)
-        self._meta: tuple[Batch, torch.Tensor | None] | None = None  # this step's meta batch, h_meta
         # Decoupled weight decay (AdamW, method.md §4): the meta gradient reaching Ω scales with
         # the pseudo step's lr η, so an L2 term added to it (Adam's ``weight_decay``) outweighs
         # it once η is small, and Adam's normalised step then shrinks Ω towards a constant.
@@ -212,25 +246,6 @@ class MetaIADA(FeatureAugmentation):
         self.register_buffer("epoch_sums", torch.zeros(7, dtype=torch.float64, device=dev))
         self.register_buffer("class_eps_sum", torch.zeros(c, dtype=torch.float64, device=dev))
         self.register_buffer("class_eps_count", torch.zeros(c, dtype=torch.float64, device=dev))
-
-    def meta_step_due(self, ctx: StepContext) -> bool:
-        return ctx.step % self.cfg.meta_interval == 0
-
-    def forward_context(self, ctx: StepContext) -> contextlib.AbstractContextManager:
-        """On a step with a meta step, the meta batch is drawn before the train batch's forward;
-        ``full`` records that forward's primals, ``head`` computes the meta batch's features
-        first: they depend only on θ, which the forward does not change, and the train batch's
-        activations then stay in the CPU caches for its backward (the saving is in
-        docs/benchmarks.md)."""
-        self._meta = None
-        if not self.meta_step_due(ctx):
-            return contextlib.nullcontext()
-        meta = ctx.meta_batch()
-        if self.cfg.meta_scope == "head":
-            self._meta = (meta, meta_features(self.network, meta.x))
-            return contextlib.nullcontext()
-        self._meta = (meta, None)
-        return self.primals.record()
 
     def epsilon(self, batch: Batch, ctx: StepContext, features: torch.Tensor,
                 logits: torch.Tensor, train_loss: TrainLoss) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from functools import partial
 
@@ -16,7 +17,7 @@ from pipeline.params.schema import build
 from pipeline.methods.losses import iada_loss
 from pipeline.methods.meta_gradient import (ForwardPrimals, MetaInputs, PseudoUpdate, TrainForward, TrainLoss,
                                             _batch_norm_tangent, meta_gradient, meta_step, pseudo_update)
-from pipeline.methods import TrainInfo
+from pipeline.methods import Batch, StepContext, TrainInfo
 from pipeline.methods.iada import MetaIADA, MetaIADAConfig
 from pipeline.networks import FeatureClassifier, build_network
 from pipeline.methods.perturbation import PerturbationNet
@@ -390,3 +391,65 @@ def test_mwn_weighted_loss_is_the_normalised_or_plain_weighted_mean():
     ce = F.cross_entropy(z, y, reduction="none")
     assert weighted_loss(z, y, w, True).mean().item() == pytest.approx(((w * ce).sum() / w.sum()).item())
     assert weighted_loss(z, y, w, False).mean().item() == pytest.approx((w * ce).mean().item())
+
+
+@pytest.mark.parametrize("scope", ["head", "full"])
+def test_metasaug_covariance_meta_gradient_matches_finite_differences(scope):
+    """MetaSAug through the same meta step: the class covariance Σ in Ω's place, the ISDA loss
+    with class-balanced weights as the training loss; ∇_Σ L_meta against central differences of
+    L_meta written out by a copy of the network."""
+    from pipeline.methods.metasaug import CovarianceLeaf
+
+    torch.manual_seed(0)
+    net, _, x, y, meta_x, meta_y, _, _ = problem(TinyCNN(), (3, 6, 6), torch.float64)
+    g = torch.Generator().manual_seed(1)
+    root = torch.randn(3, net.feature_dim, net.feature_dim, generator=g, dtype=torch.float64)
+    leaf = CovarianceLeaf(root @ root.transpose(1, 2) / net.feature_dim)
+    w = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)[y]  # class-balanced weights
+
+    def train_loss(logits, weight, eps):
+        isda = iada_loss(logits, None, y, weight, leaf.sigma, epsilon=None, alpha=0.8)
+        return isda * w * len(w) / w.sum()
+
+    lr = 0.5
+    primals = ForwardPrimals(net)
+    with primals.record():
+        features = net.features(x)
+    logits = net.classifier(features)
+    c = torch.zeros(len(y), 1, dtype=torch.float64)
+    meta_loss, grads = meta_gradient(net, leaf, train_loss, batch=TrainForward(x, features, logits, c, primals),
+                                     meta=MetaInputs(meta_x, meta_y), pseudo=PseudoUpdate(lr, scope))
+
+    def objective():
+        return meta_objective(net, leaf, x, c, meta_x, meta_y, train_loss, lr, scope)
+
+    assert meta_loss.item() == pytest.approx(objective(), rel=1e-12)
+    assert grads[0].abs().sum() > 0
+    assert_matches_finite_differences(grads, leaf, objective)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_metasaug_takes_one_covariance_step_and_keeps_it_only_when_asked(keep):
+    """Σ' = Σ − η_Σ ∇_Σ L_meta is the real step's covariance; MetaSAug's code does not write it
+    back (keep_covariance: false, the estimate moves only with the batch's features)."""
+    from pipeline.methods.metasaug import MetaSAug, MetaSAugConfig
+
+    torch.manual_seed(0)
+    net = TinyCNN()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 3, 6, 6, generator=g), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    meta = Batch(torch.randn(6, 3, 6, 6, generator=g), torch.tensor([0, 1, 2, 2, 1, 0]), torch.arange(6))
+    info = TrainInfo(3, torch.tensor([40, 20, 10]), 70, net.feature_dim, torch.device("cpu"))
+    cfg = MetaSAugConfig(keep_covariance=keep, meta_lr=10.0)
+    method = MetaSAug(cfg, net, torch.optim.SGD(net.parameters(), lr=0.1), info)
+    method.class_covariance.update(torch.randn(30, net.feature_dim, generator=g), torch.arange(30) % 3)
+    before = method.class_covariance.covariance.clone()
+    ctx = StepContext(epoch=3, total_epochs=4, step=0, lr=0.1, meta_batch=lambda: meta)
+    with method.forward_context(ctx):
+        features = net.features(x)
+    logits = net.classifier(features)
+    train_loss = functools.partial(method._per_sample_loss, features=features, labels=y, alpha=0.2)
+    method.epsilon(Batch(x, y, torch.arange(8)), ctx, features, logits, train_loss)
+    stepped = method.current_covariance()
+    assert not torch.allclose(stepped, before)  # one meta-gradient step was taken
+    assert torch.equal(method.class_covariance.covariance, stepped if keep else before)
