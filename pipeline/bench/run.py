@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         result.update(steps)
         print(f"step time: meta head / CE = {steps['meta_head_over_ce']:.2f} (goal <= 1.3; its floor, "
               f"1 + meta-batch forward / CE, is {1 + steps['meta_forward_over_ce']:.2f}), "
-              f"meta full / CE = {steps['meta_full_over_ce']:.2f} (goal <= 3.5), "
+              f"meta full / CE = {steps['meta_full_over_ce']:.2f} (goal <= 3.5), shared real step "
+              f"{steps['meta_full_shared_over_ce']:.2f} (goal <= 2.9), "
               f"MWN full / CE = {steps['mwn_full_over_ce']:.2f}, MetaSAug full / CE = "
               f"{steps['metasaug_full_over_ce']:.2f}, peer-style full / CE = "
               f"{steps['peer_style_full_over_ce']:.2f}, meta full / peer style = "

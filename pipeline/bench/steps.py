@@ -47,6 +47,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ce": ("ce", {}),
     "meta_head": ("meta_iada", {"meta_scope": "head"}),
     "meta_full": ("meta_iada", {"meta_scope": "full"}),
+    "meta_full_shared": ("meta_iada", {"meta_scope": "full", "real_step": "shared"}),
     "mwn_full": ("mwn", {"meta_scope": "full"}),
     "metasaug_full": ("metasaug", {"meta_scope": "full"}),
     # Meta-IADA's full step written the peers' way (peer_style_step); its own meta step never runs
@@ -163,8 +164,9 @@ def time_steps(*, arch: str = "resnet32", batch: int = 100, repeats: int = 10, w
                memory: bool = True) -> dict[str, float]:
     """Seconds per step (``<variant>_step_s`` mean, ``<variant>_step_median_s``, on CPU also
     ``<variant>_step_cpu_s``) of CE (``ce``), Meta-IADA head (``meta_head``) and full
-    (``meta_full``), Meta-Weight-Net and MetaSAug full (``mwn_full``, ``metasaug_full``) and
-    Meta-IADA's full step written the peers' way (``peer_style_full``, :func:`peer_style_step`),
+    (``meta_full``; ``meta_full_shared`` with ``real_step: shared``), Meta-Weight-Net and
+    MetaSAug full (``mwn_full``, ``metasaug_full``) and Meta-IADA's full step written the peers'
+    way (``peer_style_full``, :func:`peer_style_step`),
     the ratios of the medians
     ``<variant>_over_ce`` (on CPU also ``*_over_ce_cpu``) and ``meta_full_over_peer_style``, and
     (``memory``) each variant's peak step memory ``<variant>_peak_mb`` in MiB (see the module
@@ -202,7 +204,8 @@ def time_steps(*, arch: str = "resnet32", batch: int = 100, repeats: int = 10, w
         result[f"{variant}_step_median_s"] = statistics.median(wall[variant])
         if dev.type == "cpu":
             result[f"{variant}_step_cpu_s"] = statistics.median(cpu[variant])
-    for variant in ("meta_head", "meta_full", "meta_forward", "mwn_full", "metasaug_full", PEER_STYLE):
+    for variant in ("meta_head", "meta_full", "meta_full_shared", "meta_forward", "mwn_full", "metasaug_full",
+                    PEER_STYLE):
         result[f"{variant}_over_ce"] = (result[f"{variant}_step_median_s"]
                                         / result["ce_step_median_s"])
         if dev.type == "cpu":

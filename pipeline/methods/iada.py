@@ -20,10 +20,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -68,6 +68,9 @@ class MetaIADAConfig:
     characteristics: list[str] = dataclasses.field(default_factory=lambda: list(CHARACTERISTICS))
     meta_scope: MetaScope = "full"  # pseudo-update the whole network, or only W, b
     meta_interval: int = bounded(1, ge=1)  # meta step every k iterations, Ω reused between
+    # exact: the real step's ε from the updated Ω; shared [choice]: from Ω before its update, so the
+    # real step's gradient is the pseudo step's and its backward pass is not repeated (full scope).
+    real_step: Literal["exact", "shared"] = "exact"
     epsilon_sign: EpsilonSign = "both"  # both: (−1, 1); adversarial: (0, 1); anti: (−1, 0)
     pseudo_step: PseudoStep = "plain"  # plain SGD (MWN/MetaSAug) or the network optimizer's rule
     perturbation_lr: float = bounded(1e-3, gt=0)  # AdamW on Ω
@@ -87,6 +90,9 @@ class MetaIADAConfig:
         if self.beta == 0:
             raise ParamError("meta_iada.beta = 0 makes the meta gradient of the perturbation "
                              "network zero: use beta > 0 (the paper fixes beta = 1)")
+        if self.real_step == "shared" and self.meta_scope != "full":
+            raise ParamError("meta_iada.real_step = 'shared' reuses the full pseudo step's gradient: "
+                             "use it with meta_scope: full")
 
 
 class FeatureAugmentation(Method):
@@ -102,6 +108,8 @@ class FeatureAugmentation(Method):
         self.class_weights: torch.Tensor | None = None
         if cfg.class_balanced:
             self.class_weights = class_balanced_weights(info.class_counts, cfg.cb_beta).to(info.device)
+        # (parameters, gradients, loss) of a real step that reuses the pseudo step's (see MetaIADA)
+        self._shared: tuple[list[torch.Tensor], Sequence[torch.Tensor], torch.Tensor] | None = None
 
     def epsilon(self, batch: Batch, ctx: StepContext, features: torch.Tensor,
                 logits: torch.Tensor, train_loss: TrainLoss) -> torch.Tensor | None:
@@ -126,10 +134,16 @@ class FeatureAugmentation(Method):
         logits = net.classifier(features)  # z [B, C]
         train_loss = partial(self._per_sample_loss, features=features, labels=batch.y,
                              alpha=alpha_at(self.cfg.alpha, ctx.epoch, ctx.total_epochs))
+        self._shared = None
         epsilon = self.epsilon(batch, ctx, features, logits, train_loss)
-        loss = train_loss(logits, net.classifier.weight, epsilon).mean()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self._shared is None:
+            loss = train_loss(logits, net.classifier.weight, epsilon).mean()
+            loss.backward()
+        else:  # the pseudo step's gradient at the same θ and ε (real_step: shared)
+            params, grads, loss = self._shared
+            for p, g in zip(params, grads):
+                p.grad = g
         self.optimizer.step()
         self.class_covariance.update(features.detach(), batch.y)
         self.record(batch, logits.detach(), epsilon)
@@ -252,18 +266,28 @@ class MetaIADA(MetaLearned):
         net = self.network
         c = self.characteristics.compute(logits, features, batch.y, batch.index,
                                          net.classifier.weight)  # [B, K]
+        shared: list[torch.Tensor] = []
         if self._meta is not None:  # drawn by forward_context
             (meta, meta_h), self._meta = self._meta, None
+
+            def keep(params: list[torch.Tensor], grads: Sequence[torch.Tensor], eps: torch.Tensor,
+                     loss: torch.Tensor) -> None:
+                self._shared = (params, grads, loss)
+                shared.append(eps)
+
             meta_loss = meta_step(
                 net, self.perturbation_net, self.perturbation_optimizer, train_loss,
                 batch=TrainForward(batch.x, features, logits, c, self.primals),
                 meta=MetaInputs(meta.x, meta.y, meta_h),
                 pseudo=PseudoUpdate(ctx.lr, self.cfg.meta_scope,
-                                    self.optimizer if self.cfg.pseudo_step == "optimizer" else None))
+                                    self.optimizer if self.cfg.pseudo_step == "optimizer" else None,
+                                    on_pseudo=keep if self.cfg.real_step == "shared" else None))
             self.epoch_sums[4] += meta_loss
             self.epoch_sums[5] += 1
             self.epoch_sums[6] += torch.linalg.vector_norm(
                 torch.stack([p.grad.norm() for p in self.perturbation_net.parameters()]))
+        if shared:  # ε of Ω before its update, the one the reused gradient was taken with
+            return shared[0]
         with torch.no_grad():
             return self.perturbation_net(c)
 

@@ -308,6 +308,10 @@ class MetaInputs:
     features: torch.Tensor | None = None  # h_meta at θ (head scope; computed when None)
 
 
+# (θ's parameters, ∇_θ L of the pseudo step, ε = Ω(c), L): what a shared real step reuses
+PseudoCallback = Callable[[list[torch.Tensor], Sequence[torch.Tensor], torch.Tensor, torch.Tensor], None]
+
+
 @dataclass
 class PseudoUpdate:
     """How θ' is taken: lr η, which parameters, and with which rule (``pseudo_step``)."""
@@ -315,6 +319,7 @@ class PseudoUpdate:
     lr: float
     scope: MetaScope = "full"
     optimizer: torch.optim.Optimizer | None = None  # the network's SGD for ``pseudo_step: optimizer``
+    on_pseudo: PseudoCallback | None = None  # receives the pseudo step's gradient (``real_step: shared``)
 
 
 def meta_gradient(net: FeatureClassifier, perturbation_net: PerturbationNet, train_loss: TrainLoss, *,
@@ -348,6 +353,8 @@ def meta_gradient(net: FeatureClassifier, perturbation_net: PerturbationNet, tra
         weight_key = "classifier.weight"
         pseudo_loss = train_loss(logits, live[weight_key], epsilon.detach()).mean()
         grads = torch.autograd.grad(pseudo_loss, list(live.values()), retain_graph=True)
+        if pseudo.on_pseudo is not None:
+            pseudo.on_pseudo(list(live.values()), grads, epsilon.detach(), pseudo_loss.detach())
     elif scope == "head":
         live = dict(net.classifier.named_parameters())  # W, b
         weight_key = "weight"

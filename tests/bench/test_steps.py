@@ -10,11 +10,11 @@ from pipeline.bench.steps import time_steps
 
 def test_time_steps_reports_every_variant_and_the_ratios():
     result = time_steps(arch="resnet8", batch=10, repeats=1, warmup=0, memory=False)
-    for variant in ("ce", "meta_head", "meta_full", "meta_forward", "mwn_full", "metasaug_full",
+    for variant in ("ce", "meta_head", "meta_full", "meta_full_shared", "meta_forward", "mwn_full", "metasaug_full",
                     "peer_style_full"):
         assert result[f"{variant}_step_median_s"] > 0, variant
     for ratio in ("meta_head_over_ce", "meta_full_over_ce", "meta_forward_over_ce", "mwn_full_over_ce",
-                  "metasaug_full_over_ce", "peer_style_full_over_ce"):
+                  "metasaug_full_over_ce", "peer_style_full_over_ce", "meta_full_shared_over_ce"):
         assert math.isfinite(result[ratio]) and result[ratio] > 0, ratio
         assert result[ratio] == result[ratio.replace("_over_ce", "_step_median_s")] / result["ce_step_median_s"]
     assert result["meta_full_over_peer_style"] == (result["meta_full_step_median_s"]

@@ -449,3 +449,43 @@ def test_meta_iada_step_equals_the_textbook_procedure(scope, params):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=k)
     for (k, a), b in zip(net.state_dict().items(), twin_net.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-9, msg=k)
+
+
+def test_a_shared_real_step_is_the_step_with_the_old_epsilon_and_the_same_meta_step():
+    """``real_step: shared`` reuses the pseudo step's gradient: θ moves exactly as a real step with
+    ε = Ω_before(c) would move it, and Ω takes the same meta step as with ``exact``."""
+    import copy
+
+    from pipeline.methods.iada import MetaIADA, MetaIADAConfig
+
+    torch.manual_seed(0)
+    net = build_network("resnet8", 4).train()
+    info = TrainInfo(4, torch.tensor([30, 20, 10, 5]), 65, net.feature_dim, torch.device("cpu"))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(0)
+    batch = Batch(torch.randn(8, 3, 8, 8, generator=g), torch.tensor([0, 1, 2, 3, 0, 1, 2, 0]), torch.arange(8))
+    meta = Batch(torch.randn(8, 3, 8, 8, generator=g), torch.tensor([0, 1, 2, 3, 0, 1, 2, 3]), torch.arange(8))
+    ctx = StepContext(epoch=3, total_epochs=4, step=0, lr=0.1, meta_batch=lambda: meta)
+    shared = MetaIADA(MetaIADAConfig(real_step="shared", history_warmup=False), net, opt, info)
+    exact = copy.deepcopy(shared)
+    exact.cfg = MetaIADAConfig(real_step="exact", history_warmup=False)
+    reference = copy.deepcopy(shared)  # the real step by hand, with Ω before its update
+    net_r = reference.network
+    features = net_r.features(batch.x)
+    logits = net_r.classifier(features)
+    c = reference.characteristics.compute(logits, features, batch.y, batch.index, net_r.classifier.weight)
+    with torch.no_grad():
+        eps_old = reference.perturbation_net(c)
+    loss = reference._per_sample_loss(logits, net_r.classifier.weight, eps_old, features=features, labels=batch.y,
+                                      alpha=0.5 * 3 / 4).mean()
+    reference.optimizer.zero_grad()
+    loss.backward()
+    reference.optimizer.step()
+
+    shared.update(batch, ctx)
+    exact.update(batch, ctx)
+    for a, b in zip(shared.network.parameters(), net_r.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(shared.perturbation_net.parameters(), exact.perturbation_net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(a, b) for a, b in zip(shared.network.parameters(), exact.network.parameters()))
