@@ -96,6 +96,14 @@ def meta_objective(net, omega, x, c, meta_x, meta_y, train_loss, lr, scope, opti
         return F.cross_entropy(twin(meta_x), meta_y).item()
 
 
+def recorded_forward(net: FeatureClassifier, x: torch.Tensor, c: torch.Tensor) -> TrainForward:
+    """The train batch's forward as in training: its convolutions recorded for the meta step."""
+    primals = ForwardPrimals(net)
+    with primals.record():
+        features = net.features(x)
+    return TrainForward(x, features, net.classifier(features), c, primals)
+
+
 @pytest.mark.parametrize("pseudo_step", ["plain", "optimizer"])
 @pytest.mark.parametrize("scope", ["head", "full"])
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
@@ -368,11 +376,7 @@ def test_mwn_meta_gradient_matches_finite_differences(scope, normalise):
         return weighted_loss(logits, y, w, normalise)
 
     lr = 0.5
-    primals = ForwardPrimals(net)
-    with primals.record():
-        features = net.features(x)
-    logits = net.classifier(features)
-    meta_loss, grads = meta_gradient(net, vnet, train_loss, batch=TrainForward(x, features, logits, cost, primals),
+    meta_loss, grads = meta_gradient(net, vnet, train_loss, batch=recorded_forward(net, x, cost),
                                      meta=MetaInputs(meta_x, meta_y), pseudo=PseudoUpdate(lr, scope))
 
     def objective():
@@ -412,12 +416,8 @@ def test_metasaug_covariance_meta_gradient_matches_finite_differences(scope):
         return isda * w * len(w) / w.sum()
 
     lr = 0.5
-    primals = ForwardPrimals(net)
-    with primals.record():
-        features = net.features(x)
-    logits = net.classifier(features)
     c = torch.zeros(len(y), 1, dtype=torch.float64)
-    meta_loss, grads = meta_gradient(net, leaf, train_loss, batch=TrainForward(x, features, logits, c, primals),
+    meta_loss, grads = meta_gradient(net, leaf, train_loss, batch=recorded_forward(net, x, c),
                                      meta=MetaInputs(meta_x, meta_y), pseudo=PseudoUpdate(lr, scope))
 
     def objective():
