@@ -187,19 +187,19 @@ class RunTracker:
         with store_errors():
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
 
-    def finish(self, out_dir: Path, method: Any) -> None:
+    def finish(self, out_dir: Path, method: Any, summary: Mapping[str, Any]) -> None:
         """Log the run's files (checkpoints, history, the method's learned networks as saved by
-        the trainer) and, with ``log_models``, those networks as MLflow models; end the run."""
+        the trainer) and, with ``log_models``, those networks as MLflow models, registered and
+        promoted by the run ``summary``'s validation-selected value; end the run."""
         with store_errors():
-            self._finish(out_dir, method)
+            self._finish(out_dir, method, summary)
 
-    def _finish(self, out_dir: Path, method: Any) -> None:
+    def _finish(self, out_dir: Path, method: Any, summary: Mapping[str, Any]) -> None:
         networks = method.artifacts()
         for name in (BEST, LAST, HISTORY, *(artifact_file(n) for n in networks)):
             if (out_dir / name).is_file():
                 mlflow.log_artifact(str(out_dir / name), artifact_path="checkpoint")
         if self.log_models:
-            summary = json.loads((out_dir / HISTORY).read_text())
             for name, module in networks.items():
                 version = log_network(module, name, self.register_as)
                 if version is not None:

@@ -62,7 +62,7 @@ class Tracker(Protocol):
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None: ...
 
-    def finish(self, out_dir: Path, method: Method) -> None: ...
+    def finish(self, out_dir: Path, method: Method, summary: Mapping[str, Any]) -> None: ...
 
 
 @dataclass
@@ -136,7 +136,7 @@ def fit(run: RunSpec, *, tracker: Tracker | None = None, on_epoch: EpochCallback
                 on_epoch(epoch, metrics)
         summary = finish(t)
         if tracker is not None:
-            tracker.finish(run.out_dir, t.method)
+            tracker.finish(run.out_dir, t.method, summary)
         return summary
 
 
