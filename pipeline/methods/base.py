@@ -111,6 +111,26 @@ class Method(nn.Module):
         pass
 
 
+class PerSampleLoss(Method):
+    """A method whose loss is the batch mean of a per-sample loss ℓ_i, optionally weighted:
+    L = mean_i w_i ℓ_i (Σ_i w_i ℓ_i / B). Subclasses implement :meth:`per_sample` and may give
+    :meth:`sample_weights`."""
+
+    def per_sample(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """ℓ_i [B]."""
+        raise NotImplementedError
+
+    def sample_weights(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """w_i [B], or None for an unweighted mean."""
+        return None
+
+    def loss(self, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.network(batch.x)
+        per_sample = self.per_sample(logits, batch.y)
+        w = self.sample_weights(batch.y)
+        return (per_sample if w is None else w.to(per_sample.dtype) * per_sample).mean(), logits
+
+
 REGISTRY: dict[str, type[Method]] = {}
 
 

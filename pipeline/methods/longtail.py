@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from pipeline.params.schema import bounded
 from pipeline.methods.losses import class_balanced_weights
-from pipeline.methods.base import (Batch, LogitAdjustment, LogitAdjustmentConfig, Method, StepContext,
-                                   TrainInfo, register)
+from pipeline.methods.base import (Batch, LogitAdjustment, LogitAdjustmentConfig, Method, PerSampleLoss,
+                                   StepContext, TrainInfo, register)
 from pipeline.networks import FeatureClassifier
 
 
@@ -50,15 +50,14 @@ class FocalConfig:
 
 
 @register
-class Focal(Method):
+class Focal(PerSampleLoss):
     """Focal loss (Lin et al., 2017): L = mean_i −(1 − p_iy)^γ log p_iy."""
 
     name = "focal"
     Config = FocalConfig
 
-    def loss(self, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.network(batch.x)
-        return focal_loss(logits, batch.y, self.cfg.gamma).mean(), logits
+    def per_sample(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return focal_loss(logits, labels, self.cfg.gamma)
 
 
 @dataclass
@@ -74,7 +73,7 @@ class ClassBalancedFocalConfig:
     gamma: float = bounded(1.0, ge=0)  # Cui et al.: GAMMA=1.0 (cifar_im_trainval_cb.sh)
 
 
-class ClassBalanced(Method):
+class ClassBalanced(PerSampleLoss):
     """Class-balanced loss (Cui et al., 2019): L = Σ_i w_{y_i} ℓ_i / B with
     w_c = (1 − β)/(1 − β^{n_c}) rescaled to Σ_c w_c = C (:func:`~pipeline.losses.class_balanced_weights`)
     and ℓ_i the per-sample loss of the subclass. Divided by B, not Σ_i w_{y_i}: Cui et al.'s code
@@ -86,13 +85,8 @@ class ClassBalanced(Method):
         # A plain attribute, not a buffer: a function of the config and the class counts.
         self.class_weights = class_balanced_weights(info.class_counts, cfg.beta).to(info.device)  # w [C]
 
-    def per_sample(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def loss(self, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.network(batch.x)
-        w = self.class_weights[batch.y].to(logits.dtype)  # w_{y_i} [B]
-        return (w * self.per_sample(logits, batch.y)).mean(), logits
+    def sample_weights(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.class_weights[labels]  # w_{y_i} [B]
 
 
 @register

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.params.schema import ParamError, bounded
-from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register
+from pipeline.methods.base import Batch, Method, PerSampleLoss, StepContext, TrainInfo, register
 from pipeline.networks import FeatureClassifier
 
 
@@ -36,15 +36,14 @@ class GCEConfig:
 
 
 @register
-class GeneralizedCrossEntropy(Method):
+class GeneralizedCrossEntropy(PerSampleLoss):
     """Generalised cross-entropy (Zhang & Sabuncu, 2018): L = mean_i (1 − p_iy^q)/q."""
 
     name = "gce"
     Config = GCEConfig
 
-    def loss(self, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.network(batch.x)
-        return gce_loss(logits, batch.y, self.cfg.q).mean(), logits
+    def per_sample(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return gce_loss(logits, labels, self.cfg.q)
 
 
 def group_losses(per_sample_loss: torch.Tensor, groups: torch.Tensor,
