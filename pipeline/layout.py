@@ -14,6 +14,14 @@ Layout of the outputs (all relative to the working copy; DVC tracks them)::
     reports/                                     comparison.md, summary.json
     studies/<study>/                             an Optuna study's analysis
 
+The reference sweep (``python -m pipeline.stages.reference``) keeps its runs apart, one split
+per seed::
+
+    data/prepared/reference/<experiment>/split<k>/   the split of data.seed = k
+    models/reference/<experiment>/s<seed>/<label>/   its runs (not committed)
+    metrics/reference/<experiment>/<label>-s<seed>.json   each run's metrics (committed)
+    reports/reference/                               tables and figures rebuilt from them
+
 The stores that must outlive a ``dvc exp run --temp`` copy (MLflow, Optuna) are addressed from
 :func:`project_root`.
 """
@@ -25,6 +33,7 @@ import json
 import math
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +45,7 @@ METRICS_DIR = Path("metrics")
 PLOTS_DIR = Path("plots")
 REPORTS_DIR = Path("reports")
 STUDIES_DIR = Path("studies")
+REFERENCE = "reference"  # the reference sweep's sub-folder of data/prepared, models, metrics, reports
 
 PRETRAIN = "pretrain"  # the run folder (and MLflow label) of the CE pretraining
 # The files of a run folder.
@@ -100,8 +110,35 @@ def metrics_file(experiment: str, method: str, seed: int, *, detail: bool = Fals
     return folder / f"{run_label(method, seed)}.json"
 
 
-def plots_dir(experiment: str, method: str, seed: int) -> Path:
-    return PLOTS_DIR / experiment / run_label(method, seed)
+def plots_dir(experiment: str, method: str, seed: int, *, root: Path = PLOTS_DIR) -> Path:
+    return root / experiment / run_label(method, seed)
+
+
+@dataclass(frozen=True)
+class Tree:
+    """Where an experiment's prepared data and its runs live."""
+
+    data: Path  # the prepared data set
+    models: Path  # run folders s<seed>/<label> below it
+
+    def run_dir(self, seed: int, label: str) -> Path:
+        return self.models / f"s{seed}" / label
+
+
+def pipeline_tree(experiment: str) -> Tree:
+    """The DVC pipeline's: ``data/prepared/<experiment>``, ``models/<experiment>``."""
+    return Tree(data_dir(experiment), MODELS_DIR / experiment)
+
+
+def reference_tree(experiment: str, split_seed: int) -> Tree:
+    """A reference split's: ``data/prepared/reference/<experiment>/split<k>``,
+    ``models/reference/<experiment>``."""
+    return Tree(DATA_DIR / REFERENCE / experiment / f"split{split_seed}", MODELS_DIR / REFERENCE / experiment)
+
+
+def reference_metrics_file(experiment: str, label: str, seed: int) -> Path:
+    """``metrics/reference/<experiment>/<label>-s<seed>.json`` (committed)."""
+    return METRICS_DIR / REFERENCE / experiment / f"{run_label(label, seed)}.json"
 
 
 def study_dir(study: str) -> Path:

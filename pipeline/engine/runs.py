@@ -8,45 +8,51 @@ from typing import Any
 
 from pipeline.data.prepared import load_prepared
 from pipeline.engine.loop import RunSpec, fit
-from pipeline.layout import LAST, PRETRAIN, data_dir, run_dir, run_name
+from pipeline.layout import LAST, PRETRAIN, Tree, pipeline_tree, run_name
 from pipeline.params.experiment import ExperimentConfig
 
 
-def pretrain(exp: ExperimentConfig, seed: int, *, device: str = "auto", track: bool = True) -> dict[str, Any]:
+def pretrain(exp: ExperimentConfig, seed: int, *, device: str = "auto", track: bool = True,
+             tree: Tree | None = None, tags: dict[str, str] | None = None) -> dict[str, Any]:
     """Cross-entropy for the experiment's ``pretrain_epochs`` (method.md §6) into
-    ``models/<experiment>/s<seed>/pretrain``; resumes an interrupted run."""
-    return _run(exp, "ce", seed, PRETRAIN, device=device, track=track)
+    ``models/<experiment>/s<seed>/pretrain`` (or ``tree``'s); resumes an interrupted run."""
+    return _run(exp, "ce", seed, PRETRAIN, device=device, track=track, tree=tree, tags=tags)
 
 
-def train(exp: ExperimentConfig, method: str, seed: int, *, device: str = "auto", track: bool = True) -> dict[str, Any]:
-    """``method`` into ``models/<experiment>/s<seed>/<method>``: with ``protocol: deferred`` from
-    the pretraining's ``last.pt`` for ``train_epochs`` (every method of one experiment and seed
-    starts from the same checkpoint and seed), with ``scratch`` over the whole schedule from a
-    seeded random initialisation; resumes an interrupted run."""
-    return _run(exp, method, seed, method, device=device, track=track)
+def train(exp: ExperimentConfig, method: str, seed: int, *, device: str = "auto", track: bool = True,
+          tree: Tree | None = None, label: str | None = None, tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """``method`` into ``models/<experiment>/s<seed>/<label>`` (``label`` defaults to the method;
+    ``tree`` to the DVC pipeline's folders): with ``protocol: deferred`` from the pretraining's
+    ``last.pt`` for ``train_epochs`` (every method of one experiment and seed starts from the
+    same checkpoint and seed), with ``scratch`` over the whole schedule from a seeded random
+    initialisation; resumes an interrupted run."""
+    return _run(exp, method, seed, label or method, device=device, track=track, tree=tree, tags=tags)
 
 
-def _run(exp: ExperimentConfig, method: str, seed: int, label: str, *, device: str, track: bool) -> dict[str, Any]:
+def _run(exp: ExperimentConfig, method: str, seed: int, label: str, *, device: str, track: bool,
+         tree: Tree | None, tags: dict[str, str] | None) -> dict[str, Any]:
     """The pretraining (``label`` ``pretrain``: epochs [0, pretrain_epochs) from a random init)
     or a method's run (deferred: epochs [pretrain_epochs, total) from the pretraining's
     ``last.pt``; scratch: epochs [0, total) from a random init)."""
-    data = load_prepared(data_dir(exp.name))
+    tree = tree or pipeline_tree(exp.name)
+    data = load_prepared(tree.data)
     if label == PRETRAIN:
         first_epoch, last_epoch, init = 0, exp.pretrain_epochs, None
     elif exp.protocol == "scratch":
         first_epoch, last_epoch, init = 0, exp.total_epochs, None
     else:
-        first_epoch, last_epoch, init = exp.pretrain_epochs, exp.total_epochs, run_dir(exp.name, seed, PRETRAIN) / LAST
-    spec = RunSpec(exp, data, method, seed, run_dir(exp.name, seed, label), first_epoch=first_epoch,
+        first_epoch, last_epoch, init = exp.pretrain_epochs, exp.total_epochs, tree.run_dir(seed, PRETRAIN) / LAST
+    spec = RunSpec(exp, data, method, seed, tree.run_dir(seed, label), first_epoch=first_epoch,
                    last_epoch=last_epoch, init=init, device=device, desc=run_name(exp.name, label, seed))
     if not track:
         return fit(spec)
     from pipeline.tracking import RunTracker, registered_model_name
 
     tracker = RunTracker(exp.mlflow_experiment, run_name(exp.name, label, seed), card=data.card,
-                         data_dir=data_dir(exp.name),
+                         data_dir=tree.data,
                          tags={"stage": "pretrain" if label == PRETRAIN else "train", "experiment": exp.name,
-                               "method": label, "seed": str(seed)},
+                               "method": method if label != PRETRAIN else label, "label": label, "seed": str(seed),
+                               **(tags or {})},
                          register_as=registered_model_name(exp.name))
     try:
         return fit(spec, tracker=tracker)

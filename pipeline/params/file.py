@@ -10,6 +10,7 @@ Layout::
       lt: {data: {...}, network: {...}, optim: {...}, pretrain_epochs: .., train_epochs: ..,
            methods: {meta_iada: {alpha: 0.5, ...}}, search: {...}}
     tune: {...}   # Optuna studies (pipeline.params.tune)
+    reference: {...}  # the committed reference sweep (pipeline.params.reference)
 
 :func:`load_params` gives a :class:`Params` whose experiments hold their method configs and
 search spaces and whose ``tune`` holds every study, all validated: an unknown key, a value out
@@ -27,11 +28,12 @@ import yaml
 
 from pipeline.methods import method_class
 from pipeline.params.experiment import ExperimentConfig
+from pipeline.params.reference import ReferenceConfig, check_reference
 from pipeline.params.schema import ParamError, bounded, build
 from pipeline.params.tune import TuneConfig, check_tune
 
 PARAMS_FILE = "params.yaml"
-TOP_LEVEL_KEYS = ("run", "experiments", "tune")
+TOP_LEVEL_KEYS = ("run", "experiments", "tune", "reference")
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Params:
     run: RunConfig
     experiments: dict[str, ExperimentConfig]
     tune: TuneConfig = field(default_factory=TuneConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
 
     def __post_init__(self) -> None:
         for i, name in enumerate(self.run.experiments):
@@ -81,7 +84,7 @@ class Params:
 
 def parse_params(raw: Any) -> Params:
     if not isinstance(raw, dict):
-        raise ParamError("params.yaml must be a mapping with keys run, experiments, tune")
+        raise ParamError("params.yaml must be a mapping with keys " + ", ".join(TOP_LEVEL_KEYS))
     unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ParamError(f"unknown top-level key {unknown[0]!r} in params.yaml: allowed keys are "
@@ -96,7 +99,9 @@ def parse_params(raw: Any) -> Params:
         exp.check_schedule(f"experiments.{name}")
     tune = build(TuneConfig, raw.get("tune"), "tune")
     check_tune(tune, experiments)
-    return Params(build(RunConfig, raw.get("run"), "run"), experiments, tune)
+    reference = build(ReferenceConfig, raw.get("reference"), "reference")
+    check_reference(reference, experiments)
+    return Params(build(RunConfig, raw.get("run"), "run"), experiments, tune, reference)
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:

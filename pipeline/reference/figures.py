@@ -1,0 +1,153 @@
+"""Figures of a reference experiment (PNG in ``reports/reference/``), from its metrics files:
+
+- ``<experiment>-results.png``: the primary metric of every label, mean with ± std error bars
+  and each seed as a dot, validation-selected and final;
+- ``<experiment>-per_class.png``: test accuracy per class against the class's training size
+  (validation-selected, mean over seeds), one line per label;
+- ``<experiment>-curves.png``: the validation selection metric per epoch, one line per label
+  (mean over seeds);
+- ``<experiment>-epsilon.png``: the learned ε of the labels that learn one, per class, and per
+  clean / noisy label or per group where the data has them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.evaluation.plots import pyplot
+
+if TYPE_CHECKING:
+    from pipeline.reference.report import Label
+
+
+def write_figures(name: str, labels: dict[str, Label], summary: dict[str, Any], out: Path) -> list[str]:
+    """Write the figures; returns their file names (relative to ``out``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    plt = pyplot()
+    written = []
+    for kind, draw in (("results", _results), ("per_class", _per_class), ("curves", _curves),
+                       ("epsilon", _epsilon)):
+        fig = draw(plt, name, labels, summary)
+        if fig is None:
+            continue
+        file = f"{name}-{kind}.png"
+        fig.savefig(out / file, dpi=110, bbox_inches="tight", metadata={"Software": None})
+        plt.close(fig)
+        written.append(file)
+    for stale in out.glob(f"{name}-*.png"):  # a figure that no longer applies
+        if stale.name not in written:
+            stale.unlink()
+    return written
+
+
+def _results(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -> Any:
+    primary, order = s["primary"], s["ranking"]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(order) + 2), 4.2))
+    x = np.arange(len(order))
+    for offset, rule, color in ((-0.18, "selected", "tab:blue"), (0.18, "final", "tab:gray")):
+        stats = [s["labels"][label][rule][primary] for label in order]
+        means = [100 * (st["mean"] or np.nan) for st in stats]
+        stds = [100 * (st["std"] or 0) for st in stats]
+        ax.bar(x + offset, means, width=0.34, yerr=stds, capsize=3, color=color, alpha=0.75, label=rule)
+        for i, st in enumerate(stats):
+            seeds = [100 * v for v in st["per_seed"].values()]
+            ax.scatter(np.full(len(seeds), x[i] + offset), seeds, s=9, color="black", zorder=3)
+    ax.set_xticks(x, order, rotation=35, ha="right")
+    ax.set_ylabel(f"test {primary} (%)")
+    ax.set_title(f"{name}: {primary} by method (bars: mean ± std over seeds; dots: seeds)")
+    ax.legend(loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _per_class(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -> Any:
+    first = next(iter(labels.values())).first
+    if "per_class_acc" not in first["selected"]["test"]:
+        return None
+    counts = np.asarray(first["train_class_counts"], dtype=float)
+    by_size = len(set(counts.tolist())) > 1
+    order = np.argsort(-counts) if by_size else np.arange(len(counts))
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    cmap = plt.get_cmap("tab20")
+    for i, label in enumerate(s["ranking"]):
+        lab = labels[label]
+        acc = np.mean([[r["selected"]["test"]["per_class_acc"][str(c)] for c in range(len(counts))]
+                       for r in lab.records.values()], axis=0)
+        style = "-" if lab.method != s["subject"] else "-o"
+        width = 2.4 if lab.method == s["subject"] else 1.2
+        xs = counts[order] if by_size else order
+        ax.plot(xs, 100 * acc[order], style, color=cmap(i % 20), lw=width, ms=3, label=label)
+    if by_size:
+        ax.set_xscale("log")
+        ax.set_xlabel("training images of the class (log; seed 0's split)")
+    else:
+        ax.set_xlabel("class")
+    ax.set_ylabel("test accuracy of the class (%, selected)")
+    ax.set_title(f"{name}: per-class accuracy (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    return fig
+
+
+def _curves(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -> Any:
+    metric = s["selection_metric"]
+    fig, ax = plt.subplots(figsize=(8, 4.4))
+    cmap = plt.get_cmap("tab20")
+    drawn = False
+    for i, label in enumerate(s["ranking"]):
+        curves = [r.get("curve", {}) for r in labels[label].records.values()]
+        curves = [c for c in curves if c.get(metric)]
+        if not curves:
+            continue
+        n = min(len(c[metric]) for c in curves)
+        y = np.mean([[v if v is not None else np.nan for v in c[metric][:n]] for c in curves], axis=0)
+        ax.plot(curves[0]["epoch"][:n], 100 * y, color=cmap(i % 20),
+                lw=2.4 if labels[label].method == s["subject"] else 1.2, label=label)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("epoch (global: the CE pretraining's epochs count)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"{name}: validation per epoch (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    return fig
+
+
+def _epsilon(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -> Any:
+    learned = [label for label in s["ranking"] if "epsilon" in s["labels"][label]]
+    if not learned:
+        return None
+    extra = "clean_mean" in s["labels"][learned[0]]["epsilon"] or "per_group_mean" in s["labels"][learned[0]]["epsilon"]
+    fig, axes = plt.subplots(1, 2 if extra else 1, figsize=(12 if extra else 7, 4.2), squeeze=False)
+    ax = axes[0][0]
+    width = 0.8 / len(learned)
+    for i, label in enumerate(learned):
+        per_class = s["labels"][label]["epsilon"]["per_class_mean"]
+        classes = sorted(per_class, key=int)
+        ax.bar(np.arange(len(classes)) + i * width, [per_class[c] for c in classes], width=width, label=label)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("class (0 = largest in the long-tailed scenarios)")
+    ax.set_ylabel("mean learned ε (> 0: adversarial)")
+    ax.set_title(f"{name}: ε per class (mean over seeds)")
+    ax.legend(fontsize=7)
+    if extra:
+        ax = axes[0][1]
+        for i, label in enumerate(learned):
+            eps = s["labels"][label]["epsilon"]
+            if "clean_mean" in eps:
+                keys, values = ["clean", "noisy"], [eps["clean_mean"]["mean"], eps["noisy_mean"]["mean"]]
+            else:
+                groups = sorted(eps["per_group_mean"], key=int)
+                keys, values = [f"g{g}" for g in groups], [eps["per_group_mean"][g] for g in groups]
+            ax.bar(np.arange(len(keys)) + i * width, values, width=width, label=label)
+            ax.set_xticks(np.arange(len(keys)), keys)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title("ε per clean / noisy label" if "clean_mean" in s["labels"][learned[0]]["epsilon"]
+                     else "ε per group (label, attribute)")
+        ax.legend(fontsize=7)
+    return fig

@@ -1,0 +1,313 @@
+"""Tables of the reference sweep, built from the committed metrics files alone.
+
+Per reference experiment, ``reports/reference/<experiment>.md`` holds:
+
+- every run label's headline metrics, mean ± std over seeds and the per-seed values, for the
+  final-epoch and the validation-selected weights;
+- the paired difference of each label against CE and against the best baseline, with a 95 %
+  t-interval over seeds: d_s = m_s − b_s for every seed s both ran, mean(d) ± t_{0.975, n−1} ·
+  sd(d) / √n. The best baseline is the label, other than the subject's (``reference.subject``)
+  and CE, with the best mean *validation* value of the selection metric: chosen without test;
+- a "published vs ours" table beside the literature's numbers (``docs/published.yaml``), with the
+  protocol differences stated on each row;
+- the figures of :mod:`pipeline.reference.figures`.
+
+``reports/reference/summary.json`` holds the same numbers for programs, and the README's results
+section (between its ``reference`` markers) is rewritten from them: no number in it is typed by
+hand.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from scipy import stats as scipy_stats
+
+from pipeline.errors import UserError
+from pipeline.evaluation.report import ORDER
+from pipeline.layout import METRICS_DIR, REFERENCE, REPORTS_DIR, json_safe
+from pipeline.params.file import Params
+
+REPORT_DIR = REPORTS_DIR / REFERENCE
+PUBLISHED = Path("docs/published.yaml")
+README = Path("README.md")
+BEGIN, END = "<!-- reference results: begin (python -m pipeline.stages.reference report) -->", \
+    "<!-- reference results: end -->"
+# The one number a scenario is judged by (the paired differences and the charts use it).
+PRIMARY = {"longtail": "acc", "noisy": "acc", "subpop": "worst_group_acc", "glt": "glt_acc"}
+RULES = ("selected", "final")
+
+
+@dataclass
+class Label:
+    """One run label of an experiment: its records by seed."""
+
+    name: str
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def first(self) -> dict[str, Any]:
+        return self.records[min(self.records)]
+
+    @property
+    def method(self) -> str:
+        return self.first["method"]
+
+    @property
+    def protocol(self) -> str:
+        return self.first.get("protocol", "deferred")
+
+    def values(self, rule: str, key: str) -> dict[int, float]:
+        """Seed -> the headline value (``nan`` where undefined)."""
+        out = {}
+        for seed, r in self.records.items():
+            v = r[rule]["headline"].get(key)
+            out[seed] = float("nan") if v is None else float(v)
+        return out
+
+    def val_value(self) -> float:
+        """Mean over seeds of the selection metric on validation, at the selected epoch."""
+        key = self.first["selection_metric"].removeprefix("val_")
+        return float(np.mean([r["selected"]["val"][key] for r in self.records.values()]))
+
+
+def load_records(root: Path = METRICS_DIR / REFERENCE) -> dict[str, dict[str, Label]]:
+    """``{experiment: {label: Label}}`` from ``metrics/reference/<experiment>/*.json``."""
+    out: dict[str, dict[str, Label]] = {}
+    for path in sorted(root.glob("*/*.json")):
+        r = json.loads(path.read_text())
+        labels = out.setdefault(r["experiment"], {})
+        labels.setdefault(r["label"], Label(r["label"])).records[int(r["seed"])] = r
+    return out
+
+
+def mean_std(values: list[float]) -> dict[str, Any]:
+    v = np.asarray(values, dtype=float)
+    if len(v) == 0 or np.isnan(v).any():
+        return {"mean": None, "std": None, "n": len(v)}
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
+    """Mean of d_s = a_s − b_s over the seeds both have, with its 95 % t-interval (None for one
+    seed: no interval can be given)."""
+    seeds = sorted(set(a) & set(b))
+    d = np.array([a[s] - b[s] for s in seeds], dtype=float)
+    if len(d) == 0 or np.isnan(d).any():
+        return {"mean": None, "low": None, "high": None, "n": len(d), "seeds": seeds}
+    mean = float(d.mean())
+    if len(d) < 2:
+        return {"mean": mean, "low": None, "high": None, "n": 1, "seeds": seeds}
+    half = float(scipy_stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(d), "seeds": seeds}
+
+
+def best_baseline(labels: dict[str, Label], subject: str) -> str | None:
+    """The label with the best mean validation value among those whose method is neither the
+    subject nor CE (ties: the first in order)."""
+    candidates = [lab for lab in labels.values() if lab.method not in (subject, "ce")]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda lab: lab.val_value()).name
+
+
+def summarise(labels: dict[str, Label], subject: str) -> dict[str, Any]:
+    """The numbers of one experiment's report."""
+    first = next(iter(labels.values())).first
+    scenario = first["scenario"]
+    primary = PRIMARY[scenario]
+    keys = list(first["selected"]["headline"])
+    best = best_baseline(labels, subject)
+    ce = labels.get("ce")
+    out: dict[str, Any] = {"scenario": scenario, "data": first["data"], "primary": primary,
+                           "selection_metric": first["selection_metric"], "subject": subject,
+                           "best_baseline": best, "labels": {}}
+    for lab in labels.values():
+        entry: dict[str, Any] = {"method": lab.method, "protocol": lab.protocol, "seeds": sorted(lab.records),
+                                 "changed": lab.first.get("changed", {}), "val": lab.val_value()}
+        for rule in RULES:
+            entry[rule] = {k: {**mean_std(list(lab.values(rule, k).values())),
+                               "per_seed": lab.values(rule, k)} for k in keys}
+            entry[rule]["vs_ce"] = paired(lab.values(rule, primary), ce.values(rule, primary)) \
+                if ce is not None and lab.name != "ce" else None
+            entry[rule]["vs_best"] = paired(lab.values(rule, primary), labels[best].values(rule, primary)) \
+                if best is not None and lab.name != best else None
+        eps = [r["epsilon"] for r in lab.records.values() if "epsilon" in r]
+        if eps:
+            entry["epsilon"] = _epsilon_summary(eps)
+        seconds = [sum(x for x in r.get("curve", {}).get("epoch_seconds", []) if x) for r in lab.records.values()]
+        entry["train_seconds"] = mean_std(seconds)
+        entry["machine"] = lab.first.get("machine")
+        out["labels"][lab.name] = entry
+    out["ranking"] = sorted(out["labels"], key=lambda n: -(out["labels"][n]["selected"][primary]["mean"] or -1))
+    return out
+
+
+def _epsilon_summary(eps: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("mean", "adversarial_share", "clean_mean", "noisy_mean", "auroc_noisy_higher_eps"):
+        if key in eps[0]:
+            out[key] = mean_std([e[key] if e[key] is not None else math.nan for e in eps])
+    for key in ("per_class_mean", "per_group_mean"):
+        if key in eps[0]:
+            out[key] = {k: mean_std([e[key].get(k, math.nan) for e in eps])["mean"] for k in eps[0][key]}
+    return out
+
+
+# --- markdown ----------------------------------------------------------------------------------
+
+
+def pct(x: float | None, digits: int = 2) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+
+
+def pm(s: dict[str, Any]) -> str:
+    if s["mean"] is None:
+        return "—"
+    return pct(s["mean"]) if s["n"] < 2 else f"{pct(s['mean'])} ± {pct(s['std'])}"
+
+
+def diff(p: dict[str, Any] | None) -> str:
+    if p is None or p["mean"] is None:
+        return ""
+    text = f"{100 * p['mean']:+.2f}"
+    if p["low"] is not None:
+        text += f" [{100 * p['low']:+.2f}, {100 * p['high']:+.2f}]"
+    return text
+
+
+def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] | None,
+                        figures: list[str]) -> str:
+    primary, labels = s["primary"], s["labels"]
+    seeds = sorted({x for e in labels.values() for x in e["seeds"]})
+    machine = next((e["machine"] for e in labels.values() if e.get("machine")), None) or {}
+    lines = [f"# Reference runs: {name}", "",
+             (f"Scenario {s['scenario']}, data {s['data']}, test metrics in %. Seeds {seeds}: each seed draws its own "
+             "split and its own training randomness, so the spread holds both. *selected*: the weights of the epoch "
+             f"with the best `{s['selection_metric']}` (validation; never test); *final*: after the last epoch. "
+             "*deferred*: trained from the seed's CE pretraining; *scratch*: the whole schedule from a random "
+             f"initialisation. Trained on {machine.get('cpu', '?')} ({'with' if machine.get('avx512') else 'without'}"
+             f" AVX-512, torch threads: {machine.get('threads', '?')})."), ""]
+    keys = sorted((k for k in next(iter(labels.values()))["selected"] if k not in ("vs_ce", "vs_best")),
+                  key=lambda k: (k != primary, ORDER.index(k) if k in ORDER else len(ORDER), k))
+    lines += ["## Headline metrics", "",
+              "Ranked by the selected " + primary + ". Per seed: the selected " + primary + " of seeds "
+              + ", ".join(map(str, seeds)) + ". Train min: the training time of one seed (the pretraining not "
+              "included).", "",
+              "| label | protocol | seeds | " + " | ".join(f"{k} selected" for k in keys)
+              + f" | {primary} final | per seed | train min |",
+              "|" + "---|" * (len(keys) + 6)]
+    for label in s["ranking"]:
+        e = labels[label]
+        per_seed = ", ".join(pct(v) for _, v in sorted(e["selected"][primary]["per_seed"].items()))
+        minutes = e["train_seconds"]["mean"]
+        lines.append(f"| {label} | {e['protocol']} | {len(e['seeds'])} | "
+                     + " | ".join(pm(e["selected"][k]) for k in keys)
+                     + f" | {pm(e['final'][primary])} | {per_seed} | {'—' if minutes is None else f'{minutes / 60:.1f}'} |")
+    best = s["best_baseline"]
+    lines += ["", f"## Paired differences in {primary} (percentage points, 95 % interval over seeds)", "",
+              (f"Each label minus CE, and minus the best baseline (`{best}`: the best mean validation "
+              f"`{s['selection_metric']}` among the methods other than {s['subject']} and CE), seed by seed. "
+              "An interval that excludes 0 is a difference the seeds support; with 3 seeds the intervals are wide."),
+              "", "| label | vs ce (selected) | vs ce (final) | vs best baseline (selected) | vs best baseline (final) |",
+              "|---|---|---|---|---|"]
+    for label in s["ranking"]:
+        e = labels[label]
+        lines.append(f"| {label} | {diff(e['selected']['vs_ce'])} | {diff(e['final']['vs_ce'])} | "
+                     f"{diff(e['selected']['vs_best'])} | {diff(e['final']['vs_best'])} |")
+    eps_rows = [(label, labels[label]["epsilon"]) for label in s["ranking"] if "epsilon" in labels[label]]
+    if eps_rows:
+        lines += ["", "## The learned ε (training samples, last epoch, mean over seeds)", "",
+                  "| label | mean ε | share ε > 0 | clean | noisy | AUROC(ε, noisy label) |", "|---|---|---|---|---|---|"]
+        for label, eps in eps_rows:
+            mean = {k: eps[k]["mean"] for k in eps if isinstance(eps[k], dict) and "mean" in eps[k]}
+            lines.append(f"| {label} | {_num(mean.get('mean'))} | {pct(mean.get('adversarial_share'), 1)} | "
+                         f"{_num(mean.get('clean_mean'))} | {_num(mean.get('noisy_mean'))} | "
+                         f"{_num(mean.get('auroc_noisy_higher_eps'))} |")
+    if published:
+        lines += ["", "## Published vs ours", "",
+                  (f"Published: {published['common']['data']}, {published['common']['network']}, "
+                  f"{published['common']['epochs']}, selection: {published['common']['selection']}. "
+                  f"Ours: this page's data and profile, validation-selected, mean over {len(seeds)} seeds."), "",
+                  f"| method | published {published['metric']} | source | ours (selected) | ours (final) |",
+                  "|---|---|---|---|---|"]
+        for row in published["rows"]:
+            value = "not published" if row["value"] is None else (
+                f"{row['value']:.1f}" + (f" - {row['high']:.1f}" if row.get("high") else ""))
+            ours = labels.get(row["label"])
+            lines.append(f"| {row['label']} | {value} | {row['source']} | "
+                         f"{pm(ours['selected'][published['metric']]) if ours else 'not run'} | "
+                         f"{pm(ours['final'][published['metric']]) if ours else 'not run'} |")
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
+    return "\n".join(lines) + "\n"
+
+
+def _num(x: float | None) -> str:
+    return "—" if x is None or math.isnan(x) else f"{x:.3f}"
+
+
+def readme_section(summaries: dict[str, dict[str, Any]]) -> str:
+    """The README's results: per experiment, every label's primary metric and its paired
+    differences (validation-selected)."""
+    lines = [BEGIN, ""]
+    for name, s in summaries.items():
+        p = s["primary"]
+        seeds = sorted({x for e in s["labels"].values() for x in e["seeds"]})
+        lines += [(f"**{name}** ({s['scenario']}, {s['data']}; {p} in %, validation-selected, mean ± std over "
+                  f"seeds {seeds}, each with its own split; differences with 95 % intervals; "
+                  f"[full report](reports/reference/{name}.md))"), "",
+                  f"| label | protocol | {p} | vs ce | vs best baseline ({s['best_baseline']}) |", "|---|---|---|---|---|"]
+        for label in s["ranking"]:
+            e = s["labels"][label]
+            lines.append(f"| {label} | {e['protocol']} | {pm(e['selected'][p])} | {diff(e['selected']['vs_ce'])} | "
+                         f"{diff(e['selected']['vs_best'])} |")
+        lines.append("")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def replace_section(text: str, section: str) -> str:
+    if BEGIN not in text or END not in text:
+        raise UserError(f"{README} has no reference results markers ({BEGIN} ... {END})")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return head + section + tail
+
+
+def build_reports(params: Params, *, check: bool = False, track: bool = False, readme: bool = True) -> list[Path]:
+    """Write (or with ``check`` compare) every report file and the README section; returns the
+    files that were out of date."""
+    from pipeline.reference.figures import write_figures
+
+    records = load_records()
+    published = yaml.safe_load(PUBLISHED.read_text()) if PUBLISHED.is_file() else {}
+    subject = params.reference.subject
+    summaries = {name: summarise(labels, subject) for name, labels in records.items()}
+    files: dict[Path, str] = {}
+    for name, s in summaries.items():
+        figures = [] if check else write_figures(name, records[name], s, REPORT_DIR)
+        if check:
+            figures = sorted(p.name for p in REPORT_DIR.glob(f"{name}-*.png"))
+        files[REPORT_DIR / f"{name}.md"] = experiment_markdown(name, s, published.get(s["scenario"]), figures)
+    files[REPORT_DIR / "summary.json"] = json.dumps(json_safe(summaries), indent=2, sort_keys=True) + "\n"
+    if readme and README.is_file():
+        files[README] = replace_section(README.read_text(), readme_section(summaries))
+    stale = [p for p, text in files.items() if not p.is_file() or p.read_text() != text]
+    if not check:
+        REPORT_DIR.mkdir(parents=True, exist_ok=True)
+        for p in stale:
+            p.write_text(files[p])
+        if track and summaries:
+            from pipeline import tracking
+
+            for name, s in summaries.items():
+                tracking.log_reference_report(name, s, REPORT_DIR)
+    return stale
+

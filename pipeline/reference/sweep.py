@@ -1,0 +1,194 @@
+"""Run the reference sweep: every label of a reference experiment for every seed, each seed on
+its own split (``reference.split: per_seed``), and keep each run's metrics in
+``metrics/reference/<experiment>/<label>-s<seed>.json``.
+
+Rerunning the same command continues a stopped sweep: a run whose metrics file holds the same
+configuration is skipped, an interrupted training resumes from its ``last.pt`` (same
+fingerprint), and a metrics file is written only once its run is evaluated (atomically). A
+changed hyperparameter reruns just the runs it touches.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.layout import Tree, plots_dir, reference_metrics_file, reference_tree, write_json
+from pipeline.params.experiment import ExperimentConfig, config_hash
+from pipeline.params.file import Params
+from pipeline.params.reference import Variant, variant_experiment
+from pipeline.params.schema import ParamError, to_dict
+
+RECORD_FORMAT = 1
+
+
+@dataclass
+class Job:
+    """One run of the sweep: a label of an experiment, for one seed."""
+
+    exp: ExperimentConfig  # the variant's experiment on the seed's split
+    label: str
+    method: str
+    seed: int
+    split_seed: int
+    changed: dict[str, Any]  # the variant's keys
+
+    @property
+    def tree(self) -> Tree:
+        return reference_tree(self.exp.name, self.split_seed)
+
+    @property
+    def metrics_file(self) -> Path:
+        return reference_metrics_file(self.exp.name, self.label, self.seed)
+
+    @property
+    def config(self) -> str:
+        """What the run's result depends on (not e.g. the other methods' hyperparameters or the
+        eval batch size): a changed value here makes the sweep rerun the run."""
+        e = self.exp
+        return config_hash(e.data, e.network, e.optim, e.augment, e.pretrain_epochs, e.train_epochs,
+                           e.meta_batch_size, e.protocol, self.method, e.method_config(self.method), self.seed)
+
+    def done(self) -> bool:
+        f = self.metrics_file
+        if not f.is_file():
+            return False
+        try:
+            record = json.loads(f.read_text())
+        except ValueError:
+            return False
+        return record.get("config") == self.config and record.get("format") == RECORD_FORMAT
+
+
+def plan(params: Params, experiments: list[str] | None = None, seeds: list[int] | None = None,
+         labels: list[str] | None = None) -> list[Job]:
+    """The sweep's runs in order: per experiment, seed by seed (so that a stopped sweep leaves
+    whole seeds), each seed's labels in params order. Names outside ``params.reference`` are
+    errors."""
+    ref = params.reference
+    names = experiments or list(ref.experiments)
+    for name in names:
+        if name not in ref.experiments:
+            raise ParamError(f"--experiment {name!r} has no reference.experiments block: use one of "
+                             f"{', '.join(ref.experiments) or '(none declared)'}")
+    jobs = []
+    for name in names:
+        base, sweep = params.experiment(name), ref.experiments[name]
+        all_labels = sweep.labels()
+        for label in labels or []:
+            if label not in all_labels:
+                raise ParamError(f"--label {label!r} is not a run of reference.experiments.{name}: use one of "
+                                 f"{', '.join(all_labels)}")
+        for seed in seeds if seeds is not None else ref.seeds:
+            split = ref.split_seed(base, seed)
+            for label, variant in all_labels.items():
+                if labels and label not in labels:
+                    continue
+                exp = variant_experiment(base, variant, f"reference.experiments.{name}.variants.{label}",
+                                         data_seed=split)
+                jobs.append(Job(exp, label, variant.method, seed, split, dict(variant.set)))
+    return jobs
+
+
+def run(params: Params, jobs: list[Job], *, device: str = "auto", track: bool = True) -> None:
+    """Run the jobs that are not done, seed by seed: the split (once), the CE pretraining (once,
+    when a deferred job needs it), then each job's training and evaluation."""
+    for (name, seed), group in _by_seed(jobs):
+        todo = [j for j in group if not j.done()]
+        print(f"[reference {name} seed {seed}] {len(group) - len(todo)} of {len(group)} runs done", file=sys.stderr)
+        if not todo:
+            continue
+        base = variant_experiment(params.experiment(name), Variant("ce"), f"reference.experiments.{name}",
+                                  data_seed=todo[0].split_seed)
+        tree = todo[0].tree
+        ensure_prepared(base, tree)
+        if any(j.exp.protocol == "deferred" and j.exp.pretrain_epochs > 0 for j in todo):
+            from pipeline.engine.runs import pretrain
+
+            pretrain(base, seed, device=device, track=track, tree=tree, tags=_tags(seed, todo[0].split_seed))
+        for job in todo:
+            run_job(job, device=device, track=track)
+
+
+def run_job(job: Job, *, device: str, track: bool) -> dict[str, Any]:
+    """Train (or resume) and evaluate one job, then write its metrics file."""
+    from pipeline.data.prepared import load_prepared
+    from pipeline.engine.runs import train
+    from pipeline.evaluation.evaluate import evaluate_run
+
+    t0 = time.perf_counter()
+    tags = _tags(job.seed, job.split_seed)
+    train(job.exp, job.method, job.seed, device=device, track=track, tree=job.tree, label=job.label, tags=tags)
+    data = load_prepared(job.tree.data)
+    run_dir = job.tree.run_dir(job.seed, job.label)
+    plots = plots_dir(f"reference/{job.exp.name}", job.label, job.seed)
+    result = evaluate_run(job.exp, data, run_dir, plots, device)
+    history = json.loads((run_dir / "history.json").read_text())
+    record = {"format": RECORD_FORMAT, "config": job.config, "experiment": job.exp.name, "label": job.label,
+              "changed": job.changed, "split_seed": job.split_seed, **result,
+              "train_class_counts": np.bincount(data.splits["train"].y, minlength=data.num_classes).tolist(),
+              "curve": {k: [h.get(k) for h in history["history"]]
+                        for k in ("epoch", "train_loss", "val_acc", "val_worst_group_acc", "epoch_seconds")
+                        if any(k in h for h in history["history"])},
+              "machine": machine()}
+    write_json(record, job.metrics_file)
+    if track:
+        from pipeline import tracking
+
+        tracking.log_evaluation(result, plots, job.exp.mlflow_experiment, f"{job.exp.name}-{job.label}-s{job.seed}")
+    h = result["selected"]["headline"]
+    print(f"[reference {job.exp.name} {job.label} s{job.seed}] selected: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in h.items() if v is not None)
+          + f" ({time.perf_counter() - t0:.0f}s) -> {job.metrics_file}", file=sys.stderr)
+    return record
+
+
+def ensure_prepared(exp: ExperimentConfig, tree: Tree) -> None:
+    """The seed's split in ``tree.data``, built unless a split of the same data config is there."""
+    from pipeline.data.build import prepare_dataset
+    from pipeline.data.prepared import save_prepared
+
+    card = tree.data / "card.json"
+    want = json.loads(json.dumps(to_dict(exp.data)))
+    if card.is_file() and json.loads(card.read_text()).get("config") == want:
+        return
+    data = prepare_dataset(exp.data)
+    save_prepared(data, tree.data)
+    print(f"prepared {tree.data}: " + ", ".join(f"{k} {len(s)}" for k, s in data.splits.items()), file=sys.stderr)
+
+
+def _by_seed(jobs: list[Job]) -> Iterator[tuple[tuple[str, int], list[Job]]]:
+    groups: dict[tuple[str, int], list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.exp.name, job.seed), []).append(job)
+    yield from groups.items()
+
+
+def _tags(seed: int, split_seed: int) -> dict[str, str]:
+    return {"reference": "true", "split_seed": str(split_seed), "seed": str(seed)}
+
+
+def machine() -> dict[str, Any]:
+    """The CPU the run trained on (times are comparable only on the same kind): its name, whether
+    it has AVX-512 (the two 2-core kinds this project runs on differ there) and torch's threads."""
+    import torch
+
+    name, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = line
+    except OSError:
+        pass
+    return {"cpu": name, "avx512": " avx512f" in flags, "threads": torch.get_num_threads()}
+
