@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test bench ui dashboard tune
+.PHONY: setup repro test bench gpu-check ui dashboard tune
 
 setup: $(STAMP) .dvc/config
 
@@ -40,6 +40,12 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m pipeline.bench
+
+# On a machine with CUDA: device tests, the ResNet-32 step benchmark and one lt_paper epoch on the
+# GPU, one JSON line (pipeline/bench/gpu_check.py; runs without make too). DEVICE=cuda:1 picks a GPU.
+gpu-check: DEVICE ?= cuda
+gpu-check: setup
+	$(BIN)/python -m pipeline.bench.gpu_check --device $(DEVICE)
 
 # make tune: the studies of tune.run; make tune STUDY=lt_alpha: one study (WORKERS=2 for two processes)
 tune: setup

@@ -30,6 +30,11 @@ from pipeline.data.loader import Augmentation, BatchLoader, Order, channel_stats
 from pipeline.networks import build_network
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bench_data(path: Path) -> PreparedData:
     """The prepared default data set if present, else CIFAR-10-LT built in memory from the source."""
     if (path / "arrays.npz").is_file():
@@ -40,10 +45,11 @@ def bench_data(path: Path) -> PreparedData:
     return prepare_dataset(load_params().experiment("lt").data)
 
 
-def time_ce_steps(arch: str, batches, steps: int, warmup: int, channels_last: bool, num_classes: int) -> float:
-    """Images per second of CE train steps over ``batches`` (an iterator of (x, y))."""
+def time_ce_steps(arch: str, batches, steps: int, warmup: int, channels_last: bool, num_classes: int,
+                  device: torch.device = torch.device("cpu")) -> float:
+    """Images per second of CE train steps over ``batches`` (an iterator of (x, y) on ``device``)."""
     torch.manual_seed(0)
-    net = build_network(arch, num_classes)
+    net = build_network(arch, num_classes).to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -51,6 +57,7 @@ def time_ce_steps(arch: str, batches, steps: int, warmup: int, channels_last: bo
     n_img = 0
     for i in range(warmup + steps):
         if i == warmup:
+            _sync(device)
             t0, n_img = time.perf_counter(), 0
         x, y = next(batches)
         loss = F.cross_entropy(net(x), y)
@@ -58,15 +65,17 @@ def time_ce_steps(arch: str, batches, steps: int, warmup: int, channels_last: bo
         loss.backward()
         opt.step()
         n_img += len(y)
+    _sync(device)
     return n_img / (time.perf_counter() - t0)
 
 
-def input_pipeline(arch: str, batch: int, steps: int, warmup: int, channels_last: bool, data_dir: Path) -> dict:
+def input_pipeline(arch: str, batch: int, steps: int, warmup: int, channels_last: bool, data_dir: Path,
+                   device: torch.device = torch.device("cpu")) -> dict:
     data = bench_data(data_dir)
     split = data.splits["train"]
     mean, std = channel_stats(split.x)
     loader = BatchLoader(split, (mean, std), batch, augment=Augmentation(),
-                         order=Order(shuffle=True, drop_last=True), channels_last=channels_last)
+                         order=Order(shuffle=True, drop_last=True), channels_last=channels_last, device=device)
 
     def real():
         for b in loader.endless():
@@ -74,21 +83,22 @@ def input_pipeline(arch: str, batch: int, steps: int, warmup: int, channels_last
 
     g = torch.Generator().manual_seed(0)
     c, h, w = data.image_shape
-    xs = torch.randn(batch, c, h, w, generator=g)
+    xs = torch.randn(batch, c, h, w, generator=g).to(device)
     if channels_last:
         xs = xs.contiguous(memory_format=torch.channels_last)
-    ys = torch.randint(0, data.num_classes, (batch,), generator=g)
+    ys = torch.randint(0, data.num_classes, (batch,), generator=g).to(device)
 
     def synthetic():
         while True:
             yield xs, ys
 
-    model = time_ce_steps(arch, synthetic(), steps, warmup, channels_last, data.num_classes)
-    pipe = time_ce_steps(arch, real(), steps, warmup, channels_last, data.num_classes)
+    model = time_ce_steps(arch, synthetic(), steps, warmup, channels_last, data.num_classes, device)
+    pipe = time_ce_steps(arch, real(), steps, warmup, channels_last, data.num_classes, device)
     t0 = time.perf_counter()
     n = 0
     for b in loader.epoch(1):
         n += len(b.y)
+    _sync(device)
     loader_only = n / (time.perf_counter() - t0)
     return {"model_img_per_s": model, "pipeline_img_per_s": pipe, "loader_only_img_per_s": loader_only,
             "input_pipeline_ratio": pipe / model}
@@ -104,19 +114,26 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=Path("data/prepared/lt"))
     p.add_argument("--skip-meta", action="store_true", help="only the input-pipeline benchmark")
     p.add_argument("--json", action="store_true", help="last line: one JSON object with every figure")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("--repeats", type=int, default=10, help="timed rounds of the step benchmark")
     args = p.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {args.device}: torch sees no CUDA device")
     keep_freed_memory()  # as training does (pipeline.engine.loop.fit)
     cl = not args.no_channels_last
     result: dict = {"arch": args.arch, "batch": args.batch, "threads": torch.get_num_threads(),
-                    "device": "cpu", "channels_last": cl}
-    result.update(input_pipeline(args.arch, args.batch, args.steps, args.warmup, cl, args.data))
+                    "device": str(device), "channels_last": cl}
+    if device.type == "cuda":
+        result["gpu"] = torch.cuda.get_device_name(device)
+    result.update(input_pipeline(args.arch, args.batch, args.steps, args.warmup, cl, args.data, device))
     print(f"input pipeline: model alone {result['model_img_per_s']:.0f} img/s, real pipeline "
           f"{result['pipeline_img_per_s']:.0f} img/s, ratio {result['input_pipeline_ratio']:.3f} (goal >= 0.9); "
           f"loader alone {result['loader_only_img_per_s']:.0f} img/s")
     if not args.skip_meta:
         from pipeline.bench.steps import time_steps
 
-        steps = time_steps(arch=args.arch, batch=args.batch)
+        steps = time_steps(arch=args.arch, batch=args.batch, device=str(device), repeats=args.repeats)
         result.update(steps)
         print(f"step time: meta head / CE = {steps['meta_head_over_ce']:.2f} (goal <= 1.3; its floor, "
               f"1 + meta-batch forward / CE, is {1 + steps['meta_forward_over_ce']:.2f}), "

@@ -47,7 +47,9 @@ class TinyCNN(FeatureClassifier):
         return F.adaptive_avg_pool2d(self.body(x), 1).flatten(1)
 
 
-def problem(net: FeatureClassifier, x_shape: tuple[int, ...], dtype=torch.float32, seed=0):
+def problem(net: FeatureClassifier, x_shape: tuple[int, ...], dtype=torch.float32, seed=0, device="cpu"):
+    """A train batch, a meta batch, Σ, characteristics and Ω for ``net`` (drawn on the CPU, then
+    moved to ``device``, so that every device gets the same problem)."""
     g = torch.Generator().manual_seed(seed)
     net = net.to(dtype).train()
     x = torch.randn(8, *x_shape, generator=g, dtype=dtype)
@@ -59,6 +61,8 @@ def problem(net: FeatureClassifier, x_shape: tuple[int, ...], dtype=torch.float3
     cov = root @ root.transpose(1, 2) / dim
     c = torch.randn(8, 4, generator=g, dtype=dtype)  # characteristics, K = 4
     omega = PerturbationNet(4).to(dtype).train()
+    net, omega = net.to(device), omega.to(device)
+    x, y, meta_x, meta_y, cov, c = (t.to(device) for t in (x, y, meta_x, meta_y, cov, c))
 
     def train_loss(logits, weight, eps):
         return iada_loss(logits, None, y, weight, cov, epsilon=eps, alpha=0.8, beta=1.0, direction="pairwise")
@@ -143,7 +147,7 @@ def assert_matches_finite_differences(grads: list[torch.Tensor], omega: nn.Modul
     g = torch.Generator().manual_seed(1)
     step = 1e-5
     for _ in range(directions):
-        v = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in params]
+        v = [torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device) for p in params]
         with torch.no_grad():
             for p, vi in zip(params, v):
                 p += step * vi
