@@ -23,13 +23,17 @@ if TYPE_CHECKING:
     from pipeline.reference.report import Label
 
 
+KINDS = ("results", "per_class", "curves", "epsilon")  # file <experiment>-<kind>.png, in page order
+
+
 def write_figures(name: str, labels: dict[str, Label], summary: dict[str, Any], out: Path) -> list[str]:
     """Write the figures; returns their file names (relative to ``out``)."""
     out.mkdir(parents=True, exist_ok=True)
     plt = pyplot()
     written = []
-    for kind, draw in (("results", _results), ("per_class", _per_class), ("curves", _curves),
-                       ("epsilon", _epsilon)):
+    drawers = {"results": _results, "per_class": _per_class, "curves": _curves, "epsilon": _epsilon}
+    for kind in KINDS:
+        draw = drawers[kind]
         fig = draw(plt, name, labels, summary)
         if fig is None:
             continue

@@ -37,7 +37,7 @@ from pipeline.params.file import Params
 REPORT_DIR = REPORTS_DIR / REFERENCE
 PUBLISHED = Path("docs/published.yaml")
 README = Path("README.md")
-BEGIN, END = "<!-- reference results: begin (python -m pipeline.stages.reference report) -->", \
+BEGIN, END = "<!-- reference results: begin (python -m pipeline.stages.reference_report) -->", \
     "<!-- reference results: end -->"
 # The one number a scenario is judged by (the paired differences and the charts use it).
 PRIMARY = {"longtail": "acc", "noisy": "acc", "subpop": "worst_group_acc", "glt": "glt_acc"}
@@ -284,7 +284,7 @@ def replace_section(text: str, section: str) -> str:
 def build_reports(params: Params, *, check: bool = False, track: bool = False, readme: bool = True) -> list[Path]:
     """Write (or with ``check`` compare) every report file and the README section; returns the
     files that were out of date."""
-    from pipeline.reference.figures import write_figures
+    from pipeline.reference.figures import KINDS, write_figures
 
     records = load_records()
     published = yaml.safe_load(PUBLISHED.read_text()) if PUBLISHED.is_file() else {}
@@ -292,9 +292,10 @@ def build_reports(params: Params, *, check: bool = False, track: bool = False, r
     summaries = {name: summarise(labels, subject) for name, labels in records.items()}
     files: dict[Path, str] = {}
     for name, s in summaries.items():
-        figures = [] if check else write_figures(name, records[name], s, REPORT_DIR)
-        if check:
-            figures = sorted(p.name for p in REPORT_DIR.glob(f"{name}-*.png"))
+        if check:  # the figures there (PNG bytes are not compared)
+            figures = [f"{name}-{kind}.png" for kind in KINDS if (REPORT_DIR / f"{name}-{kind}.png").is_file()]
+        else:
+            figures = write_figures(name, records[name], s, REPORT_DIR)
         files[REPORT_DIR / f"{name}.md"] = experiment_markdown(name, s, published.get(s["scenario"]), figures)
     files[REPORT_DIR / "summary.json"] = json.dumps(json_safe(summaries), indent=2, sort_keys=True) + "\n"
     if readme and README.is_file():

@@ -1,0 +1,123 @@
+"""The reference report: paired differences with their t-interval, the best baseline chosen on
+validation, the tables and the README section rebuilt from metrics files alone."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from pipeline.layout import write_json
+from pipeline.params.file import load_params
+from pipeline.reference import report
+from pipeline.reference.report import Label, best_baseline, build_reports, paired, summarise
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def record(label: str, seed: int, test: float, val: float, *, method: str | None = None, final: float | None = None,
+           protocol: str = "deferred", epsilon: bool = False) -> dict:
+    per_class = {str(c): test + 0.01 * (c - 1) for c in range(3)}
+    r = {"format": 1, "config": "x", "experiment": "exp", "label": label, "method": method or label, "seed": seed,
+         "scenario": "longtail", "data": "CIFAR-10 (JPEG)", "selection_metric": "val_acc", "protocol": protocol,
+         "changed": {}, "split_seed": seed, "train_class_counts": [300, 60, 10],
+         "curve": {"epoch": [0, 1], "val_acc": [val - 0.1, val], "epoch_seconds": [30.0, 30.0]},
+         "machine": {"cpu": "test cpu", "avx512": True, "threads": 2}}
+    for rule, acc in (("selected", test), ("final", test if final is None else final)):
+        r[rule] = {"epoch": 1, "headline": {"acc": acc, "many_acc": acc + 0.1, "medium_acc": acc - 0.1, "few_acc": None},
+                   "test": {"acc": acc, "per_class_acc": per_class}, "val": {"acc": val}}
+    if epsilon:
+        r["epsilon"] = {"mean": 0.1, "adversarial_share": 0.6, "per_class_mean": {"0": -0.5, "1": 0.2, "2": 0.9}}
+    return r
+
+
+def test_paired_difference_has_the_t_interval_over_seeds():
+    a, b = {0: 0.50, 1: 0.60, 2: 0.70}, {0: 0.49, 1: 0.58, 2: 0.67}  # d = 0.01, 0.02, 0.03
+    p = paired(a, b)
+    half = 4.302652729911275 * 0.01 / math.sqrt(3)  # t_{0.975, 2} * sd(d) / sqrt(n)
+    assert p["n"] == 3 and p["mean"] == pytest.approx(0.02)
+    assert p["low"] == pytest.approx(0.02 - half) and p["high"] == pytest.approx(0.02 + half)
+
+
+def test_paired_difference_uses_only_the_seeds_both_ran_and_gives_no_interval_for_one():
+    p = paired({0: 0.5, 1: 0.9}, {1: 0.6, 2: 0.1})
+    assert p["seeds"] == [1] and p["mean"] == pytest.approx(0.3) and p["low"] is None
+
+
+def labels_of(*records: dict) -> dict[str, Label]:
+    out: dict[str, Label] = {}
+    for r in records:
+        out.setdefault(r["label"], Label(r["label"])).records[r["seed"]] = r
+    return out
+
+
+def test_the_best_baseline_is_chosen_on_validation_never_on_test():
+    labels = labels_of(record("ce", 0, 0.50, 0.50), record("la", 0, 0.70, 0.55),  # better on test
+                       record("ldam_drw", 0, 0.60, 0.60),  # better on validation
+                       record("meta_iada", 0, 0.80, 0.90))  # the subject never counts
+    assert best_baseline(labels, "meta_iada") == "ldam_drw"
+
+
+def test_summary_ranks_and_differences(tmp_path):
+    recs = [record(lab, s, acc + 0.01 * s, val, method=m)
+            for lab, m, acc, val in (("ce", "ce", 0.5, 0.5), ("la", "la", 0.6, 0.62), ("meta_iada", "meta_iada", 0.55, 0.6),
+                                     ("la-scratch", "la", 0.58, 0.61))
+            for s in range(3)]
+    s = summarise(labels_of(*recs), "meta_iada")
+    assert s["ranking"] == ["la", "la-scratch", "meta_iada", "ce"]
+    assert s["best_baseline"] == "la"  # la-scratch has a lower validation mean
+    mi = s["labels"]["meta_iada"]["selected"]
+    assert mi["vs_ce"]["mean"] == pytest.approx(0.05) and mi["vs_best"]["mean"] == pytest.approx(-0.05)
+    assert mi["acc"]["per_seed"] == {0: pytest.approx(0.55), 1: pytest.approx(0.56), 2: pytest.approx(0.57)}
+    assert s["labels"]["ce"]["selected"]["vs_ce"] is None and s["labels"]["la"]["selected"]["vs_best"] is None
+    assert s["labels"]["la-scratch"]["protocol"] == "deferred"  # as its records say
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """A project folder with reference metrics of one experiment, a README with the markers and
+    the real params.yaml and published numbers."""
+    monkeypatch.chdir(tmp_path)
+    for r in [record(lab, s, acc + 0.01 * s, val, epsilon=lab == "meta_iada")
+              for lab, acc, val in (("ce", 0.5, 0.5), ("la", 0.6, 0.62), ("meta_iada", 0.55, 0.6)) for s in range(2)]:
+        write_json(r, Path("metrics/reference/exp") / f"{r['label']}-s{r['seed']}.json")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/published.yaml").write_text((ROOT / "docs/published.yaml").read_text())
+    Path("README.md").write_text(f"# Title\n\nbefore\n\n{report.BEGIN}\nold numbers\n{report.END}\n\nafter\n")
+    return load_params(ROOT / "params.yaml")
+
+
+def test_report_rebuilds_tables_figures_and_the_readme_section_from_metrics_alone(project):
+    stale = build_reports(project)
+    assert {p.as_posix() for p in stale} == {"reports/reference/exp.md", "reports/reference/summary.json", "README.md"}
+    page = Path("reports/reference/exp.md").read_text()
+    assert "| la | deferred | 2 | 60.50 ± 0.71 |" in page  # mean ± std over the two seeds
+    assert "| meta_iada | −" not in page and "-5.00 [" in page  # meta_iada − la, with an interval
+    assert "| ce | 70.4 |" in page  # published vs ours
+    for kind in ("results", "per_class", "curves", "epsilon"):
+        assert (Path("reports/reference") / f"exp-{kind}.png").stat().st_size > 10_000
+        assert f"exp-{kind}.png" in page
+    readme = Path("README.md").read_text()
+    assert "old numbers" not in readme and readme.startswith("# Title\n\nbefore\n") and readme.endswith("after\n")
+    assert "| meta_iada | deferred | 55.50 ± 0.71 | +5.00 [" in readme
+    summary = json.loads(Path("reports/reference/summary.json").read_text())
+    assert summary["exp"]["best_baseline"] == "la"
+    assert build_reports(project, check=True) == []  # up to date now
+
+
+def test_check_finds_a_report_older_than_its_metrics(project):
+    build_reports(project)
+    f = Path("metrics/reference/exp/la-s1.json")
+    r = json.loads(f.read_text())
+    r["selected"]["headline"]["acc"] = 0.9
+    write_json(r, f)
+    assert {p.as_posix() for p in build_reports(project, check=True)} >= {"reports/reference/exp.md", "README.md"}
+
+
+def test_the_committed_readme_and_reports_match_the_committed_metrics(monkeypatch):
+    """What the README and reports/reference/ say is what the committed metrics give: no number
+    typed by hand (rebuild with python -m pipeline.stages.reference_report)."""
+    monkeypatch.chdir(ROOT)
+    assert build_reports(load_params(ROOT / "params.yaml"), check=True) == []
