@@ -344,7 +344,12 @@ def log_evaluation(result: Mapping[str, Any], plots: Path, experiment: str, run_
     """Add the test metrics and plots to the MLflow run that trained the weights, through the
     client: the finished run is not reopened, so its status and duration stay the training's.
     If the store no longer holds that run (a reset store, checkpoints from another machine),
-    log to a new run ``<run_name>-evaluation`` tagged with the missing id, and say so."""
+    log to a new run ``<run_name>-evaluation`` tagged with the missing id, and say so.
+
+    The metrics go to the run only: MLflow 3's fluent ``log_metrics`` would also attach them to
+    the run's logged model at the same step (the perturbation network, logged at step 0), and
+    its model page would show the classifier's test accuracy as the network's metrics. Undefined
+    (NaN) metrics, e.g. many-shot accuracy without a many-shot class, are left out."""
     with store_errors():
         run_id = result.get("run_id")
         client = MlflowClient(tracking_uri())

@@ -6,6 +6,7 @@ server by alias; nothing lands in the checkout (no ``mlflow.db``, no ``mlartifac
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -96,6 +97,9 @@ def test_the_stages_log_through_the_server_and_the_network_loads_back_by_alias(s
     assert meta.data.params["method.alpha"] and meta.data.params["optim.batch_size"] == "8"
     assert {"val_acc", "train_loss", "eps_mean", "selected.test.acc"} <= set(meta.data.metrics)
     assert len(client.get_metric_history(meta.info.run_id, "val_acc")) == 2  # one per epoch
+    detail = json.loads((checkout / "metrics" / EXPERIMENT / "detail" / "meta_iada-s0.json").read_text())
+    assert detail["selected"]["test"]["many_acc"] is None  # tiny data has no many-shot class:
+    assert "selected.test.many_acc" not in meta.data.metrics  # an undefined metric is not logged
     assert {"checkpoint", "plots", "data_card.json", "metrics.json"} <= {
         a.path for a in client.list_artifacts(meta.info.run_id)}
 
@@ -104,6 +108,9 @@ def test_the_stages_log_through_the_server_and_the_network_loads_back_by_alias(s
     assert version.run_id == meta.info.run_id
     uri = f"models:/{name}@{CHAMPION}"
     info = mlflow.models.get_model_info(uri)
+    # MLflow 3 shows a logged model's metrics on its model page: the classifier's test metrics
+    # belong to the run, not to the perturbation network
+    assert client.get_logged_model(info.model_id).metrics in (None, [])
     assert "float32" in str(info.signature.inputs) and "(-1, 15)" in str(info.signature.inputs)
     assert info.saved_input_example_info is not None
     example = mlflow.models.Model.load(uri).load_input_example(mlflow.artifacts.download_artifacts(uri))
