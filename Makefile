@@ -52,7 +52,7 @@ ui: setup
 	$(BIN)/python -m pipeline.serve ui --port $(PORT)
 
 # MLflow tracking server on 127.0.0.1:5050: runs and registry in BACKEND (default SQLite
-# mlflow-server/mlflow.db; e.g. BACKEND=postgresql://user:pw@host/db), artifacts proxied into
+# mlflow-server/mlflow.db; e.g. BACKEND=postgresql+psycopg2://user:pw@host/db), artifacts proxied into
 # ARTIFACTS (default mlflow-server/artifacts). Log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:5050.
 server: PORT ?= 5050
 server: setup

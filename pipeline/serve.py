@@ -11,7 +11,7 @@ would create an empty ``optuna.db``). Then it replaces itself with the server pr
     python -m pipeline.serve dashboard [--port 8080] [--storage URL]
 
 The tracking server keeps runs and the model registry in a database (``--backend``: SQLite
-``mlflow-server/mlflow.db`` by default, or e.g. ``postgresql://user:password@host/db``) and
+``mlflow-server/mlflow.db`` by default, or e.g. ``postgresql+psycopg2://user:password@host/db``) and
 proxies artifacts into ``--artifacts`` (default ``mlflow-server/artifacts``): clients that set
 ``MLFLOW_TRACKING_URI=http://127.0.0.1:PORT`` need no access to either.
 """
@@ -36,14 +36,14 @@ class ServeError(UserError):
     """Something the user can fix before a server starts."""
 
 
-def check_port(port: int) -> None:
+def check_port(port: int, kind: str = "ui") -> None:
     """The port must be free on 127.0.0.1 (bound and released at once)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((HOST, port))
         except OSError:
             raise ServeError(f"port {port} on {HOST} is in use (another `make ui`, `make server` or `make dashboard`?): "
-                             f"stop that server or choose another port, e.g. make ui PORT={port + 1}") from None
+                             f"stop that server or choose another port, e.g. make {kind} PORT={port + 1}") from None
 
 
 def check_backend(url: str) -> None:
@@ -58,14 +58,15 @@ def check_backend(url: str) -> None:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
         raise ServeError(f"BACKEND {url!r} is not a database URL: give e.g. sqlite:////abs/path/mlflow.db or "
-                         "postgresql://user:password@host:5432/mlflow") from None
+                         "postgresql+psycopg2://user:password@host:5432/mlflow") from None
     shown = masked(url)
     args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
     try:
         engine = sqlalchemy.create_engine(parsed, connect_args=args)
     except (sqlalchemy.exc.NoSuchModuleError, ImportError) as err:
-        raise ServeError(f"BACKEND {shown}: no database driver for {parsed.drivername!r} ({err}); PostgreSQL needs "
-                         "psycopg2 (pip install psycopg2-binary)") from None
+        raise ServeError(f"BACKEND {shown}: no database driver for {parsed.drivername!r} ({err}); for PostgreSQL "
+                         "give postgresql+psycopg2://user:password@host:5432/db (needs psycopg2-binary; plain "
+                         "postgresql:// means psycopg 3 in SQLAlchemy 2.1)") from None
     try:
         with engine.connect():
             pass
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.kind != "server" and (args.backend or args.artifacts):
         p.error("--backend and --artifacts are for the tracking server")
     try:
-        check_port(port)
+        check_port(port, args.kind)
         cmd, env = command(args.kind, port, args.backend if args.kind == "server" else args.storage, args.artifacts)
     except ServeError as err:
         print(f"error: {err}", file=sys.stderr)

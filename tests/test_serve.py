@@ -40,7 +40,7 @@ def test_a_port_in_use_is_one_line_and_exit_2(kind, tmp_path, capsys, monkeypatc
         port = taken.getsockname()[1]
         assert serve.main([kind, "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: port {port} on 127.0.0.1 is in use") and "PORT=" in err[0]
+    assert len(err) == 1 and err[0].startswith(f"error: port {port} on 127.0.0.1 is in use") and f"make {kind} PORT={port + 1}" in err[0]
     assert execs == [] and list(tmp_path.iterdir()) == []
 
 
