@@ -37,8 +37,10 @@ class ServeError(UserError):
 
 
 def check_port(port: int, kind: str = "ui") -> None:
-    """The port must be free on 127.0.0.1 (bound and released at once)."""
+    """The port must be free on 127.0.0.1 (bound and released at once). Like the servers, the
+    check allows the port's TIME_WAIT connections left by a server stopped a minute ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:

@@ -44,6 +44,23 @@ def test_a_port_in_use_is_one_line_and_exit_2(kind, tmp_path, capsys, monkeypatc
     assert execs == [] and list(tmp_path.iterdir()) == []
 
 
+def test_a_port_a_stopped_server_left_in_time_wait_is_free(monkeypatch):
+    """A server stopped seconds ago leaves its accepted connections in TIME_WAIT for a minute; the
+    next `make server` on that port must start (the server itself binds with SO_REUSEADDR)."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server side closes first: its end (our port) goes to TIME_WAIT
+        time.sleep(0.2)
+        client.close()
+    time.sleep(0.2)
+    serve.check_port(port)  # does not raise
+
+
 @pytest.mark.parametrize("backend, says", [
     ("mlflow.db", "BACKEND 'mlflow.db' is not a database URL"),
     ("postgresql+nosuchdriver://me:secret@127.0.0.1:5432/mlflow",
