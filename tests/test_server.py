@@ -27,6 +27,7 @@ from pipeline.params.schema import to_dict
 from pipeline.stages import evaluate as evaluate_stage
 from pipeline.stages import pretrain as pretrain_stage
 from pipeline.stages import train as train_stage
+from pipeline import tracking
 from pipeline.tracking import CHAMPION, registered_model_name
 from tests.test_serve import free_port
 from tests.tiny import tiny_data, tiny_experiment
@@ -82,6 +83,8 @@ def test_the_stages_log_through_the_server_and_the_network_loads_back_by_alias(s
     params = {"run": {"experiments": [EXPERIMENT], "methods": ["meta_iada"], "seeds": [0], "device": "cpu"},
               "experiments": {EXPERIMENT: exp}, "tune": {"studies": {}}}
     (checkout / "params.yaml").write_text(yaml.safe_dump(params))
+    tracking.log_prepared("long-tail", EXPERIMENT, data_params=exp["data"], counts={"train": 52}, seconds=0.5,
+                          card={"num_classes": 3})  # the prepare stage's run (the stage itself needs real data)
     args = ["--experiment", EXPERIMENT, "--seed", "0"]
     assert pretrain_stage.main(args) == 0
     assert train_stage.main([*args, "--method", "meta_iada"]) == 0
@@ -91,7 +94,9 @@ def test_the_stages_log_through_the_server_and_the_network_loads_back_by_alias(s
     experiment = client.get_experiment_by_name("long-tail")
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied by the server
     runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
-    assert set(runs) == {"tiny-pretrain-s0", "tiny-meta_iada-s0"}
+    assert set(runs) == {"tiny-prepare", "tiny-pretrain-s0", "tiny-meta_iada-s0"}
+    assert runs["tiny-prepare"].data.metrics["n_train"] == 52
+    assert [a.path for a in client.list_artifacts(runs["tiny-prepare"].info.run_id)] == ["data_card.json"]
     meta = runs["tiny-meta_iada-s0"]
     assert meta.info.status == "FINISHED" and meta.data.tags["stage"] == "train"
     assert meta.data.params["method.alpha"] and meta.data.params["optim.batch_size"] == "8"
