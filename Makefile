@@ -12,7 +12,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test bench gpu-check ui dashboard tune
+.PHONY: setup repro test bench gpu-check ui server dashboard tune
 
 setup: $(STAMP) .dvc/config
 
@@ -56,6 +56,13 @@ tune: setup
 ui: PORT ?= 5000
 ui: setup
 	$(BIN)/python -m pipeline.serve ui --port $(PORT)
+
+# MLflow tracking server on 127.0.0.1:5050: runs and registry in BACKEND (default SQLite
+# mlflow-server/mlflow.db; e.g. BACKEND=postgresql+psycopg2://user:pw@host/db), artifacts proxied into
+# ARTIFACTS (default mlflow-server/artifacts). Log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:5050.
+server: PORT ?= 5050
+server: setup
+	$(BIN)/python -m pipeline.serve server --port $(PORT) $(if $(BACKEND),--backend '$(BACKEND)') $(if $(ARTIFACTS),--artifacts '$(ARTIFACTS)')
 
 dashboard: PORT ?= 8080
 dashboard: setup

@@ -1,10 +1,13 @@
 """MLflow tracking, the one module that calls MLflow: one SQLite store at the project root
-(or ``MLFLOW_TRACKING_URI``), one experiment per scenario; the prepare run, the training runs
-(:class:`RunTracker`), the evaluation, and the studies' parent and trial runs.
+(or ``MLFLOW_TRACKING_URI``: another database, or a tracking server such as ``make server``),
+one experiment per scenario; the prepare run, the training runs (:class:`RunTracker`), the
+evaluation, and the studies' parent and trial runs.
 
-The store is addressed by absolute path from :func:`pipeline.layout.project_root`, so runs
-started by ``dvc exp run --queue/--temp`` (which run in a temporary copy) land in the same
-store. Each run is tagged with the git commit and the DVC experiment name.
+The local store is addressed by absolute path from :func:`pipeline.layout.project_root`, so
+runs started by ``dvc exp run --queue/--temp`` (which run in a temporary copy) land in the same
+store; through a tracking server, the server decides where artifacts go (proxied artifact
+storage), and nothing is written to the checkout. Each run is tagged with the git commit and
+the DVC experiment name.
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -48,9 +55,11 @@ def store_errors() -> Iterator[None]:
         yield
     except (mlflow.exceptions.MlflowException, sqlalchemy.exc.SQLAlchemyError, sqlite3.Error, OSError) as err:
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise TrackingError(f"MLflow store {masked(tracking_uri())} is not usable ({type(err).__name__}: {first}): "
-                            "move a damaged mlflow.db aside (a new one is created), point MLFLOW_TRACKING_URI "
-                            "at a working store, or run the stage with --no-mlflow") from err
+        uri = tracking_uri()
+        fix = ("see the tracking server's log" if is_server(uri) else
+               "move a damaged mlflow.db aside (a new one is created)")
+        raise TrackingError(f"MLflow store {masked(uri)} is not usable ({type(err).__name__}: {first}): {fix}, "
+                            "point MLFLOW_TRACKING_URI at a working store, or run the stage with --no-mlflow") from err
 
 
 def masked(url: str) -> str:
@@ -73,17 +82,40 @@ def artifact_root() -> Path:
     return project_root() / "mlartifacts"
 
 
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` names a tracking server (``http(s)://``), not a database."""
+    return urllib.parse.urlsplit(uri).scheme in ("http", "https")
+
+
+@lru_cache(maxsize=None)
+def check_server(uri: str) -> None:
+    """A tracking server must answer its health check within seconds; MLflow's own client would
+    retry a dead one for minutes before failing. Checked once per process and server."""
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10) as response:
+            response.read()
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingError(f"MLflow tracking server {masked(uri)} (MLFLOW_TRACKING_URI) does not answer "
+                            f"({reason}): start it (make server PORT=...), fix the URL, or unset "
+                            "MLFLOW_TRACKING_URI to use the local store") from None
+
+
 def setup(experiment: str) -> str:
     """Point MLflow at the project store and make sure ``experiment`` exists; returns its id.
 
-    A new experiment gets an absolute artifact location under the project root (fixed at
-    creation, so it is never inside a temporary DVC copy).
+    In a local store a new experiment gets an absolute artifact location under the project root
+    (fixed at creation, so it is never inside a temporary DVC copy); through a tracking server
+    it gets the server's (``mlflow-artifacts:/...``, proxied by the server).
     """
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    if is_server(uri):
+        check_server(uri)
+    mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        location = (artifact_root() / experiment).as_uri()
+        location = None if is_server(uri) else (artifact_root() / experiment).as_uri()
         try:
             exp_id = client.create_experiment(experiment, artifact_location=location)
         except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel worker?
@@ -312,7 +344,12 @@ def log_evaluation(result: Mapping[str, Any], plots: Path, experiment: str, run_
     """Add the test metrics and plots to the MLflow run that trained the weights, through the
     client: the finished run is not reopened, so its status and duration stay the training's.
     If the store no longer holds that run (a reset store, checkpoints from another machine),
-    log to a new run ``<run_name>-evaluation`` tagged with the missing id, and say so."""
+    log to a new run ``<run_name>-evaluation`` tagged with the missing id, and say so.
+
+    The metrics go to the run only: MLflow 3's fluent ``log_metrics`` would also attach them to
+    the run's logged model at the same step (the perturbation network, logged at step 0), and
+    its model page would show the classifier's test accuracy as the network's metrics. Undefined
+    (NaN) metrics, e.g. many-shot accuracy without a many-shot class, are left out."""
     with store_errors():
         run_id = result.get("run_id")
         client = MlflowClient(tracking_uri())

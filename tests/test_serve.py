@@ -1,5 +1,6 @@
-"""`make ui` / `make dashboard` (pipeline.serve): a real server on 127.0.0.1, one line for a taken
-port or a missing study store."""
+"""`make ui` / `make server` / `make dashboard` (pipeline.serve): a real server on 127.0.0.1, one
+line for a taken port, a bad tracking-server backend or a missing study store (the tracking
+server end to end: tests/test_server.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
+
+import pytest
 
 from pipeline import serve
 
@@ -26,16 +30,66 @@ def no_exec(monkeypatch) -> list:
     return calls
 
 
-def test_a_port_in_use_is_one_line_and_exit_2(capsys, monkeypatch):
+@pytest.mark.parametrize("kind", ["ui", "server"])
+def test_a_port_in_use_is_one_line_and_exit_2(kind, tmp_path, capsys, monkeypatch):
     execs = no_exec(monkeypatch)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        assert serve.main(["ui", "--port", str(port)]) == 2
+        assert serve.main([kind, "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: port {port} on 127.0.0.1 is in use") and "PORT=" in err[0]
-    assert execs == []
+    assert len(err) == 1 and err[0].startswith(f"error: port {port} on 127.0.0.1 is in use") and f"make {kind} PORT={port + 1}" in err[0]
+    assert execs == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_port_a_stopped_server_left_in_time_wait_is_free(monkeypatch):
+    """A server stopped seconds ago leaves its accepted connections in TIME_WAIT for a minute; the
+    next `make server` on that port must start (the server itself binds with SO_REUSEADDR)."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server side closes first: its end (our port) goes to TIME_WAIT
+        time.sleep(0.2)
+        client.close()
+    time.sleep(0.2)
+    serve.check_port(port)  # does not raise
+
+
+@pytest.mark.parametrize("backend, says", [
+    ("mlflow.db", "BACKEND 'mlflow.db' is not a database URL"),
+    ("postgresql+nosuchdriver://me:secret@127.0.0.1:5432/mlflow",
+     "BACKEND postgresql+nosuchdriver://me:***@127.0.0.1:5432/mlflow: no database driver"),
+    ("sqlite:///{tmp}/missing/mlflow.db", "BACKEND sqlite:///{tmp}/missing/mlflow.db does not accept a connection"),
+])
+def test_a_bad_tracking_server_backend_is_one_line_before_the_server_starts(backend, says, tmp_path, capsys,
+                                                                            monkeypatch):
+    execs = no_exec(monkeypatch)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    backend, says = backend.format(tmp=tmp_path), says.format(tmp=tmp_path)
+    assert serve.main(["server", "--port", str(free_port()), "--backend", backend]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {says}"), err
+    assert "secret" not in err[0] and execs == [] and list(tmp_path.iterdir()) == []
+
+
+def test_the_tracking_server_binds_to_loopback_with_its_backend_and_proxied_artifacts(tmp_path, monkeypatch):
+    execs = no_exec(monkeypatch)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    port = free_port()
+    assert serve.main(["server", "--port", str(port), "--artifacts", "art"]) == 0
+    (path, argv, env), = execs
+    assert argv[1:3] == ["server", "--backend-store-uri"] and path.endswith("/mlflow")
+    assert argv[3] == f"sqlite:///{tmp_path / 'mlflow-server' / 'mlflow.db'}"
+    flags = dict(zip(argv[4:], argv[5:]))
+    assert "--serve-artifacts" in argv and flags["--artifacts-destination"] == str(Path.cwd() / "art")
+    assert (flags["--host"], flags["--port"]) == ("127.0.0.1", str(port))
+    assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
 
 
 def test_dashboard_before_any_study_says_so_and_creates_no_store(tmp_path, monkeypatch, capsys):

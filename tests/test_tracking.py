@@ -87,3 +87,22 @@ def test_a_read_only_store_is_one_tracking_error(tmp_path, monkeypatch):
     with pytest.raises(tracking.TrackingError, match=r"is not usable \(MlflowException: .*readonly database"):
         with tracking.store_errors():
             tracking.setup("noisy-labels")  # creating an experiment needs a write
+
+
+def test_a_tracking_server_that_does_not_answer_stops_the_stage_in_one_line_at_once(tmp_path):
+    """MLflow's client retries a dead server for minutes; the stage says so in one line at once."""
+    from tests.test_serve import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    env = {"PYTHONPATH": str(ROOT), "PATH": os.environ["PATH"], "MLFLOW_TRACKING_URI": url, "HOME": str(tmp_path),
+           "DVC_ROOT": str(tmp_path)}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.prepare", "--experiment", "lt",
+                           "--params", str(ROOT / "params.yaml")], cwd=tmp_path, capture_output=True, text=True,
+                          env=env, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith(f"error: MLflow tracking server {url} (MLFLOW_TRACKING_URI) "
+                                                   "does not answer"), lines
+    assert "make server" in lines[0] and time.monotonic() - start < 60
+    assert list(tmp_path.iterdir()) == []  # no data built, no local store
