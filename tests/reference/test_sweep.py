@@ -1,0 +1,151 @@
+"""The reference sweep on tiny real data: one metrics file per run, one split per seed, a rerun
+that trains nothing, a changed hyperparameter that reruns only its runs, a stopped sweep that
+continues, and the reference section of params.yaml checked before any work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.data.prepared import load_prepared
+from pipeline.params.file import parse_params
+from pipeline.params.schema import ParamError
+from pipeline.reference import sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_DATA = {"scenario": "longtail", "source": "cifar10", "meta_per_class": 3, "val_per_class": 4,
+             "limit_per_class": 40, "test_limit_per_class": 15, "longtail": {"imbalance_ratio": 10}}
+
+
+def raw_params(reference: dict | None = None) -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    lt = params["experiments"]["lt"]
+    lt.pop("search")
+    lt.update(data=dict(TINY_DATA), pretrain_epochs=2, train_epochs=1, meta_batch_size=10, eval_batch_size=100)
+    lt["optim"].update(batch_size=16, warmup_epochs=1, milestones=[2])
+    params.update(experiments={"tiny": lt}, tune={"run": [], "studies": {}},
+                  run={"experiments": ["tiny"], "methods": ["ce"], "seeds": [0], "device": "cpu"})
+    params["reference"] = reference if reference is not None else {
+        "seeds": [0, 1], "experiments": {"tiny": {"methods": ["ce", "meta_iada"],
+                                                  "variants": {"ce-scratch": {"method": "ce",
+                                                                              "set": {"protocol": "scratch"}}}}}}
+    return params
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """The tiny sweep, run once in a folder of its own (without MLflow)."""
+    folder = tmp_path_factory.mktemp("sweep")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        params = parse_params(raw_params())
+        sweep.run(params, sweep.plan(params), device="cpu", track=False)
+    return folder
+
+
+def test_one_metrics_file_per_run_with_its_identity_and_curve(swept, monkeypatch):
+    monkeypatch.chdir(swept)
+    files = sorted(p.name for p in Path("metrics/reference/tiny").glob("*.json"))
+    assert files == ["ce-s0.json", "ce-s1.json", "ce-scratch-s0.json", "ce-scratch-s1.json",
+                     "meta_iada-s0.json", "meta_iada-s1.json"]
+    r = json.loads(Path("metrics/reference/tiny/ce-scratch-s1.json").read_text())
+    assert (r["label"], r["method"], r["seed"], r["split_seed"]) == ("ce-scratch", "ce", 1, 1)
+    assert r["protocol"] == "scratch" and r["changed"] == {"protocol": "scratch"}
+    assert r["curve"]["epoch"] == [0, 1, 2]  # the whole schedule from a random init
+    deferred = json.loads(Path("metrics/reference/tiny/meta_iada-s1.json").read_text())
+    assert deferred["protocol"] == "deferred" and deferred["curve"]["epoch"] == [2]
+    assert "epsilon" in deferred and sum(deferred["train_class_counts"]) > 0
+    assert {"final", "selected"} <= set(r) and r["machine"]["threads"] >= 1
+
+
+def test_each_seed_draws_its_own_split(swept, monkeypatch):
+    monkeypatch.chdir(swept)
+    s0 = load_prepared("data/prepared/reference/tiny/split0").splits["train"].index
+    s1 = load_prepared("data/prepared/reference/tiny/split1").splits["train"].index
+    assert not np.array_equal(np.sort(s0), np.sort(s1))
+    assert Path("models/reference/tiny/s1/pretrain/last.pt").is_file()
+
+
+def test_a_rerun_trains_nothing_and_a_changed_hyperparameter_reruns_only_its_runs(swept, monkeypatch):
+    monkeypatch.chdir(swept)
+    params = parse_params(raw_params())
+    assert all(job.done() for job in sweep.plan(params))
+    monkeypatch.setattr(sweep, "run_job", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    sweep.run(params, sweep.plan(params), device="cpu", track=False)
+    changed = raw_params()
+    changed["experiments"]["tiny"]["methods"]["meta_iada"]["alpha"] = 0.25
+    todo = [(j.label, j.seed) for j in sweep.plan(parse_params(changed)) if not j.done()]
+    assert todo == [("meta_iada", 0), ("meta_iada", 1)]
+
+
+def test_a_stopped_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    params = parse_params(raw_params({"seeds": [0], "experiments": {"tiny": {"methods": ["ce", "meta_iada"]}}}))
+    real = sweep.run_job
+    calls = []
+
+    def stop_at_the_second(job, **kw):
+        calls.append(job.label)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(job, **kw)
+
+    monkeypatch.setattr(sweep, "run_job", stop_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(params, sweep.plan(params), device="cpu", track=False)
+    first = Path("metrics/reference/tiny/ce-s0.json")
+    stamp = first.stat().st_mtime_ns
+    assert not Path("metrics/reference/tiny/meta_iada-s0.json").exists()
+    monkeypatch.setattr(sweep, "run_job", real)
+    sweep.run(params, sweep.plan(params), device="cpu", track=False)
+    assert Path("metrics/reference/tiny/meta_iada-s0.json").is_file() and first.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("reference, message", [
+    ({"experiments": {"nope": {"methods": ["ce"]}}}, "reference.experiments.nope: experiment 'nope' is not declared"),
+    ({"experiments": {"tiny": {"methods": ["ce", "ce", "meta_iada"]}}}, "repeats 'ce'"),
+    ({"experiments": {"tiny": {"methods": ["ce", "meta_iada"], "variants": {"ce": {"method": "ce"}}}}},
+     "variants.ce: a label must be new"),
+    ({"experiments": {"tiny": {"methods": ["meta_iada"],
+                               "variants": {"x-y": {"method": "meta_iada", "set": {"methods.meta_iada.nope": 1}}}}}},
+     "'methods.meta_iada.nope' is not a key of experiments.tiny"),
+    ({"experiments": {"tiny": {"methods": ["meta_iada"],
+                               "variants": {"x-y": {"method": "meta_iada", "set": {"data.seed": 3}}}}}},
+     "cannot change in a variant"),
+    ({"experiments": {"tiny": {"methods": ["meta_iada"],
+                               "variants": {"x-y": {"method": "meta_iada", "set": {"protocol": "later"}}}}}},
+     "protocol = 'later' is not allowed"),
+    ({"experiments": {"tiny": {"methods": ["ce", "la"]}}}, "does not run reference.subject = 'meta_iada'"),
+    ({"seeds": [0, 0]}, "reference.seeds = [0, 0]"),
+])
+def test_a_wrong_reference_section_stops_with_one_error_naming_the_key(reference, message):
+    with pytest.raises(ParamError, match=None) as err:
+        parse_params(raw_params(reference))
+    assert message in str(err.value)
+
+
+def test_unknown_names_on_the_command_line_are_refused_before_any_work():
+    params = parse_params(raw_params())
+    with pytest.raises(ParamError, match="--experiment 'lt'"):
+        sweep.plan(params, ["lt"])
+    with pytest.raises(ParamError, match="--label 'la' is not a run"):
+        sweep.plan(params, None, None, ["la"])
+
+
+def test_the_committed_reference_metrics_are_those_of_the_current_params():
+    """A committed metrics file whose run configuration no longer matches params.yaml is stale:
+    rerun the sweep (it reruns exactly those runs) or restore the params."""
+    params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        stale = [str(j.metrics_file) for j in sweep.plan(params) if j.metrics_file.is_file() and not j.done()]
+    finally:
+        os.chdir(cwd)
+    assert not stale
