@@ -48,18 +48,20 @@ def sh(cmd: list[str], cwd: Path, env: dict, timeout: int = 600) -> subprocess.C
     return proc
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
+def make_repo(dst: Path, params: dict | str) -> dict:
+    """A git copy of the repository's tracked files (no outputs) at ``dst`` with ``params`` (a
+    mapping, or the file's text) as its params.yaml, committed; returns the environment to run dvc in it (no MLFLOW_TRACKING_URI, so
+    the copy's own store ``dst/mlflow.db``)."""
     if not (shared_data_dir() / "cifar10-jpeg.tar.gz").is_file():
         pytest.fail(f"the offline CIFAR-10 copy is missing at {shared_data_dir()}")
-    dst = tmp_path_factory.mktemp("e2e") / "repo"
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for f in filter(None, files):
         if (ROOT / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "plots/", "reports/")):
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
-    (dst / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    text = params if isinstance(params, str) else yaml.safe_dump(params, sort_keys=False)
+    (dst / "params.yaml").write_text(text)
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "META_IADA_SHARED_DATA": str(shared_data_dir()),
            "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(dst), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
@@ -69,6 +71,13 @@ def repo(tmp_path_factory):
     sh(["git", "init", "-q"], dst, env)
     sh(["git", "add", "-A"], dst, env)
     sh(["git", "commit", "-qm", "tiny"], dst, env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    dst = tmp_path_factory.mktemp("e2e") / "repo"
+    env = make_repo(dst, tiny_params())
     first = sh(["dvc", "repro"], dst, env, timeout=900)
     second = sh(["dvc", "repro"], dst, env)
     return dst, env, first, second

@@ -19,8 +19,13 @@ TRAINING_SPLITS = ("train", "meta")  # every other split is an evaluation split
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ParamError("run.device = 'cuda' but no CUDA device is available: use 'auto' or 'cpu'")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ParamError(f"run.device = {device!r} but no CUDA device is available: use 'auto' or 'cpu'")
+        index = torch.device(device).index
+        if index is not None and index >= torch.cuda.device_count():
+            raise ParamError(f"run.device = {device!r} but this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s): use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return torch.device(device)
 
 

@@ -20,9 +20,10 @@ of range, an unknown method, experiment or study stops with one
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -34,6 +35,7 @@ from pipeline.params.tune import TuneConfig, check_tune
 
 PARAMS_FILE = "params.yaml"
 TOP_LEVEL_KEYS = ("run", "experiments", "tune", "reference")
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # cuda:N: one run per GPU on a multi-device machine
 
 
 @dataclass
@@ -41,9 +43,12 @@ class RunConfig:
     experiments: list[str] = bounded(["lt"])
     methods: list[str] = bounded(["ce", "la", "meta_iada"])
     seeds: list[int] = bounded([0])
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str = "auto"
 
     def __post_init__(self) -> None:
+        if not DEVICE.fullmatch(self.device):
+            raise ParamError(f"run.device = {self.device!r} is not a device: use auto, cpu, cuda or cuda:N "
+                             "(N = the GPU's index, e.g. cuda:1)")
         for key in ("experiments", "methods", "seeds"):  # an empty or repeated entry gives a wrong report
             values = getattr(self, key)
             if not values:
