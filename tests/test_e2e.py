@@ -38,6 +38,7 @@ def tiny_params() -> dict:
     lt["optim"].update(batch_size=16, warmup_epochs=1, milestones=[2])
     params["experiments"] = {"tiny": lt}
     params["tune"] = {"run": [], "studies": {}}
+    params["reference"] = {"experiments": {}}  # the committed reference metrics are still reported
     params["run"] = {"experiments": ["tiny"], "methods": ["ce", "meta_iada"], "seeds": [0], "device": "cpu"}
     return params
 
@@ -57,7 +58,8 @@ def make_repo(dst: Path, params: dict | str) -> dict:
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for f in filter(None, files):
-        if (ROOT / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "plots/", "reports/")):
+        outputs = ("data/", "models/", "metrics/", "plots/", "reports/")
+        if (ROOT / f).is_file() and (not f.startswith(outputs) or f.startswith("metrics/reference/")):
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
     text = params if isinstance(params, str) else yaml.safe_dump(params, sort_keys=False)
