@@ -38,7 +38,7 @@ def tiny_params() -> dict:
     lt["optim"].update(batch_size=16, warmup_epochs=1, milestones=[2])
     params["experiments"] = {"tiny": lt}
     params["tune"] = {"run": [], "studies": {}}
-    params["reference"] = {"experiments": {}}  # the committed reference metrics are still reported
+    params["reference"] = {"subject": "meta_iada", "experiments": {}}  # no reference runs; the committed ones are reported
     params["run"] = {"experiments": ["tiny"], "methods": ["ce", "meta_iada"], "seeds": [0], "device": "cpu"}
     return params
 
@@ -167,6 +167,9 @@ def test_plots_render_offline(repo):
     titles = {path: chart[0]["content"]["title"]["text"] for path, chart in shown.items() if path.endswith(".csv")}
     assert titles["plots/tiny/meta_iada-s0/per_class.csv"].startswith("tiny meta_iada seed 0, per-class")
     assert len(set(titles.values())) == len(titles)  # every chart says which run it is
+    # the methods side by side: one chart each for the headline, per-class accuracy, validation curves, ε
+    overlays = {Path(p).name for p in shown if p.startswith("reports/figures/")}
+    assert overlays == {f"tiny-{kind}.png" for kind in ("results", "per_class", "curves", "epsilon")}
 
 
 def test_mlflow_has_every_stage_run_with_metrics_and_the_registered_network(repo):

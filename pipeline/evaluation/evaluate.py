@@ -187,6 +187,7 @@ def load_finished_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str
 
 
 SHOT_KEYS = ("many_acc", "medium_acc", "few_acc")
+CURVE_KEYS = ("epoch", "train_loss", "val_acc", "val_worst_group_acc", "epoch_seconds")
 EPSILON_KEYS = ("mean", "adversarial_share", "auroc_noisy_lower_eps")
 
 
@@ -230,6 +231,11 @@ def evaluate_run(exp: ExperimentConfig, data: PreparedData, run_dir: Path, plots
     eps = epsilon_analysis(data, scores)
     if eps:
         result["epsilon"] = eps
+    # what the comparison figures draw: class sizes (per-class accuracy against them) and the
+    # validation curve of the run
+    result["train_class_counts"] = np.bincount(data.splits["train"].y, minlength=data.num_classes).tolist()
+    result["curve"] = {k: [h.get(k) for h in history["history"]] for k in CURVE_KEYS
+                       if any(k in h for h in history["history"])}
     test = data.splits["test"]
     plot_summary(data, per_class_accuracy(selected_pred, test.y, data.num_classes), scores.get("epsilon"),
                  f"{history['method']} seed {history['seed']}", plots_dir / "summary.png")

@@ -89,3 +89,23 @@ def markdown(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def write_comparison_figures(results: dict[str, dict[str, list[dict[str, Any]]]], subject: str, out: Path) -> None:
+    """The figures of :mod:`pipeline.reference.figures` for the methods of each experiment run
+    (``<experiment>-results.png``, ``-per_class.png``, ``-curves.png``, ``-epsilon.png``), every
+    method on the same chart; files of experiments no longer run are removed."""
+    from pipeline.reference.report import Label
+    from pipeline.reference.report import summarise as summarise_labels
+    from pipeline.reference.figures import write_figures
+
+    out.mkdir(parents=True, exist_ok=True)
+    kept: set[str] = set()
+    for exp, runs in results.items():
+        labels = {m: Label(m, {int(r["seed"]): r for r in rs}) for m, rs in runs.items() if rs}
+        if not labels:
+            continue
+        kept.update(write_figures(exp, labels, summarise_labels(labels, subject), out))
+    for stale in out.glob("*.png"):
+        if stale.name not in kept:
+            stale.unlink()

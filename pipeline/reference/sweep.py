@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.layout import Tree, plots_dir, reference_metrics_file, reference_tree, write_json
 from pipeline.params.experiment import ExperimentConfig, config_hash
 from pipeline.params.file import Params
@@ -131,14 +129,8 @@ def run_job(job: Job, *, device: str, track: bool) -> dict[str, Any]:
     run_dir = job.tree.run_dir(job.seed, job.label)
     plots = plots_dir(f"reference/{job.exp.name}", job.label, job.seed)
     result = evaluate_run(job.exp, data, run_dir, plots, device)
-    history = json.loads((run_dir / "history.json").read_text())
     record = {"format": RECORD_FORMAT, "config": job.config, "experiment": job.exp.name, "label": job.label,
-              "changed": job.changed, "split_seed": job.split_seed, **result,
-              "train_class_counts": np.bincount(data.splits["train"].y, minlength=data.num_classes).tolist(),
-              "curve": {k: [h.get(k) for h in history["history"]]
-                        for k in ("epoch", "train_loss", "val_acc", "val_worst_group_acc", "epoch_seconds")
-                        if any(k in h for h in history["history"])},
-              "machine": machine()}
+              "changed": job.changed, "split_seed": job.split_seed, **result, "machine": machine()}
     write_json(record, job.metrics_file)
     if track:
         from pipeline import tracking

@@ -2,14 +2,17 @@
 
     python -m pipeline.stages.report
 
-Writes ``reports/comparison.md`` and ``reports/summary.json`` (a DVC metrics file).
+Writes ``reports/comparison.md``, ``reports/summary.json`` and, per experiment, the figures that
+compare its methods in ``reports/figures/`` (``dvc plots show``): the headline metric with the
+spread over seeds, per-class accuracy against the class's training size, the validation curve of
+every method on one chart, and the learned ε.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from pipeline.evaluation.report import collect, markdown, summarise
+from pipeline.evaluation.report import collect, markdown, summarise, write_comparison_figures
 from pipeline.layout import METRICS_DIR, REPORTS_DIR, write_json
 from pipeline.params.file import load_params
 from pipeline.stages.common import main_guard
@@ -26,6 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     text = markdown(results)
     (REPORTS_DIR / "comparison.md").write_text(text)
     write_json(summarise(results), REPORTS_DIR / "summary.json")
+    write_comparison_figures(results, params.reference.subject, REPORTS_DIR / "figures")
     print(text)
 
 
