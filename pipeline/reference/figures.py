@@ -59,6 +59,9 @@ def _results(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -
         for i, st in enumerate(stats):
             seeds = [100 * v for v in st["per_seed"].values()]
             ax.scatter(np.full(len(seeds), x[i] + offset), seeds, s=9, color="black", zorder=3)
+    low = min(100 * (st["mean"] or 0) - 100 * (st["std"] or 0) for st in (s["labels"][lab]["selected"][primary]
+                                                                          for lab in order))
+    ax.set_ylim(max(0.0, 5 * np.floor(low / 5) - 5), None)  # the differences, not the bars' common base
     ax.set_xticks(x, order, rotation=35, ha="right")
     ax.set_ylabel(f"test {primary} (%)")
     ax.set_title(f"{name}: {primary} by method (bars: mean ± std over seeds; dots: seeds)")
@@ -75,15 +78,15 @@ def _per_class(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any])
     by_size = len(set(counts.tolist())) > 1
     order = np.argsort(-counts) if by_size else np.arange(len(counts))
     fig, ax = plt.subplots(figsize=(8, 4.6))
-    cmap = plt.get_cmap("tab20")
     for i, label in enumerate(s["ranking"]):
         lab = labels[label]
         acc = np.mean([[r["selected"]["test"]["per_class_acc"][str(c)] for c in range(len(counts))]
                        for r in lab.records.values()], axis=0)
-        style = "-" if lab.method != s["subject"] else "-o"
-        width = 2.4 if lab.method == s["subject"] else 1.2
+        color, dash = _style(plt, i)
+        subject = lab.method == s["subject"]
         xs = counts[order] if by_size else order
-        ax.plot(xs, 100 * acc[order], style, color=cmap(i % 20), lw=width, ms=3, label=label)
+        ax.plot(xs, 100 * acc[order], dash, marker="o" if subject else None, color=color, lw=2.4 if subject else 1.2,
+                ms=3, label=label)
     if by_size:
         ax.set_xscale("log")
         ax.set_xlabel("training images of the class (log; seed 0's split)")
@@ -99,7 +102,6 @@ def _per_class(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any])
 def _curves(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -> Any:
     metric = s["selection_metric"]
     fig, ax = plt.subplots(figsize=(8, 4.4))
-    cmap = plt.get_cmap("tab20")
     drawn = False
     for i, label in enumerate(s["ranking"]):
         curves = [r.get("curve", {}) for r in labels[label].records.values()]
@@ -108,7 +110,8 @@ def _curves(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) ->
             continue
         n = min(len(c[metric]) for c in curves)
         y = np.mean([[v if v is not None else np.nan for v in c[metric][:n]] for c in curves], axis=0)
-        ax.plot(curves[0]["epoch"][:n], 100 * y, color=cmap(i % 20),
+        color, dash = _style(plt, i)
+        ax.plot(curves[0]["epoch"][:n], 100 * y, dash, color=color,
                 lw=2.4 if labels[label].method == s["subject"] else 1.2, label=label)
         drawn = True
     if not drawn:
@@ -155,3 +158,8 @@ def _epsilon(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -
                      else "ε per group (label, attribute)")
         ax.legend(fontsize=7)
     return fig
+
+
+def _style(plt: Any, i: int) -> tuple[Any, str]:
+    """Colour and dash of the i-th line: ten colours, solid, then dashed."""
+    return plt.get_cmap("tab10")(i % 10), "-" if i < 10 else "--"
