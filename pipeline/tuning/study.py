@@ -90,10 +90,10 @@ def run_study(params: Params, plan: Plan) -> dict[str, Any]:
     failures in a row, a failed grid point): rerunning the same command runs exactly the missing
     trials.
     """
+    training_data(plan)  # a missing data set stops here, before any study is created or trained
     storage = open_storage(plan.storage)
     study = open_study(plan, [0], storage)
     check_definition(study, plan)
-    training_data(plan)  # a missing data set stops here, before any training
     ensure_pretrain(params, plan)
     plan.parent_run_id = parent_run(study, storage, plan)
     fail_dead_trials(study, storage)

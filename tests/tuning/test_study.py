@@ -553,3 +553,13 @@ def test_a_journal_in_a_missing_folder_is_one_line_before_any_work(workspace, ca
     assert err == (f"error: storage journal:{missing}/s.journal: the folder {missing} does not exist; create it or "
                    "fix tune.studies.<name>.storage or --storage")
     assert not missing.exists() and not (workspace / "studies" / "nowhere").exists()
+
+
+def test_missing_data_is_one_line_before_the_study_is_created(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    path = write_params(tmp_path, "no_data", {"n_trials": 1}, LR_WD_SPACE)
+    assert tune_stage.main(["--params", str(path), "--study", "no_data"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no prepared data set at ") and "\n" not in err
+    assert not (tmp_path / "no_data.db").exists()  # no storage, no study left behind
