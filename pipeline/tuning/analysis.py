@@ -69,7 +69,12 @@ def short_names(params: list[str]) -> dict[str, str]:
 
 def display_study(study: optuna.Study, names: Mapping[str, str]) -> optuna.Study:
     """An in-memory copy of the finished trials with the parameters renamed (``names``) for plots."""
-    copy = optuna.create_study(direction="maximize")
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory ..."
+    try:
+        copy = optuna.create_study(direction="maximize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     copy.add_trials([optuna.trial.create_trial(
         state=t.state, value=t.value, params={names[k]: v for k, v in t.params.items()},
         distributions={names[k]: d for k, d in t.distributions.items()}, intermediate_values=t.intermediate_values)
