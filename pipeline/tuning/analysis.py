@@ -15,9 +15,9 @@ from optuna.trial import TrialState
 from pipeline.evaluation.plots import pyplot
 from pipeline.layout import write_json
 from pipeline.params.tune import SEED_PARAM, Plan
-from pipeline.tracking import log_to_run, masked
+from pipeline.tracking import log_to_run
 from pipeline.tuning.budget import FINISHED
-from pipeline.tuning.storage import experimental_features
+from pipeline.tuning.storage import experimental_features, masked
 
 
 CONTOUR_PARAMS = 3  # the contour plot shows the pairs of this many parameters (the most important)
@@ -83,12 +83,18 @@ def display_study(study: optuna.Study, names: Mapping[str, str]) -> optuna.Study
 
 
 def tidy(fig: Any) -> None:
-    """No labels on minor ticks of log axes (they overlapped: '2x10^-4 3x10^-4 ...')."""
-    from matplotlib.ticker import NullFormatter
+    """Log axes labelled at 10^k (1, 2 and 5 x 10^k when they span 1.5 decades or less) as plain
+    numbers, not every minor tick in scientific notation ('2x10^-4 3x10^-4 ...' overlapped; an
+    axis within one decade had no label at all)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     for ax in fig.axes:
         for axis in (ax.xaxis, ax.yaxis):
             if axis.get_scale() == "log":
+                low, high = sorted(axis.get_view_interval())
+                decades = np.log10(high / low) if low > 0 else 2.0
+                axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if decades > 1.5 else (1.0, 2.0, 5.0)))
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
                 axis.set_minor_formatter(NullFormatter())
 
 

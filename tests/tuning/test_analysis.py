@@ -93,3 +93,23 @@ def test_short_names_keep_full_keys_when_they_would_collide():
     assert analysis.short_names(["methods.a.lr", "optim.lr"]) == {"methods.a.lr": "lr", "optim.lr": "optim.lr"}
     assert analysis.short_names(["methods.a.lr", "methods.b.lr"]) == {"methods.a.lr": "methods.a.lr",
                                                                       "methods.b.lr": "methods.b.lr"}
+
+
+def test_log_axes_get_a_few_plain_labels():
+    """Labels at 1, 2, 5 x 10^k within 1.5 decades, at 10^k over more; none on minor ticks."""
+    from pipeline.evaluation.plots import pyplot
+
+    fig, (narrow, wide) = pyplot().subplots(1, 2)
+    for ax, high in ((narrow, 1e-3), (wide, 1e-2)):
+        ax.set_xscale("log")
+        ax.set_xlim(1e-4, high)
+    analysis.tidy(fig)
+    fig.canvas.draw()
+
+    def labels(ax: Any, minor: bool = False) -> list[str]:
+        low, high = ax.get_xlim()
+        return [t.get_text() for t in ax.get_xticklabels(minor=minor) if low <= t.get_position()[0] <= high * 1.0001]
+
+    assert labels(narrow) == ["0.0001", "0.0002", "0.0005", "0.001"]
+    assert labels(wide) == ["0.0001", "0.001", "0.01"]
+    assert [t for t in labels(narrow, minor=True) + labels(wide, minor=True) if t] == []
