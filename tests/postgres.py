@@ -64,7 +64,7 @@ def postgres_server() -> Iterator[str]:
         if started.returncode != 0:
             log = (data / "log").read_text() if (data / "log").exists() else ""
             pytest.fail(f"pg_ctl start failed: {started.stderr}{log}")
-        yield f"postgresql+psycopg2://optuna@127.0.0.1:{port}/postgres"
+        yield f"postgresql://optuna@127.0.0.1:{port}/postgres"
     finally:
         subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True)
         shutil.rmtree(data, ignore_errors=True)

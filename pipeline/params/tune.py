@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 SEED_PARAM = "seed"  # the trial parameter holding the training seed in a sweep
 
-# Study storages by URL scheme (an SQLAlchemy driver may follow a "+": postgresql+psycopg2://).
+# Study storages by URL scheme (an SQLAlchemy driver may follow a "+": postgresql+psycopg://).
 STORAGES = {
     "sqlite": "sqlite:///PATH (one process; the default)",
     "journal": "journal:PATH (several processes on one machine, no server; PATH absolute or from the project root)",
