@@ -47,9 +47,12 @@ gpu-check: DEVICE ?= cuda
 gpu-check: setup
 	$(BIN)/python -m pipeline.bench.gpu_check --device $(DEVICE)
 
-# make tune: the studies of tune.run; make tune STUDY=lt_alpha: one study (WORKERS=2 for two processes)
+# make tune: the studies of tune.run; make tune STUDY=lt_smoke: one study; WORKERS=2 for two
+# processes, STORAGE=journal:optuna.journal (one machine) or postgresql://... (several),
+# N_TRIALS=... for another budget
 tune: setup
-	$(BIN)/python -m pipeline.stages.tune $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS))
+	$(BIN)/python -m pipeline.stages.tune $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS)) \
+		$(if $(STORAGE),--storage '$(STORAGE)') $(if $(N_TRIALS),--n-trials $(N_TRIALS))
 
 # MLflow UI / optuna-dashboard on 127.0.0.1; PORT=... picks another port. A port in use or a
 # missing study store stops with one line and a non-zero exit (pipeline/serve.py).

@@ -11,7 +11,7 @@ would create an empty ``optuna.db``). Then it replaces itself with the server pr
     python -m pipeline.serve dashboard [--port 8080] [--storage URL]
 
 The tracking server keeps runs and the model registry in a database (``--backend``: SQLite
-``mlflow-server/mlflow.db`` by default, or e.g. ``postgresql+psycopg2://user:password@host/db``) and
+``mlflow-server/mlflow.db`` by default, or e.g. ``postgresql://user:password@host/db``) and
 proxies artifacts into ``--artifacts`` (default ``mlflow-server/artifacts``): clients that set
 ``MLFLOW_TRACKING_URI=http://127.0.0.1:PORT`` need no access to either.
 """
@@ -60,15 +60,14 @@ def check_backend(url: str) -> None:
         parsed = sqlalchemy.engine.make_url(url)
     except sqlalchemy.exc.ArgumentError:
         raise ServeError(f"BACKEND {url!r} is not a database URL: give e.g. sqlite:////abs/path/mlflow.db or "
-                         "postgresql+psycopg2://user:password@host:5432/mlflow") from None
+                         "postgresql://user:password@host:5432/mlflow") from None
     shown = masked(url)
     args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
     try:
         engine = sqlalchemy.create_engine(parsed, connect_args=args)
     except (sqlalchemy.exc.NoSuchModuleError, ImportError) as err:
         raise ServeError(f"BACKEND {shown}: no database driver for {parsed.drivername!r} ({err}); for PostgreSQL "
-                         "give postgresql+psycopg2://user:password@host:5432/db (needs psycopg2-binary; plain "
-                         "postgresql:// means psycopg 3 in SQLAlchemy 2.1)") from None
+                         "give postgresql://user:password@host:5432/db (psycopg 3, in requirements.txt)") from None
     try:
         with engine.connect():
             pass

@@ -1,11 +1,12 @@
 """`make server` (pipeline.serve server): a real MLflow tracking server on a free 127.0.0.1 port
-with a SQLite backend and proxied artifacts. The pretrain, train and evaluate stages and a study
+with a SQLite or a PostgreSQL backend (a throw-away server, tests/postgres.py) and proxied artifacts. The pretrain, train and evaluate stages and a study
 log through it (``MLFLOW_TRACKING_URI=http://...``) with the runs, params, metrics, artifacts and
 the registered perturbation network of the local store; the network loads back through the
 server by alias; nothing lands in the checkout (no ``mlflow.db``, no ``mlartifacts``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -29,6 +30,7 @@ from pipeline.stages import pretrain as pretrain_stage
 from pipeline.stages import train as train_stage
 from pipeline import tracking
 from pipeline.tracking import CHAMPION, registered_model_name
+from tests.postgres import postgres_server
 from tests.test_serve import free_port
 from tests.tiny import tiny_data, tiny_experiment
 from tests.tuning.test_study import EXPERIMENT, LR_WD_SPACE, children, load, run, write_params
@@ -37,17 +39,31 @@ ROOT = Path(__file__).resolve().parents[1]
 LOCAL_STORE = ("mlflow.db", "mlartifacts", "mlruns", "mlflow-server")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """``python -m pipeline.serve server`` in its own project root (its default store there);
-    yields its URL and its store folder."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """``python -m pipeline.serve server`` in its own project root, its backend the default SQLite
+    store there or a PostgreSQL database (``make server BACKEND=postgresql://...``); yields its
+    URL and its store folder (artifacts, and the SQLite file)."""
+    with contextlib.ExitStack() as stack:
+        url = None if request.param == "sqlite" else stack.enter_context(postgres_server())
+        yield from _server(tmp_path_factory, [] if url is None else ["--backend", url])
+        if url is not None:  # the runs went to PostgreSQL (not to a SQLite file beside the server)
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(url)
+            with engine.connect() as conn:
+                assert conn.execute(sqlalchemy.text("SELECT count(*) FROM runs")).scalar() > 0
+            engine.dispose()
+
+
+def _server(tmp_path_factory: pytest.TempPathFactory, backend: list[str]) -> Iterator[tuple[str, Path]]:
     home = tmp_path_factory.mktemp("server-home")
     port = free_port()
     env = {**os.environ, "DVC_ROOT": str(home), "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = open(home / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.serve", "server", "--port", str(port)], cwd=home,
-                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.serve", "server", "--port", str(port), *backend],
+                            cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

@@ -22,6 +22,14 @@ if TYPE_CHECKING:
 
 SEED_PARAM = "seed"  # the trial parameter holding the training seed in a sweep
 
+# Study storages by URL scheme (an SQLAlchemy driver may follow a "+": postgresql+psycopg://).
+STORAGES = {
+    "sqlite": "sqlite:///PATH (one process; the default)",
+    "journal": "journal:PATH (several processes on one machine, no server; PATH absolute or from the project root)",
+    "postgresql": "postgresql://USER:PASSWORD@HOST:PORT/DB (several machines)",
+}
+JOURNAL = "journal:"
+
 
 # --- configuration -------------------------------------------------------------------------
 
@@ -55,7 +63,7 @@ class StudyConfig:
     params: list[str] | None = None  # a subset of the experiment's search keys (null: all)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
-    storage: str | None = None  # SQLAlchemy URL; null: sqlite:///<project root>/optuna.db
+    storage: str | None = None  # sqlite:///, journal: or postgresql:// URL (:data:`STORAGES`); null: default_storage()
     workers: int = bounded(1, ge=1)
     mode: Literal["study", "sweep"] = "study"
     param: str | None = None  # mode: sweep, the dotted key varied
@@ -124,6 +132,32 @@ class Plan:
         return json.loads(json.dumps(out))
 
 
+def storage_kind(url: str, where: str = "storage") -> str:
+    """The storage kind of ``url`` (a key of :data:`STORAGES`), or one line saying what is allowed."""
+    scheme = url.partition(":")[0].partition("+")[0] if ":" in url else ""
+    if scheme not in STORAGES:
+        raise ParamError(f"{where}: unknown storage scheme {scheme!r}; use one of: "
+                         + "; ".join(STORAGES.values()))
+    if scheme == JOURNAL[:-1] and not journal_path(url).name:
+        raise ParamError(f"{where} = {url!r}: a journal storage needs a file, e.g. {JOURNAL}optuna.journal")
+    return scheme
+
+
+def journal_path(url: str) -> Path:
+    """The file of a ``journal:PATH`` URL: absolute, or relative to the project root (also from a
+    ``dvc exp run --temp`` copy); ``journal:///abs/path`` is ``/abs/path``."""
+    path = url[len(JOURNAL):]
+    path = path[2:] if path.startswith("//") else path
+    return project_root() / path if path else Path()
+
+
+def storage_url(url: str, where: str) -> str:
+    """``url`` checked, a journal's path made absolute (workers and DVC copies must agree)."""
+    if storage_kind(url, where) == JOURNAL[:-1]:
+        return f"{JOURNAL}{journal_path(url)}"
+    return url
+
+
 def default_storage() -> str:
     """The study DB at the real project root (also from a ``dvc exp run --temp`` copy)."""
     return f"sqlite:///{project_root() / 'optuna.db'}"
@@ -143,6 +177,8 @@ def check_study(cfg: StudyConfig, experiments: Mapping[str, ExperimentConfig],
     exp = build(ExperimentConfig, raw, f"experiments.{cfg.experiment}")
     exp.name = base.name
     exp.method_config(cfg.method)
+    if cfg.storage is not None:
+        storage_kind(cfg.storage, f"{where}.storage")
     if cfg.mode == "sweep":
         check_sweep(cfg, exp, raw, where)
         return exp, {}
@@ -202,7 +238,9 @@ def make_plan(params: Params, name: str, *, n_trials: int | None = None,
     cfg = tune.studies[name]
     if n_trials is not None and cfg.mode == "sweep":
         raise ParamError(f"--n-trials: study {name!r} is a sweep, which runs exactly its grid")
-    cfg = dataclasses.replace(cfg, n_trials=n_trials or cfg.n_trials, storage=storage or cfg.storage,
+    url = storage_url(storage, "--storage") if storage else None
+    cfg = dataclasses.replace(cfg, n_trials=n_trials or cfg.n_trials, storage=url or cfg.storage,
                               workers=workers or cfg.workers)
     exp, space = check_study(cfg, params.experiments, f"tune.studies.{name}")
-    return Plan(name, cfg, to_dict(exp), exp, space, cfg.storage or default_storage(), params.run.device)
+    url = url or (storage_url(cfg.storage, f"tune.studies.{name}.storage") if cfg.storage else default_storage())
+    return Plan(name, cfg, to_dict(exp), exp, space, url, params.run.device)

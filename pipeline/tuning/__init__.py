@@ -2,7 +2,7 @@
 
 Modules: :mod:`~pipeline.tuning.study` (one study end to end), :mod:`~pipeline.tuning.objective`
 (a trial), :mod:`~pipeline.tuning.budget` (trial budget), :mod:`~pipeline.tuning.workers`
-(processes), :mod:`~pipeline.tuning.storage` (Optuna RDB storage), :mod:`~pipeline.tuning.analysis`
+(processes), :mod:`~pipeline.tuning.storage` (Optuna storages), :mod:`~pipeline.tuning.analysis`
 (importances, figures, sweeps, best values); the CLI is the ``tune`` stage.
 
     python -m pipeline.stages.tune --study lt_meta_iada [--workers 2] [--n-trials 20] [--storage URL]
@@ -29,19 +29,22 @@ Two modes:
 - ``sweep``: exactly the grid ``values`` x ``seeds`` of one parameter (``param``), no pruning;
   each grid point without a complete trial is enqueued, so a rerun retries only what failed.
 
-Storage: a named study in an RDB (``sqlite:///<project root>/optuna.db`` by default, the file
-``make dashboard`` serves; any SQLAlchemy URL, e.g. ``postgresql://...`` to share a study between
-machines). ``--workers N`` starts N spawned processes on the same study. A worker stops once the
+Storage, by URL (:data:`pipeline.params.tune.STORAGES`): ``sqlite:///PATH`` for one process
+(``sqlite:///<project root>/optuna.db`` by default, the file ``make dashboard`` serves),
+``journal:PATH`` (Optuna's journal file storage; PATH absolute or from the project root) for
+several processes on one machine, ``postgresql://...`` for several machines; any other scheme is
+one error line. ``--workers N`` starts N spawned processes on the same study. A worker stops once the
 study holds ``n_trials`` COMPLETE + PRUNED + RUNNING trials (the rule of
 ``optuna.study.MaxTrialsCallback`` with those states); a trial that another worker's concurrent
 start pushed past the budget is refused before training (recorded FAIL, user attr ``surplus``),
-so exactly ``n_trials`` trials finish. Trials of a killed process are failed after the heartbeat
-grace period (``GRACE_S``). A worker that dies is reported in one line; the study is still
-analysed, and the command exits 1 with one line when the budget is short (a dead worker,
-``MAX_FAILURES_IN_A_ROW`` failed trials in a row, a failed grid point of a sweep): rerunning it
-runs exactly the missing trials.
+so exactly ``n_trials`` trials finish. A killed process's trial is failed (RDB: after the
+heartbeat grace, ``GRACE_S``; journal, which has no heartbeat in Optuna 5: as soon as its process
+is gone) and put back in the queue with the same parameters (:mod:`~pipeline.tuning.storage`). A
+worker that dies is reported in one line; the study is still analysed, and the command exits 1
+with one line when the budget is short (a dead worker, ``MAX_FAILURES_IN_A_ROW`` failed trials in
+a row, a failed grid point of a sweep): rerunning it runs exactly the missing trials.
 Once its own workers have ended, an invocation waits for trials RUNNING in other invocations
-(they count toward the budget) before it analyses. Workers of one invocation use sampler seeds
+(they count toward the budget) before it analyses, and runs those put back meanwhile. Workers of one invocation use sampler seeds
 derived from ``(sampler.seed, trials in the study at the start, worker index)``: reproducible for
 one worker, never the same stream twice in one study.
 
@@ -53,6 +56,8 @@ every invocation, concurrent ones included, nests under the same one (:func:`par
 
 Analysis, in ``studies/<study>/`` and on the parent run: ``trials.csv``, ``importances.json``
 (fANOVA, :class:`optuna.importance.FanovaImportanceEvaluator`, seeded), ``summary.json``,
-``best_params.yaml``, PNGs from ``optuna.visualization.matplotlib``, and for a sweep
+``best_params.yaml``, PNGs from ``optuna.visualization.matplotlib`` (parameters with one value
+left out, the contour limited to the 3 most important) and the importance bars (evaluator in the
+title), and for a sweep
 ``sweep.csv``, ``sweep.json``, ``sweep.png`` (mean +- sample std over seeds).
 """

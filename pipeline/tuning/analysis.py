@@ -15,9 +15,25 @@ from optuna.trial import TrialState
 from pipeline.evaluation.plots import pyplot
 from pipeline.layout import write_json
 from pipeline.params.tune import SEED_PARAM, Plan
-from pipeline.tracking import log_to_run, masked
+from pipeline.tracking import log_to_run
 from pipeline.tuning.budget import FINISHED
-from pipeline.tuning.storage import experimental_features
+from pipeline.tuning.storage import experimental_features, masked
+
+
+CONTOUR_PARAMS = 3  # the contour plot shows the pairs of this many parameters (the most important)
+
+
+def constant_params(trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
+    """The parameters with one value in every trial (name -> value)."""
+    values: dict[str, set[str]] = {}
+    for t in trials:
+        for k, v in t.params.items():
+            values.setdefault(k, set()).add(repr(v))
+    return {k: next(t.params[k] for t in trials if k in t.params) for k, v in values.items() if len(v) == 1}
+
+
+def evaluator_name(imp: Mapping[str, Any]) -> str:
+    return f"{imp['evaluator']}, seed {imp['seed']}"
 
 
 def importances(study: optuna.Study, plan: Plan) -> dict[str, Any]:
@@ -33,52 +49,130 @@ def importances(study: optuna.Study, plan: Plan) -> dict[str, Any]:
     if len({t.value for t in complete}) == 1:
         out["not_computed"] = f"all {len(complete)} complete trials have the same value: nothing to attribute"
         return out
-    varying = {k: len({repr(t.params.get(k)) for t in complete}) > 1 for k in complete[0].params}
-    if not any(varying.values()):
+    constant = constant_params(complete)
+    chosen = [k for k in complete[0].params if k not in constant]
+    if not chosen:
         out["not_computed"] = "no parameter takes two values across the complete trials"
         return out
-    if not all(varying.values()):
-        out["notes"].append("one value in every complete trial, so not measured: "
-                            + ", ".join(sorted(k for k, v in varying.items() if not v)))
-    chosen = [k for k, v in varying.items() if v]
+    if constant:
+        out["notes"].append("one value in every complete trial, so not measured: " + ", ".join(sorted(constant)))
     out["importances"] = {k: float(v) for k, v in
                           optuna.importance.get_param_importances(study, evaluator=evaluator, params=chosen).items()}
     return out
 
 
-def figure_of(axes: Any) -> Any:
-    """The figure of what an optuna.visualization.matplotlib function returns (Axes or an array)."""
-    return np.asarray(axes).flat[0].figure
+def short_names(params: list[str]) -> dict[str, str]:
+    """Axis labels: each dotted key without its ``methods.<method>.`` prefix, where that stays unique."""
+    short = {k: k.split(".", 2)[2] if k.startswith("methods.") and k.count(".") >= 2 else k for k in params}
+    return short if len(set(short.values())) == len(short) else {k: k for k in params}
+
+
+def display_study(study: optuna.Study, names: Mapping[str, str]) -> optuna.Study:
+    """An in-memory copy of the finished trials with the parameters renamed (``names``) for plots."""
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory ..."
+    try:
+        copy = optuna.create_study(direction="maximize")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    copy.add_trials([optuna.trial.create_trial(
+        state=t.state, value=t.value, params={names[k]: v for k, v in t.params.items()},
+        distributions={names[k]: d for k, d in t.distributions.items()}, intermediate_values=t.intermediate_values)
+        for t in study.get_trials(deepcopy=False, states=FINISHED)])
+    return copy
+
+
+def tidy(fig: Any) -> None:
+    """Log axes labelled at 10^k (1, 2 and 5 x 10^k when they span 1.5 decades or less) as plain
+    numbers, not every minor tick in scientific notation ('2x10^-4 3x10^-4 ...' overlapped; an
+    axis within one decade had no label at all)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            if axis.get_scale() == "log":
+                low, high = sorted(axis.get_view_interval())
+                decades = np.log10(high / low) if low > 0 else 2.0
+                axis.set_major_locator(LogLocator(base=10, subs=(1.0,) if decades > 1.5 else (1.0, 2.0, 5.0)))
+                axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.set_minor_formatter(NullFormatter())
+
+
+def plot_importances(imp: Mapping[str, Any], names: Mapping[str, str], metric: str) -> Any:
+    """Horizontal bars of the importances, the evaluator named in the title."""
+    plt = pyplot()
+    ranked = sorted(imp["importances"].items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(6.5, 0.45 * len(ranked) + 1.4))
+    ax.barh([names[k] for k, _ in ranked], [v for _, v in ranked], color="tab:blue")
+    for i, (_, v) in enumerate(ranked):
+        ax.text(v, i, f" {v:.2f}", va="center")
+    ax.set(xlim=(0, 1.12), xlabel=f"importance for {metric} (sums to 1)",
+           title=f"Parameter importances ({evaluator_name(imp)}), {imp['n_complete_trials']} complete trials")
+    return fig
 
 
 def write_plots(study: optuna.Study, plan: Plan, imp: Mapping[str, Any]) -> dict[str, str]:
-    """The optuna.visualization.matplotlib PNGs; returns {file: why it was skipped}."""
+    """The PNGs (Optuna's ``optuna.visualization.matplotlib`` and the importance bars), with the
+    parameters under short names; returns {file: why it was skipped or what it leaves out}.
+
+    A parameter with one value in every complete trial is left out of the slice, contour and
+    parallel coordinate plots (Optuna warned once per contour pair, and matplotlib about a
+    singular axis); the contour shows only the ``CONTOUR_PARAMS`` most important parameters
+    (5 gave 25 unreadable panels)."""
     plt = pyplot()
     from optuna.visualization import matplotlib as vis
 
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=plan.cfg.sampler.seed)
-    n_params = len({k for t in study.get_trials(deepcopy=False, states=FINISHED) for k in t.params})
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    names = short_names(sorted({k for t in study.get_trials(deepcopy=False, states=FINISHED) for k in t.params}))
+    shown = display_study(study, names)
+    constant = constant_params(complete)
+    varying = [names[k] for k in sorted(names) if k not in constant and any(k in t.params for t in complete)]
+    ranked = [names[k] for k in sorted(imp["importances"], key=lambda k: -imp["importances"][k])] or varying
+    notes = {}
+    if not varying:
+        why = f"no parameter takes two values across the {len(complete)} complete trial(s)"
+        notes.update({"slice.png": why, "parallel_coordinate.png": why})
+    elif constant:
+        why = "left out, one value in every complete trial: " + ", ".join(f"{names[k]} = {v!r}" for k, v in constant.items())
+        notes.update({"slice.png": why, "parallel_coordinate.png": why})
     makers: dict[str, Callable[[], Any]] = {
-        "optimization_history.png": lambda: vis.plot_optimization_history(study, target_name=plan.metric),
-        "slice.png": lambda: vis.plot_slice(study, target_name=plan.metric),
-        "parallel_coordinate.png": lambda: vis.plot_parallel_coordinate(study, target_name=plan.metric),
-        "param_importances.png": lambda: vis.plot_param_importances(
-            study, evaluator=evaluator, params=list(imp["importances"]), target_name=plan.metric),
-        "contour.png": lambda: vis.plot_contour(study, target_name=plan.metric),
+        "optimization_history.png": lambda: figure_of(vis.plot_optimization_history(shown, target_name=plan.metric)),
+        "slice.png": lambda: figure_of(vis.plot_slice(shown, params=varying, target_name=plan.metric)),
+        "parallel_coordinate.png": lambda: figure_of(
+            vis.plot_parallel_coordinate(shown, params=varying, target_name=plan.metric)),
+        "param_importances.png": lambda: plot_importances(imp, names, plan.metric),
+        "contour.png": lambda: figure_of(
+            vis.plot_contour(shown, params=ranked[:CONTOUR_PARAMS], target_name=plan.metric)),
     }
     skipped = {}
     if imp["not_computed"]:
         skipped["param_importances.png"] = imp["not_computed"]
-    if n_params < 2:
-        skipped["contour.png"] = f"a contour plot needs at least 2 parameters, the study has {n_params}"
+    if not varying:
+        skipped["slice.png"] = skipped["parallel_coordinate.png"] = notes["slice.png"]
+    if len(varying) < 2:
+        skipped["contour.png"] = f"a contour plot needs 2 parameters with two values or more, the study has {len(varying)}"
+    elif len(varying) > CONTOUR_PARAMS:
+        notes["contour.png"] = (f"the {CONTOUR_PARAMS} most important of {len(varying)} parameters: "
+                                + ", ".join(ranked[:CONTOUR_PARAMS]))
     for name, make in makers.items():
         if name in skipped:
             continue
         with experimental_features():
-            fig = figure_of(make())
+            fig = make()
+        size = {"slice.png": (3.2 * len(varying) + 1.5, 3.6), "contour.png": (3.4 * min(len(varying), CONTOUR_PARAMS) + 1.5,
+                3.2 * min(len(varying), CONTOUR_PARAMS) if len(varying) > 2 else 4.5),
+                "parallel_coordinate.png": (1.8 * len(varying) + 4, 4.8)}.get(name)
+        if size:
+            fig.set_size_inches(*size)
+        tidy(fig)
         fig.savefig(plan.out_dir / name, dpi=100, bbox_inches="tight")
         plt.close(fig)
-    return skipped
+    return {**notes, **skipped}
+
+
+def figure_of(axes: Any) -> Any:
+    """The figure of what an optuna.visualization.matplotlib function returns (Axes or an array)."""
+    return np.asarray(axes).flat[0].figure
 
 
 def sweep_results(study: optuna.Study, plan: Plan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -150,6 +244,12 @@ def analyse(study: optuna.Study, plan: Plan) -> dict[str, Any]:
     imp = importances(study, plan)
     write_json(imp, plan.out_dir / "importances.json")
     skipped = write_plots(study, plan, imp)
+    if imp["importances"]:
+        ranked = sorted(imp["importances"].items(), key=lambda kv: -kv[1])
+        print(f"[{plan.name}] importances ({evaluator_name(imp)}, {imp['n_complete_trials']} complete trials): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in ranked))
+    for png, why in skipped.items():
+        print(f"[{plan.name}] {png}: {why}")
     best = write_sweep(study, plan) if plan.sweep else best_of_study(study)
     trials = study.get_trials(deepcopy=False)
     summary = {"study": plan.name, "mode": plan.cfg.mode, "experiment": plan.cfg.experiment,

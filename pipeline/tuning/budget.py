@@ -10,7 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from pipeline.params.tune import Plan
-from pipeline.tuning.storage import GRACE_S
+from pipeline.tuning.storage import grace_s
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 GRID_ATTR = "grid_point"  # trial user attr of an enqueued sweep point
@@ -102,8 +102,10 @@ def shortfall(study: optuna.Study, plan: Plan, dead: list[str]) -> str | None:
         why[-1] += f", the last with {last}"
     todo = "rerun the same command to run exactly the missing trials (failed trials do not count)"
     running = [str(t.number) for t in trials if t.state == TrialState.RUNNING]
-    if running:
-        todo = (f"trial(s) {', '.join(running)} stay RUNNING until they have had no heartbeat for {GRACE_S} s "
-                f"and are then failed: after that, {todo}")
+    if running and plan.storage.startswith("journal:"):  # no heartbeat: a dead process's trial is failed at once
+        todo = f"trial(s) {', '.join(running)} are RUNNING in live processes: once they end, {todo}"
+    elif running:
+        todo = (f"trial(s) {', '.join(running)} stay RUNNING until they have had no heartbeat for {grace_s()} s "
+                f"and are then failed and put back in the queue: after that, {todo}")
     return (f"study {plan.name!r} ended with {done} of its {plan.n_trials} trials done (COMPLETE or PRUNED): "
             f"{'; '.join(why) or 'trials are missing'}; {todo}")

@@ -22,6 +22,7 @@ from pipeline.params.file import Params
 from pipeline.params.tune import SEED_PARAM, Plan
 from pipeline.tracking import RunTracker, end_trial_run
 from pipeline.tuning.budget import Budget, SurplusTrial
+from pipeline.tuning.storage import WORKER_ATTR, this_worker
 
 # Tests only: a worker process of this name SIGKILLs itself after its trial's first epoch.
 KILL_WORKER_ENV = "PIPELINE_TUNE_TEST_KILL_WORKER"
@@ -84,6 +85,7 @@ class Objective:
         self.plan, self.data, self.budget = plan, data, budget
 
     def __call__(self, trial: optuna.Trial) -> float:
+        trial.set_user_attr(WORKER_ATTR, this_worker())  # a journal storage has no heartbeat: see fail_dead_trials
         if not self.budget.admits(trial):
             trial.set_user_attr("surplus", True)
             trial.study.stop()

@@ -4,6 +4,7 @@ when it ended short of its budget (see :mod:`pipeline.tuning` for the whole desi
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import optuna
@@ -11,12 +12,12 @@ from optuna.trial import TrialState
 
 from pipeline.params.file import Params
 from pipeline.params.schema import ParamError, flatten
-from pipeline.params.tune import Plan
-from pipeline.tracking import create_run, delete_run, end_orphan_trial_runs, is_active_run, masked
+from pipeline.params.tune import Plan, journal_path, storage_kind
+from pipeline.tracking import create_run, delete_run, end_orphan_trial_runs, is_active_run
 from pipeline.tuning.analysis import analyse
 from pipeline.tuning.budget import GRID_ATTR, Budget, IncompleteStudy, shortfall
 from pipeline.tuning.objective import ensure_pretrain, training_data
-from pipeline.tuning.storage import claim_study_attr, fail_dead_trials, open_storage
+from pipeline.tuning.storage import StudyStorage, claim_study_attr, fail_dead_trials, masked, open_storage
 from pipeline.tuning.workers import make_pruner, open_study, run_workers, wait_for_running
 
 DEFINITION_ATTR = "definition"  # study user attr: what the trials were run with
@@ -44,11 +45,21 @@ def check_definition(study: optuna.Study, plan: Plan) -> None:
         if old.get(key) != new.get(key):
             raise ParamError(
                 f"study {plan.name!r} in {masked(plan.storage)} was created with {key} = {old.get(key)!r}, "
-                f"now {new.get(key)!r}: its trials would not be comparable. Restore the setting, rename "
-                f"the study, or delete it (optuna delete-study --study-name {plan.name} --storage URL)")
+                f"now {new.get(key)!r}: its trials would not be comparable. Restore the setting, or copy the "
+                f"study under a new name in tune.studies, or delete the stored study and its trials with: "
+                f"{delete_command(plan)}")
 
 
-def parent_run(study: optuna.Study, storage: optuna.storages.RDBStorage, plan: Plan) -> str:
+def delete_command(plan: Plan) -> str:
+    """The Optuna CLI line that deletes the stored study (the password left as ***)."""
+    if storage_kind(plan.storage) == "journal":
+        where = f"--storage {shlex.quote(str(journal_path(plan.storage)))} --storage-class JournalFileBackend"
+    else:
+        where = f"--storage {shlex.quote(masked(plan.storage))}"
+    return f"optuna delete-study --study-name {shlex.quote(plan.name)} {where}"
+
+
+def parent_run(study: optuna.Study, storage: StudyStorage, plan: Plan) -> str:
     """The study's one parent run, also when several invocations start at once.
 
     Its id is the study user attr ``PARENT_RUN_ATTR``. An invocation that finds no usable one
@@ -79,21 +90,31 @@ def run_study(params: Params, plan: Plan) -> dict[str, Any]:
     failures in a row, a failed grid point): rerunning the same command runs exactly the missing
     trials.
     """
+    training_data(plan)  # a missing data set stops here, before any study is created or trained
     storage = open_storage(plan.storage)
     study = open_study(plan, [0], storage)
     check_definition(study, plan)
-    training_data(plan)  # a missing data set stops here, before any training
     ensure_pretrain(params, plan)
     plan.parent_run_id = parent_run(study, storage, plan)
     fail_dead_trials(study, storage)
     if plan.sweep:
         enqueue_grid(study, plan)
     budget = Budget(plan.n_trials, plan.sweep)
-    to_run = budget.remaining(study)
-    dead = run_workers(plan, min(plan.cfg.workers, to_run), len(study.trials)) if to_run > 0 else []
-    if not dead:
+    to_run = first = budget.remaining(study)
+    dead: list[str] = []
+    while True:
+        if to_run > 0:
+            dead = run_workers(plan, min(plan.cfg.workers, to_run), len(study.trials))
+        fail_dead_trials(study, storage)  # journal: a killed worker's trial is failed and put back at once
+        if dead:
+            break
         wait_for_running(study, storage, plan)
-    if to_run <= 0 and budget.finished(study) >= plan.n_trials:
+        # run again only the trials of dead processes put back in the queue (WAITING) meanwhile
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        to_run = budget.remaining(study) if waiting else 0
+        if to_run <= 0:
+            break
+    if first <= 0 and budget.finished(study) >= plan.n_trials:
         print(f"[{plan.name}] the study already has its {plan.n_trials} trials: analysing only")
     finished = {t.number: t.state.name for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     end_orphan_trial_runs(plan.exp.mlflow_experiment, plan.name, finished)

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from pipeline.params.tune import Plan
 from pipeline.tuning.budget import Budget
 from pipeline.tuning.objective import Objective, training_data
-from pipeline.tuning.storage import GRACE_S, experimental_features, fail_dead_trials, open_storage
+from pipeline.tuning.storage import StudyStorage, experimental_features, fail_dead_trials, grace_s, open_storage
 
 WAIT_POLL_S = 5  # how often the main process looks whether other invocations' trials have ended
 
@@ -40,7 +40,7 @@ def make_pruner(plan: Plan) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
 
 
-def open_study(plan: Plan, stream: list[int], storage: optuna.storages.RDBStorage | None = None) -> optuna.Study:
+def open_study(plan: Plan, stream: list[int], storage: StudyStorage | None = None) -> optuna.Study:
     """The study, created on first use; its objective is named after the validation metric (the
     dashboard showed "Objective 0")."""
     study = optuna.create_study(study_name=plan.name, storage=storage or open_storage(plan.storage),
@@ -103,18 +103,18 @@ def how_it_ended(exitcode: int | None) -> str:
     return f"exit code {exitcode} (its error is above)"
 
 
-def wait_for_running(study: optuna.Study, storage: optuna.storages.RDBStorage, plan: Plan) -> None:
+def wait_for_running(study: optuna.Study, storage: StudyStorage, plan: Plan) -> None:
     """Wait until no trial of the study is RUNNING, failing stale ones as the heartbeat allows.
 
     Called once this invocation's workers have all ended normally: a RUNNING trial is then another
     invocation's (another machine on a shared storage, or a second command): it counts toward the
     budget, so the analysis waits for it rather than report a short study. A killed process's trial
-    is failed here after GRACE_S (:func:`fail_dead_trials`; the study is then reported short).
+    is failed here (:func:`fail_dead_trials`) and put back in the queue for the caller to run.
     """
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if running:
         print(f"[{plan.name}] waiting for trials {', '.join(str(t.number) for t in running)}, RUNNING in another "
-              f"process (a killed process's trial is failed after {GRACE_S} s without a heartbeat)")
+              f"process (a killed process's trial is failed after {grace_s()} s without a heartbeat)")
     while running:
         time.sleep(WAIT_POLL_S)
         fail_dead_trials(study, storage)

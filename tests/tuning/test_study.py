@@ -36,8 +36,10 @@ from pipeline.params.experiment import ExperimentConfig
 from pipeline.params.file import load_params, parse_params
 from pipeline.params.tune import make_plan
 from pipeline.tracking import setup
+from tests.postgres import postgres_server
 from tests.tiny import tiny_data, tiny_experiment
 
+ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "tiny"
 MLFLOW_EXPERIMENT = "long-tail"
 # Validation accuracy per trial epoch from the shared random init (seed 0, meta_iada, 2 epochs):
@@ -56,11 +58,11 @@ def experiment_dict(search: dict[str, Any]) -> dict[str, Any]:
     return {**to_dict(exp), "methods": {"ce": {}, "la": {}, "meta_iada": {}}, "search": search}
 
 
-def write_params(root: Path, name: str, study: dict[str, Any], search: dict[str, Any]) -> Path:
-    """A params file declaring experiment ``tiny`` and study ``name`` (storage: <root>/<name>.db)."""
+def write_params(root: Path, name: str, study: dict[str, Any], search: dict[str, Any], url: str | None = None) -> Path:
+    """A params file declaring experiment ``tiny`` and study ``name`` (storage: ``url``, default <root>/<name>.db)."""
     raw = {"run": {"experiments": [EXPERIMENT], "methods": ["ce"], "seeds": [0], "device": "cpu"},
            "experiments": {EXPERIMENT: experiment_dict(search)},
-           "tune": {"studies": {name: {"experiment": EXPERIMENT, "storage": storage(root, name), **study}}}}
+           "tune": {"studies": {name: {"experiment": EXPERIMENT, "storage": url or storage(root, name), **study}}}}
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -74,8 +76,8 @@ def run(path: Path, name: str, *args: str) -> None:
     assert tune_stage.main(["--params", str(path), "--study", name, *args]) == 0
 
 
-def load(root: Path, name: str) -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage(root, name))
+def load(root: Path, name: str, url: str | None = None) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=tuning_storage.open_storage(url or storage(root, name)))
 
 
 def children(study: optuna.Study) -> Any:
@@ -99,6 +101,22 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         setup(MLFLOW_EXPERIMENT)
         yield root
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[str]:
+    """The URL of a throw-away PostgreSQL server (skipped only where none is installed, never in CI)."""
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(params=["sqlite", "journal", "postgresql"])
+def storage_url(request: pytest.FixtureRequest, workspace: Path) -> str:
+    """A study storage of each kind, for a study named after the test."""
+    name = request.node.originalname
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres")
+    return storage(workspace, name) if request.param == "sqlite" else f"journal:{workspace / name}.journal"
 
 
 def test_two_workers_run_exactly_n_trials_nested_pruned_and_analysed(workspace):
@@ -176,8 +194,15 @@ def test_rerun_resumes_the_same_study_and_refuses_a_changed_experiment(workspace
     path.write_text(yaml.safe_dump(raw))
     capsys.readouterr()
     assert tune_stage.main(["--params", str(path), "--study", name, "--n-trials", "4"]) == 2
-    assert "settings.optim.momentum = 0.9" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "settings.optim.momentum = 0.9" in err and err.count("\n") == 1
     assert len(load(workspace, name).trials) == 3
+    # the message ends with the command that deletes the stored study: it works, and the study starts afresh
+    command = err.strip().rpartition("delete the stored study and its trials with: ")[2]
+    assert command == f"optuna delete-study --study-name {name} --storage sqlite:///{workspace / name}.db"
+    subprocess.run([str(Path(sys.executable).parent / "optuna"), *command.split()[1:]], check=True, capture_output=True)
+    run(path, name, "--n-trials", "1")
+    assert len(load(workspace, name).trials) == 1
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
@@ -227,15 +252,23 @@ def tune_command(path: Path, name: str) -> list[str]:
     return [sys.executable, "-m", "pipeline.stages.tune", "--params", str(path), "--study", name]
 
 
-def test_a_killed_worker_is_reported_the_study_analysed_and_a_rerun_finishes_it(workspace, monkeypatch):
+def tune_env(**extra: str) -> dict[str, str]:
+    """This environment, importing this checkout's ``pipeline`` (not another one's editable install)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), **extra}
+
+
+def test_a_killed_worker_is_reported_the_study_analysed_and_a_rerun_finishes_it(workspace, monkeypatch, storage_url):
     """Worker 1 of 2 is SIGKILLed after its first trial's first epoch (``tuning_objective.KILL_WORKER_ENV``):
-    the command names it in one line, analyses what the study holds, exits 1 with one line; once
-    the heartbeat grace is over, the same command runs exactly the missing trial and ends the
-    dead trial's MLflow child run as FAILED."""
-    name = "killed"
+    the command names it in one line, analyses what the study holds, exits 1 with one line. On an
+    RDB storage the dead trial stays RUNNING until it has had no heartbeat for the grace; on a
+    journal (no heartbeat in Optuna 5) it is failed at once, its process being gone. Then the same
+    command fails it, runs it again with the same parameters (a WAITING copy) and nothing more,
+    and ends the dead trial's MLflow child run as FAILED."""
+    kind = storage_url.partition(":")[0].partition("+")[0]
+    name = f"killed_{kind}"
     path = write_params(workspace, name, {"method": "ce", "n_trials": 3, "workers": 2,
-                                          "pruner": {"name": "none"}}, LR_WD_SPACE)
-    env = {**os.environ, tuning_objective.KILL_WORKER_ENV: f"{name}-w1"}
+                                          "pruner": {"name": "none"}}, LR_WD_SPACE, storage_url)
+    env = tune_env(**{tuning_objective.KILL_WORKER_ENV: f"{name}-w1"})
     proc = subprocess.run(tune_command(path, name), env=env, capture_output=True, text=True, timeout=600)
 
     assert proc.returncode == 1, proc.stderr
@@ -246,20 +279,64 @@ def test_a_killed_worker_is_reported_the_study_analysed_and_a_rerun_finishes_it(
     ours = [line for line in proc.stderr.strip().splitlines() if "resource_tracker" not in line]
     error = ours[-1]
     assert error.startswith(f"error: study '{name}' ended with 2 of its 3 trials done"), error
-    assert "1 worker(s) died" in error and "stay RUNNING" in error and "rerun the same command" in error
-    assert json.loads((workspace / "studies" / name / "summary.json").read_text())["n_complete"] == 2
-    killed = [t for t in load(workspace, name).trials if t.state == TrialState.RUNNING]
-    assert len(killed) == 1
+    assert "1 worker(s) died" in error and "rerun the same command" in error
+    summary = json.loads((workspace / "studies" / name / "summary.json").read_text())
+    assert summary["n_complete"] == 2 and summary["storage"] == storage_url  # no password in these URLs
+    trials = load(workspace, name, storage_url).trials
+    if kind == "journal":
+        assert "stay RUNNING" not in error
+        [killed] = [t for t in trials if t.state == TrialState.FAIL]
+        assert [t.system_attrs["failed_trial"] for t in trials if t.state == TrialState.WAITING] == [killed.number]
+    else:
+        assert "stay RUNNING" in error
+        [killed] = [t for t in trials if t.state == TrialState.RUNNING]
+        monkeypatch.setattr(tuning_storage, "GRACE_S", 1)
+        time.sleep(2)  # past the grace by SQLite's clock, which counts whole seconds
 
-    monkeypatch.setattr(tuning_storage, "GRACE_S", 1)
-    time.sleep(2)  # past the grace by SQLite's clock, which counts whole seconds
     run(path, name)
-    study = load(workspace, name)
+    study = load(workspace, name, storage_url)
     assert len(study.get_trials(states=tuning_budget.FINISHED)) == 3
-    assert study.trials[killed[0].number].state == TrialState.FAIL
+    assert study.trials[killed.number].state == TrialState.FAIL
+    [again] = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert again.state == TrialState.COMPLETE and again.params == killed.params
+    assert again.user_attrs["mlflow_run_id"] != killed.user_attrs.get("mlflow_run_id")
     child = mlflow.search_runs(experiment_names=["long-tail"], output_format="list", filter_string=(
-        f"tags.`optuna.study_name` = '{name}' and tags.`optuna.trial_number` = '{killed[0].number}'"))
+        f"tags.`optuna.study_name` = '{name}' and tags.`optuna.trial_number` = '{killed.number}'"))
     assert [(r.info.status, r.data.tags["optuna.state"]) for r in child] == [("FAILED", "FAIL")]
+
+
+def test_two_invocations_on_postgresql_share_nothing_but_the_url(workspace, postgres):
+    """Two commands of one worker each, as on two machines: the first is SIGKILLed in its first
+    trial; the second, once its own trials are done (within the 20 s grace), waits for the dead
+    trial's heartbeat to go stale, runs it again, and ends with exactly the budget."""
+    name = "two_machines"
+    path = write_params(workspace, name, {"method": "ce", "n_trials": 3, "pruner": {"name": "none"}},
+                        LR_WD_SPACE, postgres)
+    optuna.create_study(study_name=name, storage=tuning_storage.open_storage(postgres), direction="maximize")
+    params = load_params(path)
+    tuning_objective.ensure_pretrain(params, make_plan(params, name))
+    env = tune_env(**{tuning_storage.GRACE_ENV: "20"})
+    first = subprocess.Popen(tune_command(path, name), env={**env, tuning_objective.KILL_WORKER_ENV: "MainProcess"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not load(workspace, name, postgres).get_trials(states=(TrialState.RUNNING,)):
+        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.2)
+    second = subprocess.run(tune_command(path, name), env=env, capture_output=True, text=True, timeout=600)
+    first.communicate(timeout=60)
+
+    assert first.returncode == -9
+    assert second.returncode == 0, second.stderr
+    assert f"[{name}] waiting for trials" in second.stdout  # its own trials ended before the grace
+    study = load(workspace, name, postgres)
+    assert len(study.get_trials(states=tuning_budget.FINISHED)) == 3
+    [killed] = [t for t in study.trials if t.state == TrialState.FAIL]
+    [again] = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert again.state == TrialState.COMPLETE and again.params == killed.params
+    runs = children(study)
+    assert sorted(runs["tags.optuna.trial_number"].astype(int)) == [t.number for t in study.trials]
+    states = dict(zip(runs["tags.optuna.trial_number"].astype(int), runs["status"]))
+    assert states[killed.number] == "FAILED" and list(states.values()).count("FINISHED") == 3
 
 
 @pytest.mark.filterwarnings("ignore:Fixed parameter optim.momentum:UserWarning")  # out of range on purpose
@@ -320,7 +397,8 @@ def test_two_invocations_at_once_share_one_parent_run(workspace, tmp_path):
     params = load_params(path)
     tuning_objective.ensure_pretrain(params, make_plan(params, name))
     cmd = [sys.executable, "-c", RACE_TO_THE_PARENT_RUN, str(tmp_path), "2", *tune_command(path, name)[3:]]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tune_env())
+             for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in outputs]
 
@@ -365,7 +443,7 @@ def test_a_trial_that_never_had_a_heartbeat_is_failed_after_the_grace(tmp_path, 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
 def test_an_invocation_waits_for_the_trials_running_elsewhere(tmp_path, monkeypatch):
     """Once its workers have ended, an invocation waits for the trials RUNNING in another one (they
-    count toward the budget) and for a killed process's trial to be failed, then analyses."""
+    count toward the budget) and for a killed process's trial to be failed and put back."""
     monkeypatch.setattr(tuning_storage, "GRACE_S", 1)
     monkeypatch.setattr(tuning_workers, "WAIT_POLL_S", 0.1)
     storage_ = tuning_storage.open_storage(f"sqlite:///{tmp_path / 'elsewhere.db'}")
@@ -376,7 +454,8 @@ def test_an_invocation_waits_for_the_trials_running_elsewhere(tmp_path, monkeypa
     tuning_workers.wait_for_running(study, storage_, SimpleNamespace(name="elsewhere"))
     states = [t.state for t in study.trials]
     other_invocation.join()
-    assert states == [TrialState.COMPLETE, TrialState.FAIL]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.WAITING]  # the dead one put back
+    assert study.trials[2].system_attrs["failed_trial"] == 1
 
 
 def test_sweep_evaluates_the_grid_over_seeds(workspace):
@@ -448,6 +527,9 @@ def test_invalid_search_space_names_the_key(search, expected):
     ({"experiment": EXPERIMENT, "n_trials": 2, "sampler": {"name": "cmaes"}}, "tune.studies.s.sampler.name"),
     ({"experiment": EXPERIMENT, "mode": "sweep", "param": "optim.lr", "values": [0.1, -1.0]},
      "tune.studies.s.values[1] = -1.0"),
+    ({"experiment": EXPERIMENT, "n_trials": 2, "storage": "redis://127.0.0.1/0"},
+     "tune.studies.s.storage: unknown storage scheme 'redis'; use one of: sqlite:///PATH"),
+    ({"experiment": EXPERIMENT, "n_trials": 2, "storage": "journal:"}, "a journal storage needs a file"),
 ])
 def test_invalid_study_names_the_key(study, expected):
     raw = {"run": {"experiments": [EXPERIMENT]}, "experiments": {EXPERIMENT: experiment_dict(LR_WD_SPACE)},
@@ -462,3 +544,23 @@ def test_unknown_study_is_one_clear_line(workspace, capsys):
     assert tune_stage.main(["--params", str(path), "--study", "unknown"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: unknown study 'unknown'") and "\n" not in err
+
+
+def test_a_journal_in_a_missing_folder_is_one_line_before_any_work(workspace, capsys):
+    path = write_params(workspace, "nowhere", {"n_trials": 1}, LR_WD_SPACE)
+    missing = workspace / "no-such-folder"
+    assert tune_stage.main(["--params", str(path), "--study", "nowhere", "--storage", f"journal:{missing}/s.journal"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: storage journal:{missing}/s.journal: the folder {missing} does not exist; create it or "
+                   "fix tune.studies.<name>.storage or --storage")
+    assert not missing.exists() and not (workspace / "studies" / "nowhere").exists()
+
+
+def test_missing_data_is_one_line_before_the_study_is_created(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    path = write_params(tmp_path, "no_data", {"n_trials": 1}, LR_WD_SPACE)
+    assert tune_stage.main(["--params", str(path), "--study", "no_data"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no prepared data set at ") and "\n" not in err
+    assert not (tmp_path / "no_data.db").exists()  # no storage, no study left behind
