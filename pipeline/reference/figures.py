@@ -72,8 +72,8 @@ def _results(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -
 
 def _per_class(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -> Any:
     first = next(iter(labels.values())).first
-    if "per_class_acc" not in first["selected"]["test"]:
-        return None
+    if "per_class_acc" not in first["selected"]["test"] or "train_class_counts" not in first:
+        return None  # (metrics files written before evaluation kept the class sizes)
     counts = np.asarray(first["train_class_counts"], dtype=float)
     by_size = len(set(counts.tolist())) > 1
     order = np.argsort(-counts) if by_size else np.arange(len(counts))
