@@ -253,16 +253,27 @@ def _num(x: float | None) -> str:
     return "—" if x is None or math.isnan(x) else f"{x:.3f}"
 
 
-def readme_section(summaries: dict[str, dict[str, Any]]) -> str:
+def coverage(name: str, s: dict[str, Any], params: Params) -> str:
+    """How much of the planned sweep (``reference:`` in params.yaml) the metrics cover."""
+    sweep = params.reference.experiments.get(name)
+    if sweep is None:
+        return "not in params.yaml's reference sweep any more"
+    planned = len(sweep.labels()) * len(params.reference.seeds)
+    present = sum(len(e["seeds"]) for e in s["labels"].values())
+    missing = [label for label in sweep.labels() if label not in s["labels"]]
+    return f"{present} of the {planned} planned runs" + (f"; not run yet: {', '.join(missing)}" if missing else "")
+
+
+def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
     """The README's results: per experiment, every label's primary metric and its paired
-    differences (validation-selected)."""
+    differences (validation-selected), and how much of the planned sweep is there."""
     lines = [BEGIN, ""]
     for name, s in summaries.items():
         p = s["primary"]
         seeds = sorted({x for e in s["labels"].values() for x in e["seeds"]})
         lines += [(f"**{name}** ({s['scenario']}, {s['data']}; {p} in %, validation-selected, mean ± std over "
                   f"seeds {seeds}, each with its own split; differences with 95 % intervals; "
-                  f"[full report](reports/reference/{name}.md))"), "",
+                  f"{coverage(name, s, params)}; [full report](reports/reference/{name}.md))"), "",
                   f"| label | protocol | {p} | vs ce | vs best baseline ({s['best_baseline']}) |", "|---|---|---|---|---|"]
         for label in s["ranking"]:
             e = s["labels"][label]
@@ -299,7 +310,7 @@ def build_reports(params: Params, *, check: bool = False, track: bool = False, r
         files[REPORT_DIR / f"{name}.md"] = experiment_markdown(name, s, published.get(s["scenario"]), figures)
     files[REPORT_DIR / "summary.json"] = json.dumps(json_safe(summaries), indent=2, sort_keys=True) + "\n"
     if readme and README.is_file():
-        files[README] = replace_section(README.read_text(), readme_section(summaries))
+        files[README] = replace_section(README.read_text(), readme_section(summaries, params))
     stale = [p for p, text in files.items() if not p.is_file() or p.read_text() != text]
     if not check:
         REPORT_DIR.mkdir(parents=True, exist_ok=True)
