@@ -39,6 +39,7 @@ def write_params(tmp: Path, name: str) -> Path:
     params["experiments"] = {name: exp}
     params["run"] = {"experiments": [name], "methods": ["ce", "meta_iada"], "seeds": [0], "device": "cpu"}
     params["tune"] = {"run": [], "studies": {}}
+    params["reference"] = {"subject": "meta_iada", "experiments": {}}
     path = tmp / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     return path

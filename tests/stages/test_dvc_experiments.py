@@ -33,7 +33,7 @@ ALPHA = "experiments.tiny.methods.meta_iada.alpha"
 VARIANTS = {"alpha-010": 0.1, "alpha-025": 0.25, "alpha-075": 0.75}  # experiment name -> alpha
 # Compares the queued variants in 150 columns (README, "DVC: a queue of experiments").
 COMPARE = ["dvc", "exp", "show", "--no-pager", "--only-changed", "--drop",
-           "Created|State|Executor|models/|metrics$|.*final.acc|.*epsilon"]
+           "Created|State|Executor|models/|metrics$|.*final.acc|.*epsilon", "--keep", r".*selected\.acc"]
 
 
 # --- what -S writes back into params.yaml ---------------------------------------------------------
