@@ -149,3 +149,20 @@ def test_the_committed_reference_metrics_are_those_of_the_current_params():
     finally:
         os.chdir(cwd)
     assert not stale
+
+
+def test_the_plateau_check_runs_the_schedule_and_its_double(tmp_path, monkeypatch):
+    """python -m pipeline.stages.plateau: CE over the experiment's schedule and over twice it (epochs,
+    milestones and LDAM-DRW's re-weighting epoch doubled), one file with both and their gap."""
+    from pipeline.stages import plateau
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params(), sort_keys=False))
+    assert plateau.main(["--experiment", "tiny", "--seed", "1"]) == 0
+    r = json.loads(Path("metrics/plateau/tiny-s1.json").read_text())
+    assert r["x1"]["epochs"] == [2, 1] and r["x2"]["epochs"] == [4, 2]
+    assert r["x1"]["milestones"] == [2] and r["x2"]["milestones"] == [4]
+    assert r["split_seed"] == 1 and r["metric"] == "val_acc"
+    assert r["gap_val_acc_points"] == pytest.approx(100 * (r["x2"]["val_acc"] - r["x1"]["val_acc"]))
+    assert r["at_plateau"] == (abs(r["gap_val_acc_points"]) <= 1.0)
+    assert Path("models/plateau/tiny/s1/x2/ce/last.pt").is_file()
