@@ -108,7 +108,9 @@ def run(params: Params, jobs: list[Job], *, device: str = "auto", track: bool = 
                                   data_seed=todo[0].split_seed)
         tree = todo[0].tree
         ensure_prepared(base, tree)
-        if any(j.exp.protocol == "deferred" and j.exp.pretrain_epochs > 0 for j in todo):
+        # Deferred runs start from the pretraining's last.pt, also with pretrain_epochs 0 (as in the
+        # DVC pipeline's pretrain stage: then it is the seed's random initialisation, shared).
+        if any(j.exp.protocol == "deferred" for j in todo):
             from pipeline.engine.runs import pretrain
 
             pretrain(base, seed, device=device, track=track, tree=tree, tags=_tags(seed, todo[0].split_seed))

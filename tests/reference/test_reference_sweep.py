@@ -105,6 +105,20 @@ def test_a_stopped_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
     assert Path("metrics/reference/tiny/meta_iada-s0.json").is_file() and first.stat().st_mtime_ns == stamp
 
 
+def test_a_profile_without_pretraining_runs_every_method_from_one_shared_init(tmp_path, monkeypatch):
+    # noisy_ref's shape: pretrain_epochs 0 with the deferred protocol (the DVC pipeline's pretrain
+    # stage then writes the seed's random initialisation, from which every method starts).
+    monkeypatch.chdir(tmp_path)
+    raw = raw_params({"seeds": [0], "experiments": {"tiny": {"methods": ["ce", "meta_iada"]}}})
+    raw["experiments"]["tiny"].update(pretrain_epochs=0, train_epochs=2)
+    raw["experiments"]["tiny"]["optim"]["milestones"] = [1]
+    params = parse_params(raw)
+    sweep.run(params, sweep.plan(params), device="cpu", track=False)
+    for label in ("ce", "meta_iada"):
+        r = json.loads(Path(f"metrics/reference/tiny/{label}-s0.json").read_text())
+        assert r["curve"]["epoch"] == [0, 1]  # the whole schedule (recorded as "scratch": no CE epochs)
+
+
 @pytest.mark.parametrize("reference, message", [
     ({"experiments": {"nope": {"methods": ["ce"]}}}, "reference.experiments.nope: experiment 'nope' is not declared"),
     ({"experiments": {"tiny": {"methods": ["ce", "ce", "meta_iada"]}}}, "repeats 'ce'"),
