@@ -395,7 +395,9 @@ def meta_gradient(net: FeatureClassifier, perturbation_net: PerturbationNet, tra
     dz, dw = torch.autograd.grad(train_loss(z0, w0, epsilon).mean(), [z0, w0], create_graph=True, allow_unused=True)
     directional = (dz * z_dot).sum() + (0 if dw is None else (dw * u[weight_key]).sum())
     omega = list(perturbation_net.parameters())
-    return meta_loss.detach(), list(torch.autograd.grad(directional, omega))
+    # A part of Ω the loss does not reach this step has meta gradient 0 (MetaSAug's Σ at epoch 0
+    # of a schedule without pretraining, where its ramp α_0 = 0 removes the covariance term).
+    return meta_loss.detach(), list(torch.autograd.grad(directional, omega, allow_unused=True, materialize_grads=True))
 
 
 def meta_step(net: FeatureClassifier, perturbation_net: PerturbationNet,

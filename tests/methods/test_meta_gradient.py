@@ -432,6 +432,24 @@ def test_metasaug_covariance_meta_gradient_matches_finite_differences(scope):
     assert_matches_finite_differences(grads, leaf, objective)
 
 
+def test_metasaug_at_the_ramps_start_takes_a_zero_covariance_step():
+    """At α_t = 0 (MetaSAug's ramp at epoch 0, e.g. a schedule without CE pretraining) the loss
+    does not depend on Σ: ∇_Σ L_meta = 0 and Σ' = Σ, where autograd would report Σ unused."""
+    from pipeline.methods.metasaug import CovarianceLeaf
+
+    torch.manual_seed(0)
+    net, _, x, y, meta_x, meta_y, _, _ = problem(TinyCNN(), (3, 6, 6), torch.float64)
+    leaf = CovarianceLeaf(torch.eye(net.feature_dim, dtype=torch.float64).repeat(3, 1, 1))
+
+    def train_loss(logits, weight, eps):
+        return iada_loss(logits, None, y, weight, leaf.sigma, epsilon=None, alpha=0.0)
+
+    c = torch.zeros(len(y), 1, dtype=torch.float64)
+    meta_loss, grads = meta_gradient(net, leaf, train_loss, batch=recorded_forward(net, x, c),
+                                     meta=MetaInputs(meta_x, meta_y), pseudo=PseudoUpdate(0.5, "full"))
+    assert torch.isfinite(meta_loss) and len(grads) == 1 and torch.equal(grads[0], torch.zeros_like(leaf.sigma))
+
+
 @pytest.mark.parametrize("keep", [False, True])
 def test_metasaug_takes_one_covariance_step_and_keeps_it_only_when_asked(keep):
     """Σ' = Σ − η_Σ ∇_Σ L_meta is the real step's covariance; MetaSAug's code does not write it
