@@ -7,7 +7,9 @@
 - ``<experiment>-curves.png``: the validation selection metric per epoch, one line per label
   (mean over seeds);
 - ``<experiment>-epsilon.png``: the learned ε of the labels that learn one, per class, and per
-  clean / noisy label or per group where the data has them.
+  clean / noisy label or per group where the data has them;
+- ``<experiment>-ablations.png``: the subject's default run and each ablation, validation (the
+  order) beside test, mean ± std over seeds.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
     from pipeline.reference.report import Label
 
 
-KINDS = ("results", "per_class", "curves", "epsilon")  # file <experiment>-<kind>.png, in page order
+KINDS = ("results", "per_class", "curves", "epsilon", "ablations")  # file <experiment>-<kind>.png, in page order
 
 
 def write_figures(name: str, labels: dict[str, Label], summary: dict[str, Any], out: Path) -> list[str]:
@@ -31,7 +33,8 @@ def write_figures(name: str, labels: dict[str, Label], summary: dict[str, Any], 
     out.mkdir(parents=True, exist_ok=True)
     plt = pyplot()
     written = []
-    drawers = {"results": _results, "per_class": _per_class, "curves": _curves, "epsilon": _epsilon}
+    drawers = {"results": _results, "per_class": _per_class, "curves": _curves, "epsilon": _epsilon,
+               "ablations": _ablations}
     for kind in KINDS:
         draw = drawers[kind]
         fig = draw(plt, name, labels, summary)
@@ -157,6 +160,36 @@ def _epsilon(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -
         ax.set_title("ε per clean / noisy label" if "clean_mean" in s["labels"][learned[0]]["epsilon"]
                      else "ε per group (label, attribute)")
         ax.legend(fontsize=7)
+    return fig
+
+
+def _ablations(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -> Any:
+    if not s["ablations"]:
+        return None
+    primary, metric = s["primary"], s["selection_metric"]
+    rows = ([s["subject"]] if s["subject"] in s["labels"] else []) + s["ablations"]
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * len(rows) + 1.6))
+    y = np.arange(len(rows))[::-1]  # the default on top, then by validation
+    for offset, what, color in ((0.18, "validation", "tab:orange"), (-0.18, "test", "tab:blue")):
+        if what == "validation":
+            key = metric.removeprefix("val_")
+            per_seed = [[r["selected"]["val"][key] for r in labels[n].records.values()] for n in rows]
+        else:
+            per_seed = [list(s["labels"][n]["selected"][primary]["per_seed"].values()) for n in rows]
+        means = [100 * np.mean(v) for v in per_seed]
+        stds = [100 * np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in per_seed]
+        ax.barh(y + offset, means, height=0.34, xerr=stds, capsize=3, color=color, alpha=0.75,
+                label=f"{what} {metric.removeprefix('val_') if what == 'validation' else primary} (selected)")
+        for i, v in enumerate(per_seed):
+            ax.scatter([100 * x for x in v], np.full(len(v), y[i] + offset), s=9, color="black", zorder=3)
+    low = min(100 * min(min(r["selected"]["val"][metric.removeprefix("val_")] for r in labels[n].records.values()),
+                        min(s["labels"][n]["selected"][primary]["per_seed"].values())) for n in rows)
+    ax.set_xlim(max(0.0, 5 * np.floor(low / 5) - 5), None)
+    ax.set_yticks(y, rows)
+    ax.set_xlabel("%")
+    ax.set_title(f"{name}: ablations of {s['subject']} (ordered by validation)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
     return fig
 
 

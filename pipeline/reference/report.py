@@ -145,7 +145,17 @@ def summarise(labels: dict[str, Label], subject: str) -> dict[str, Any]:
         entry["train_seconds"] = mean_std(seconds)
         entry["machine"] = lab.first.get("machine")
         out["labels"][lab.name] = entry
-    out["ranking"] = sorted(out["labels"], key=lambda n: -(out["labels"][n]["selected"][primary]["mean"] or -1))
+    # The subject's other labels (one switch each) are its ablations: kept out of the ranking of
+    # methods, compared with the subject's default run and ordered by validation (never by test).
+    ablations = [n for n, e in out["labels"].items() if e["method"] == subject and n != subject]
+    subject_lab = labels.get(subject)
+    for n in ablations:
+        for rule in RULES:
+            out["labels"][n][rule]["vs_subject"] = paired(labels[n].values(rule, primary),
+                                                          subject_lab.values(rule, primary)) if subject_lab else None
+    out["ablations"] = sorted(ablations, key=lambda n: -out["labels"][n]["val"])
+    methods = [n for n in out["labels"] if n not in ablations]
+    out["ranking"] = sorted(methods, key=lambda n: -(out["labels"][n]["selected"][primary]["mean"] or -1))
     return out
 
 
@@ -230,6 +240,8 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
             lines.append(f"| {label} | {_num(mean.get('mean'))} | {pct(mean.get('adversarial_share'), 1)} | "
                          f"{_num(mean.get('clean_mean'))} | {_num(mean.get('noisy_mean'))} | "
                          f"{_num(mean.get('auroc_noisy_higher_eps'))} |")
+    if s["ablations"]:
+        lines += ablation_markdown(s)
     if published:
         lines += ["", "## Published vs ours", "",
                   (f"Published: {published['common']['data']}, {published['common']['network']}, "
@@ -247,6 +259,38 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def ablation_markdown(s: dict[str, Any]) -> list[str]:
+    """The subject's ablations: each label's switch, its validation value (the order), its test
+    value and its paired difference to the subject's default run."""
+    primary, labels, subject = s["primary"], s["labels"], s["subject"]
+    metric = s["selection_metric"]
+    rows = ([subject] if subject in labels else []) + s["ablations"]
+    best = max(rows, key=lambda n: labels[n]["val"])
+    lines = ["", f"## Ablations of {subject}", "",
+             (f"Each row changes one setting of `{subject}` (the default is the first row), same seeds, splits and "
+              f"CE checkpoints. Ordered by the mean validation `{metric}` at the selected epoch, which is what a "
+              f"choice of defaults may use; the test columns are reported, not chosen on. Best by validation: "
+              f"`{best}`."), "",
+             f"| label | setting | seeds | val {metric.removeprefix('val_')} | {primary} selected | {primary} final | "
+             f"vs {subject} (selected) | vs {subject} (final) | mean ε | share ε > 0 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for n in rows:
+        e = labels[n]
+        setting = _setting(e["changed"]) or "default"
+        eps = e.get("epsilon", {})
+        vs = (diff(e["selected"].get("vs_subject")), diff(e["final"].get("vs_subject"))) if n != subject else ("", "")
+        lines.append(f"| {n} | {setting} | {len(e['seeds'])} | {pct(e['val'])} | {pm(e['selected'][primary])} | "
+                     f"{pm(e['final'][primary])} | {vs[0]} | {vs[1]} | "
+                     f"{_num(eps['mean']['mean']) if 'mean' in eps else '—'} | "
+                     f"{pct(eps['adversarial_share']['mean'], 1) if 'adversarial_share' in eps else '—'} |")
+    return lines
+
+
+def _setting(changed: dict[str, Any]) -> str:
+    """``methods.meta_iada.beta: 2.0`` -> "`beta = 2.0`"."""
+    return ", ".join(f"`{k.rsplit('.', 1)[-1]} = {v}`" for k, v in changed.items())
 
 
 def _num(x: float | None) -> str:
@@ -279,7 +323,20 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
             e = s["labels"][label]
             lines.append(f"| {label} | {e['protocol']} | {pm(e['selected'][p])} | {diff(e['selected']['vs_ce'])} | "
                          f"{diff(e['selected']['vs_best'])} |")
+        if s["ablations"]:
+            subject, metric = s["subject"], s["selection_metric"]
+            lines += ["", (f"Ablations of {subject} (one setting each; ordered by validation `{metric}`, the test "
+                           f"values reported, not chosen on):"), "",
+                      f"| label | setting | val {metric.removeprefix('val_')} | {p} | vs {subject} |", "|---|---|---|---|---|"]
+            for label in s["ablations"]:
+                e = s["labels"][label]
+                lines.append(f"| {label} | {_setting(e['changed'])} | {pct(e['val'])} | {pm(e['selected'][p])} | "
+                             f"{diff(e['selected']['vs_subject'])} |")
         lines.append("")
+    for name, sweep in params.reference.experiments.items():
+        if name not in summaries:
+            lines += [f"**{name}**: none of the {len(sweep.labels()) * len(params.reference.seeds)} planned runs "
+                      "has finished yet.", ""]
     lines.append(END)
     return "\n".join(lines)
 

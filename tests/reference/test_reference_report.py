@@ -75,6 +75,35 @@ def test_summary_ranks_and_differences(tmp_path):
     assert s["labels"]["la-scratch"]["protocol"] == "deferred"  # as its records say
 
 
+def test_ablations_are_compared_with_the_default_and_ordered_on_validation_never_on_test(tmp_path, monkeypatch):
+    def ablation(label, seed, test, val, **changed):
+        r = record(label, seed, test + 0.01 * seed, val, method="meta_iada", epsilon=True)
+        r["changed"] = changed
+        return r
+
+    recs = [r for s in range(3) for r in (
+        record("ce", s, 0.5, 0.5), record("la", s, 0.6, 0.62),
+        record("meta_iada", s, 0.55 + 0.01 * s, 0.6, epsilon=True),
+        ablation("meta_iada-beta2", s, 0.50, 0.65, **{"methods.meta_iada.beta": 2.0}),  # best on validation
+        ablation("meta_iada-wd0", s, 0.58, 0.61, **{"methods.meta_iada.perturbation_weight_decay": 0.0}))]  # best on test
+    s = summarise(labels_of(*recs), "meta_iada")
+    assert s["ablations"] == ["meta_iada-beta2", "meta_iada-wd0"]
+    assert s["ranking"] == ["la", "meta_iada", "ce"]  # ablations are not methods
+    assert s["best_baseline"] == "la"
+    assert s["labels"]["meta_iada-wd0"]["selected"]["vs_subject"]["mean"] == pytest.approx(0.03)
+    assert s["labels"]["meta_iada-beta2"]["selected"]["vs_subject"]["low"] < -0.05
+    page = "\n".join(report.ablation_markdown(s))
+    assert "Best by validation: `meta_iada-beta2`" in page
+    rows = [line for line in page.splitlines() if line.startswith("| meta_iada")]
+    assert [r.split(" | ")[0] for r in rows] == ["| meta_iada", "| meta_iada-beta2", "| meta_iada-wd0"]
+    assert "`beta = 2.0`" in rows[1] and "+3.00" in rows[2]
+    monkeypatch.chdir(tmp_path)
+    from pipeline.reference.figures import write_figures
+
+    assert "exp-ablations.png" in write_figures("exp", labels_of(*recs), s, tmp_path)
+    assert (tmp_path / "exp-ablations.png").stat().st_size > 10_000
+
+
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     """A project folder with reference metrics of one experiment, a README with the markers and
@@ -102,6 +131,7 @@ def test_report_rebuilds_tables_figures_and_the_readme_section_from_metrics_alon
     readme = Path("README.md").read_text()
     assert "old numbers" not in readme and readme.startswith("# Title\n\nbefore\n") and readme.endswith("after\n")
     assert "| meta_iada | deferred | 55.50 ± 0.71 | +5.00 [" in readme
+    assert "**lt_ref**: none of the" in readme  # planned in params.yaml, no metrics here
     summary = json.loads(Path("reports/reference/summary.json").read_text())
     assert summary["exp"]["best_baseline"] == "la"
     assert build_reports(project, check=True) == []  # up to date now
