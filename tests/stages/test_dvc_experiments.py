@@ -31,7 +31,7 @@ from tests.test_e2e import make_repo, sh, tiny_params
 ROOT = Path(__file__).resolve().parents[2]
 ALPHA = "experiments.tiny.methods.meta_iada.alpha"
 VARIANTS = {"alpha-010": 0.1, "alpha-025": 0.25, "alpha-075": 0.75}  # experiment name -> alpha
-# Compares the queued variants in 150 columns (README, "DVC: a queue of experiments").
+# Compares the queued variants in 150 columns (docs/scaling-out.md, "DVC: a queue of experiments").
 COMPARE = ["dvc", "exp", "show", "--no-pager", "--only-changed", "--drop",
            "Created|State|Executor|models/|metrics$|.*final.acc|.*epsilon", "--keep", r".*selected\.acc"]
 
