@@ -78,7 +78,9 @@ def _per_class(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any])
     if "per_class_acc" not in first["selected"]["test"] or "train_class_counts" not in first:
         return None  # (metrics files written before evaluation kept the class sizes)
     counts = np.asarray(first["train_class_counts"], dtype=float)
-    by_size = len(set(counts.tolist())) > 1
+    # Against class size where the classes are imbalanced (long tail); by class otherwise (the
+    # sizes of a noisy-label split differ by a few images only).
+    by_size = counts.max() >= 2 * max(counts.min(), 1)
     order = np.argsort(-counts) if by_size else np.arange(len(counts))
     fig, ax = plt.subplots(figsize=(8, 4.6))
     for i, label in enumerate(s["ranking"]):
@@ -88,13 +90,14 @@ def _per_class(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any])
         color, dash = _style(plt, i)
         subject = lab.method == s["subject"]
         xs = counts[order] if by_size else order
-        ax.plot(xs, 100 * acc[order], dash, marker="o" if subject else None, color=color, lw=2.4 if subject else 1.2,
-                ms=3, label=label)
+        ax.plot(xs, 100 * acc[order], dash, marker="o" if subject or not by_size else None, color=color,
+                lw=2.4 if subject else 1.2, ms=3, label=label)
     if by_size:
         ax.set_xscale("log")
         ax.set_xlabel("training images of the class (log; seed 0's split)")
     else:
-        ax.set_xlabel("class")
+        ax.set_xticks(order)
+        ax.set_xlabel("class (about equal training sizes)")
     ax.set_ylabel("test accuracy of the class (%, selected)")
     ax.set_title(f"{name}: per-class accuracy (mean over seeds)")
     ax.grid(alpha=0.3)

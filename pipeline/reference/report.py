@@ -234,7 +234,12 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
     eps_rows = [(label, labels[label]["epsilon"]) for label in s["ranking"] if "epsilon" in labels[label]]
     if eps_rows:
         lines += ["", "## The learned ε (training samples, last epoch, mean over seeds)", "",
-                  "| label | mean ε | share ε > 0 | clean | noisy | AUROC(ε, noisy label) |", "|---|---|---|---|---|---|"]
+                  ("Clean / noisy: the mean ε of the samples whose training label is right / was flipped. AUROC: "
+                   "how well a higher ε picks out a flipped label (1: every flipped label has a higher ε than "
+                   "every clean one; 0.5: chance; below 0.5: flipped labels get the *lower* ε, and 1 − AUROC "
+                   "is how well a lower ε picks them out)."), "",
+                  "| label | mean ε | share ε > 0 | clean | noisy | AUROC (higher ε = flipped label) |",
+                  "|---|---|---|---|---|---|"]
         for label, eps in eps_rows:
             mean = {k: eps[k]["mean"] for k in eps if isinstance(eps[k], dict) and "mean" in eps[k]}
             lines.append(f"| {label} | {_num(mean.get('mean'))} | {pct(mean.get('adversarial_share'), 1)} | "
