@@ -233,18 +233,7 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
                      f"{diff(e['selected']['vs_best'])} | {diff(e['final']['vs_best'])} |")
     eps_rows = [(label, labels[label]["epsilon"]) for label in s["ranking"] if "epsilon" in labels[label]]
     if eps_rows:
-        lines += ["", "## The learned ε (training samples, last epoch, mean over seeds)", "",
-                  ("Clean / noisy: the mean ε of the samples whose training label is right / was flipped. AUROC: "
-                   "how well a higher ε picks out a flipped label (1: every flipped label has a higher ε than "
-                   "every clean one; 0.5: chance; below 0.5: flipped labels get the *lower* ε, and 1 − AUROC "
-                   "is how well a lower ε picks them out)."), "",
-                  "| label | mean ε | share ε > 0 | clean | noisy | AUROC (higher ε = flipped label) |",
-                  "|---|---|---|---|---|---|"]
-        for label, eps in eps_rows:
-            mean = {k: eps[k]["mean"] for k in eps if isinstance(eps[k], dict) and "mean" in eps[k]}
-            lines.append(f"| {label} | {_num(mean.get('mean'))} | {pct(mean.get('adversarial_share'), 1)} | "
-                         f"{_num(mean.get('clean_mean'))} | {_num(mean.get('noisy_mean'))} | "
-                         f"{_num(mean.get('auroc_noisy_higher_eps'))} |")
+        lines += ["", "## The learned ε (training samples, last epoch, mean over seeds)", ""] + epsilon_table(eps_rows)
     if s["ablations"]:
         lines += ablation_markdown(s)
     if published:
@@ -264,6 +253,33 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def epsilon_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Mean ε and its share > 0; per clean / flipped label with the AUROC where the data has
+    flipped labels, per group where it has groups (per class: the figure)."""
+    first = rows[0][1]
+    noisy, groups = "clean_mean" in first, sorted(first.get("per_group_mean", {}), key=int)
+    head = ["label", "mean ε", "share ε > 0"]
+    lines = []
+    if noisy:
+        head += ["clean", "flipped", "AUROC (higher ε = flipped label)"]
+        lines += [("Clean / flipped: the mean ε of the samples whose training label is right / was flipped. "
+                   "AUROC: how well a higher ε picks out a flipped label (1: every flipped label has a higher ε "
+                   "than every clean one; 0.5: chance; below 0.5: flipped labels get the *lower* ε, and "
+                   "1 − AUROC is how well a lower ε picks them out)."), ""]
+    if groups:
+        head += [f"group {g}" for g in groups]
+        lines += ["Per group: the mean ε of the training samples of each (label, attribute) group.", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, eps in rows:
+        cells = [label, _num(eps["mean"]["mean"]), pct(eps["adversarial_share"]["mean"], 1)]
+        if noisy:
+            cells += [_num(eps["clean_mean"]["mean"]), _num(eps["noisy_mean"]["mean"]),
+                      _num(eps["auroc_noisy_higher_eps"]["mean"])]
+        cells += [_num(eps["per_group_mean"].get(g)) for g in groups]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def ablation_markdown(s: dict[str, Any]) -> list[str]:
