@@ -117,10 +117,31 @@ def load_params(path: str | Path = PARAMS_FILE) -> Params:
     text = path.read_text()
     try:
         reject_aliases(text, path)
-        raw = yaml.safe_load(text)
+        loader = _UniqueKeyLoader(text)
+        loader.name = str(path)  # (the error messages' file)
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         raise ParamError(f"{path} is not valid YAML: {err}") from err
     return parse_params(raw)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML
+    keeps the last silently; DVC's reader refuses the file, so every ``dvc exp run`` would fail)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ParamError(f"{self.name} line {line}: key {key!r} is given twice in one block (first at line "
+                                 f"{seen[key]}): keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def reject_aliases(text: str, path: str | Path = PARAMS_FILE) -> None:

@@ -109,6 +109,14 @@ def test_yaml_aliases_anchors_and_merges_are_rejected(tmp_path, text, expect):
         load_params(path)
 
 
+def test_a_key_given_twice_in_one_block_is_rejected_with_its_lines(tmp_path):
+    # PyYAML keeps the second silently; DVC refuses the file (every dvc exp run would fail).
+    path = tmp_path / "params.yaml"
+    path.write_text("run: {seeds: [0]}\nexperiments:\n  lt: {}\n  lt:\n    optim: {}\n")
+    with pytest.raises(ParamError, match=r"params.yaml line 4: key 'lt' is given twice in one block \(first at line 3\)"):
+        load_params(path)
+
+
 def test_a_run_method_without_a_block_in_a_run_experiment_is_rejected(raw):
     bad = mutate(raw, "run.methods", ["ce", "la"])
     del bad["experiments"]["lt"]["methods"]["la"]
