@@ -42,6 +42,18 @@ BEGIN, END = "<!-- reference results: begin (python -m pipeline.stages.reference
 # The one number a scenario is judged by (the paired differences and the charts use it).
 PRIMARY = {"longtail": "acc", "noisy": "acc", "subpop": "worst_group_acc", "glt": "glt_acc"}
 RULES = ("selected", "final")
+# What a scenario's headline keys mean, said on its page.
+SCENARIO_NOTES = {
+    "glt": ("Tang et al.'s protocols: `clt_acc` (CLT) on a class-balanced test set, `glt_acc` (GLT) on a test "
+            "set balanced over classes and attributes, both after training on the class- and attribute-long-"
+            "tailed set; `alt_class_mean_acc` is the class-mean accuracy on an attribute-balanced test set that "
+            "keeps the class long tail. Tang et al.'s ALT trains on a class-balanced, attribute-long-tailed set: "
+            "it is `glt_acc` of the experiment whose data has `class_imbalance_ratio: 1` (`glt_alt_ref`)."),
+    "subpop": ("`worst_group_acc`: the lowest accuracy over the test groups (label, colour); `avg_acc`: accuracy "
+               "on the whole test environment (colour agreement reversed: IRM's test accuracy). Selection uses "
+               "the validation worst group, which is small, so selected and final differ more here."),
+    "noisy": "`acc`: accuracy on the clean test set (the training labels were flipped, the test labels are not).",
+}
 
 
 @dataclass
@@ -204,6 +216,8 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
              "*deferred*: trained from the seed's CE pretraining; *scratch*: the whole schedule from a random "
              f"initialisation. Trained on {machine.get('cpu', '?')} ({'with' if machine.get('avx512') else 'without'}"
              f" AVX-512, torch threads: {machine.get('threads', '?')})."), ""]
+    if s["scenario"] in SCENARIO_NOTES:
+        lines += [SCENARIO_NOTES[s["scenario"]], ""]
     keys = sorted((k for k in next(iter(labels.values()))["selected"] if k not in ("vs_ce", "vs_best")),
                   key=lambda k: (k != primary, ORDER.index(k) if k in ORDER else len(ORDER), k))
     lines += ["## Headline metrics", "",
