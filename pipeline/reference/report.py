@@ -343,10 +343,36 @@ def coverage(name: str, s: dict[str, Any], params: Params) -> str:
     return f"{present} of the {planned} planned runs" + (f"; not run yet: {', '.join(missing)}" if missing else "")
 
 
+def headline(name: str, s: dict[str, Any]) -> str:
+    """Where the subject ranks among the methods of ``name`` and its paired differences to CE
+    and to the best baseline ('' when the subject did not run)."""
+    subject, p, ranking = s["subject"], s["primary"], s["ranking"]
+    if subject not in ranking:
+        return ""
+    e = s["labels"][subject]["selected"]
+    n = len(s["labels"][subject]["seeds"])
+    text = (f"**{name}**: {subject} ranks {ranking.index(subject) + 1} of {len(ranking)} by {p} "
+            f"({pm(e[p])}, {n} seed{'s' if n > 1 else ''})")
+    if e["vs_ce"] is not None and e["vs_ce"]["mean"] is not None:
+        text += f"; vs ce {diff(e['vs_ce'])}"
+    if e["vs_best"] is not None and e["vs_best"]["mean"] is not None:
+        text += f"; vs the best baseline by validation, {s['best_baseline']}, {diff(e['vs_best'])}"
+    if s["ablations"]:
+        rows = [subject] + s["ablations"]
+        best = max(rows, key=lambda r: s["labels"][r]["val"])
+        text += (f"; its best setting by validation: {'the default' if best == subject else best} "
+                 f"(of {len(rows)} tried)")
+    return text + "."
+
+
 def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
     """The README's results: per experiment, every label's primary metric and its paired
     differences (validation-selected), and how much of the planned sweep is there."""
     lines = [BEGIN, ""]
+    headlines = [f"- {headline(name, s)}" for name, s in summaries.items() if headline(name, s)]
+    if headlines:
+        lines += ["In one line per experiment (validation-selected test values; the details below):", "",
+                  *headlines, ""]
     for name, s in summaries.items():
         p = s["primary"]
         seeds = sorted({x for e in s["labels"].values() for x in e["seeds"]})
