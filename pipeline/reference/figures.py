@@ -144,6 +144,7 @@ def _epsilon(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -
         classes = sorted(per_class, key=int)
         ax.bar(np.arange(len(classes)) + i * width, [per_class[c] for c in classes], width=width, label=label)
     ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(np.arange(len(classes)), classes)
     ax.set_xlabel("class (0 = largest in the long-tailed scenarios)")
     ax.set_ylabel("mean learned ε (> 0: adversarial)")
     ax.set_title(f"{name}: ε per class (mean over seeds)")
@@ -158,7 +159,13 @@ def _epsilon(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -
                 groups = sorted(eps["per_group_mean"], key=int)
                 keys, values = [f"g{g}" for g in groups], [eps["per_group_mean"][g] for g in groups]
             ax.bar(np.arange(len(keys)) + i * width, values, width=width, label=label)
-            ax.set_xticks(np.arange(len(keys)), keys)
+            per = len(keys) // max(len(eps["per_class_mean"]), 1)
+            if len(keys) > 12 and per > 1:  # groups = class * attributes + attribute: a tick per class
+                ax.set_xticks(np.arange(0, len(keys), per), [f"class {c}" for c in range(len(keys) // per)],
+                              rotation=45, ha="right")
+                ax.set_xlabel(f"group: each class's {per} attributes in order (0 = its largest)")
+            else:
+                ax.set_xticks(np.arange(len(keys)), keys)
         ax.axhline(0, color="black", lw=0.8)
         ax.set_title("ε per clean / noisy label" if "clean_mean" in s["labels"][learned[0]]["epsilon"]
                      else "ε per group (label, attribute)")
