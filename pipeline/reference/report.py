@@ -327,6 +327,15 @@ def ablation_markdown(s: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown table's lines."""
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _rows(s: dict[str, Any], labels: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    return [(label, s["labels"][label]) for label in labels]
+
+
 def _setting(changed: dict[str, Any]) -> str:
     """``methods.meta_iada.beta: 2.0`` -> "`beta = 2.0`"."""
     return ", ".join(f"`{k.rsplit('.', 1)[-1]} = {v}`" for k, v in changed.items())
@@ -383,20 +392,16 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
         lines += [(f"**{name}** ({s['scenario']}, {s['data']}; {p} in %, validation-selected, mean ± std over "
                   f"seeds {seeds}, each with its own split; differences with 95 % intervals; "
                   f"{coverage(name, s, params)}; [full report](reports/reference/{name}.md))"), "",
-                  f"| label | protocol | {p} | vs ce | vs best baseline ({s['best_baseline']}) |", "|---|---|---|---|---|"]
-        for label in s["ranking"]:
-            e = s["labels"][label]
-            lines.append(f"| {label} | {e['protocol']} | {pm(e['selected'][p])} | {diff(e['selected']['vs_ce'])} | "
-                         f"{diff(e['selected']['vs_best'])} |")
+                  *_table(["label", "protocol", p, "vs ce", f"vs best baseline ({s['best_baseline']})"],
+                          [[label, e["protocol"], pm(e["selected"][p]), diff(e["selected"]["vs_ce"]),
+                            diff(e["selected"]["vs_best"])] for label, e in _rows(s, s["ranking"])])]
         if s["ablations"]:
             subject, metric = s["subject"], s["selection_metric"]
             lines += ["", (f"Ablations of {subject} (one setting each; ordered by validation `{metric}`, the test "
                            f"values reported, not chosen on):"), "",
-                      f"| label | setting | val {metric.removeprefix('val_')} | {p} | vs {subject} |", "|---|---|---|---|---|"]
-            for label in s["ablations"]:
-                e = s["labels"][label]
-                lines.append(f"| {label} | {_setting(e['changed'])} | {pct(e['val'])} | {pm(e['selected'][p])} | "
-                             f"{diff(e['selected']['vs_subject'])} |")
+                      *_table(["label", "setting", f"val {metric.removeprefix('val_')}", p, f"vs {subject}"],
+                              [[label, _setting(e["changed"]), pct(e["val"]), pm(e["selected"][p]),
+                                diff(e["selected"]["vs_subject"])] for label, e in _rows(s, s["ablations"])])]
         lines.append("")
     for name, sweep in params.reference.experiments.items():
         if name not in summaries:
