@@ -100,6 +100,28 @@ def load_records(root: Path = METRICS_DIR / REFERENCE) -> dict[str, dict[str, La
     return out
 
 
+def outdated_records(params: Params, root: Path = METRICS_DIR / REFERENCE) -> list[str]:
+    """Metrics files of a sweep in ``params.reference`` that its params no longer produce: a run
+    whose configuration changed since (a default, a hyperparameter, the profile), or a label or
+    seed the sweep no longer has. Their numbers would be reported under today's params."""
+    from pipeline.reference.sweep import RECORD_FORMAT, plan
+
+    sweeps = params.reference.experiments
+    expected = {(j.exp.name, j.label, j.seed): j.config for j in plan(params, list(sweeps))} if sweeps else {}
+    out = []
+    for path in sorted(root.glob("*/*.json")):
+        r = json.loads(path.read_text())
+        if r["experiment"] not in sweeps:
+            continue  # an experiment given up: its page says so
+        key = (r["experiment"], r["label"], int(r["seed"]))
+        if key not in expected:
+            out.append(f"{path} (label {r['label']!r}, seed {r['seed']} is no run of the sweep any more)")
+        elif r.get("config") != expected[key] or r.get("format") != RECORD_FORMAT:
+            out.append(f"{path} (its configuration changed: rerun python -m pipeline.stages.reference "
+                       f"--experiment {key[0]} --seed {key[2]} --label {key[1]})")
+    return out
+
+
 def mean_std(values: list[float]) -> dict[str, Any]:
     v = np.asarray(values, dtype=float)
     if len(v) == 0 or np.isnan(v).any():
@@ -424,6 +446,10 @@ def build_reports(params: Params, *, check: bool = False, track: bool = False, r
     files that were out of date."""
     from pipeline.reference.figures import KINDS, write_figures
 
+    outdated = outdated_records(params)
+    if outdated:
+        raise UserError(f"{len(outdated)} reference metrics file(s) do not match params.yaml; rerun or delete "
+                        "them (git keeps the old ones): " + "; ".join(outdated))
     records = load_records()
     published = yaml.safe_load(PUBLISHED.read_text()) if PUBLISHED.is_file() else {}
     subject = params.reference.subject

@@ -153,3 +153,26 @@ def test_the_committed_readme_and_reports_match_the_committed_metrics(monkeypatc
     typed by hand (rebuild with python -m pipeline.stages.reference_report)."""
     monkeypatch.chdir(ROOT)
     assert build_reports(load_params(ROOT / "params.yaml"), check=True) == []
+
+
+def test_metrics_that_params_yaml_no_longer_produces_stop_the_report(project):
+    """A changed default (or a dropped ablation) leaves metrics files of another configuration:
+    the report refuses to show them under today's params and names each with what to do."""
+    from pipeline.errors import UserError
+    from pipeline.reference.sweep import plan
+
+    job = plan(project, ["lt_ref"], [0], ["ce"])[0]
+    r = record("ce", 0, 0.6, 0.6)
+    r.update(experiment="lt_ref", config=job.config)
+    f = Path("metrics/reference/lt_ref/ce-s0.json")
+    write_json(r, f)
+    build_reports(project)  # today's configuration: reported
+    assert "lt_ref" in json.loads(Path("reports/reference/summary.json").read_text())
+
+    write_json({**r, "config": "an older default"}, f)
+    with pytest.raises(UserError, match=r"lt_ref/ce-s0.json \(its configuration changed: rerun .*--seed 0 --label ce"):
+        build_reports(project)
+    write_json(r, f)
+    write_json({**r, "label": "meta_iada-dropped"}, Path("metrics/reference/lt_ref/meta_iada-dropped-s0.json"))
+    with pytest.raises(UserError, match="meta_iada-dropped-s0.json .label 'meta_iada-dropped', seed 0 is no run"):
+        build_reports(project)
