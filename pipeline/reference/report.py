@@ -334,8 +334,8 @@ def ablation_markdown(s: dict[str, Any]) -> list[str]:
               f"CE checkpoints. Ordered by the mean validation `{metric}` at the selected epoch, which is what a "
               f"choice of defaults may use; the test columns are reported, not chosen on. Best by validation: "
               f"`{best}`."), "",
-             f"| label | setting | seeds | val {metric.removeprefix('val_')} | {primary} selected | {primary} final | "
-             f"vs {subject} (selected) | vs {subject} (final) | mean ε | share ε > 0 |",
+             (f"| label | setting | seeds | val {metric.removeprefix('val_')} | {primary} selected | {primary} final | "
+              f"vs {subject} (selected) | vs {subject} (final) | mean ε | share ε > 0 |"),
              "|---|---|---|---|---|---|---|---|---|---|"]
     for n in rows:
         e = labels[n]
@@ -427,8 +427,8 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
         lines.append("")
     for name, sweep in params.reference.experiments.items():
         if name not in summaries:
-            lines += [f"**{name}**: none of the {len(sweep.labels()) * len(params.reference.seeds)} planned runs "
-                      "has finished yet.", ""]
+            lines += [(f"**{name}**: none of the {len(sweep.labels()) * len(params.reference.seeds)} planned runs "
+                       "has finished yet."), ""]
     lines.append(END)
     return "\n".join(lines)
 
