@@ -84,10 +84,14 @@ class Label:
             out[seed] = float("nan") if v is None else float(v)
         return out
 
+    def val_values(self) -> dict[int, float]:
+        """Seed -> the selection metric on validation, at the selected epoch."""
+        key = self.first["selection_metric"].removeprefix("val_")
+        return {seed: float(r["selected"]["val"][key]) for seed, r in self.records.items()}
+
     def val_value(self) -> float:
         """Mean over seeds of the selection metric on validation, at the selected epoch."""
-        key = self.first["selection_metric"].removeprefix("val_")
-        return float(np.mean([r["selected"]["val"][key] for r in self.records.values()]))
+        return float(np.mean(list(self.val_values().values())))
 
 
 def load_records(root: Path = METRICS_DIR / REFERENCE) -> dict[str, dict[str, Label]]:
@@ -182,16 +186,29 @@ def summarise(labels: dict[str, Label], subject: str) -> dict[str, Any]:
         out["labels"][lab.name] = entry
     # The subject's other labels (one switch each) are its ablations: kept out of the ranking of
     # methods, compared with the subject's default run and ordered by validation (never by test).
+    # The order and the best setting use the validation difference paired by seed: an ablation run
+    # on fewer seeds than the default is compared with the default on those seeds only.
     ablations = [n for n, e in out["labels"].items() if e["method"] == subject and n != subject]
     subject_lab = labels.get(subject)
     for n in ablations:
         for rule in RULES:
             out["labels"][n][rule]["vs_subject"] = paired(labels[n].values(rule, primary),
                                                           subject_lab.values(rule, primary)) if subject_lab else None
-    out["ablations"] = sorted(ablations, key=lambda n: -out["labels"][n]["val"])
+        out["labels"][n]["val_vs_subject"] = paired(labels[n].val_values(), subject_lab.val_values()) \
+            if subject_lab else None
+    out["ablations"] = sorted(ablations, key=lambda n: -_val_gain(out["labels"][n]))
+    gains = {n: _val_gain(out["labels"][n]) for n in out["ablations"]}
+    out["best_setting"] = max(gains, key=gains.get) if gains and max(gains.values()) > 0 else subject
     methods = [n for n in out["labels"] if n not in ablations]
     out["ranking"] = sorted(methods, key=lambda n: -(out["labels"][n]["selected"][primary]["mean"] or -1))
     return out
+
+
+def _val_gain(entry: dict[str, Any]) -> float:
+    """An ablation's mean validation difference to the default over the seeds both ran (its own
+    mean validation value where the default did not run)."""
+    vs = entry.get("val_vs_subject")
+    return vs["mean"] if vs and vs["mean"] is not None else entry["val"]
 
 
 def _epsilon_summary(eps: list[dict[str, Any]]) -> dict[str, Any]:
@@ -328,21 +345,21 @@ def ablation_markdown(s: dict[str, Any]) -> list[str]:
     primary, labels, subject = s["primary"], s["labels"], s["subject"]
     metric = s["selection_metric"]
     rows = ([subject] if subject in labels else []) + s["ablations"]
-    best = max(rows, key=lambda n: labels[n]["val"])
     lines = ["", f"## Ablations of {subject}", "",
              (f"Each row changes one setting of `{subject}` (the default is the first row), same seeds, splits and "
-              f"CE checkpoints. Ordered by the mean validation `{metric}` at the selected epoch, which is what a "
-              f"choice of defaults may use; the test columns are reported, not chosen on. Best by validation: "
-              f"`{best}`."), "",
-             (f"| label | setting | seeds | val {metric.removeprefix('val_')} | {primary} selected | {primary} final | "
-              f"vs {subject} (selected) | vs {subject} (final) | mean ε | share ε > 0 |"),
-             "|---|---|---|---|---|---|---|---|---|---|"]
+              f"CE checkpoints. Ordered by the validation `{metric}` at the selected epoch minus the default's, "
+              f"paired by seed (over the seeds both ran), which is what a choice of defaults may use; the test "
+              f"columns are reported, not chosen on. Best by validation: `{s['best_setting']}`."), "",
+             (f"| label | setting | seeds | val {metric.removeprefix('val_')} | val vs {subject} | {primary} selected | "
+              f"{primary} final | vs {subject} (selected) | vs {subject} (final) | mean ε | share ε > 0 |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in rows:
         e = labels[n]
         setting = _setting(e["changed"]) or "default"
         eps = e.get("epsilon", {})
         vs = (diff(e["selected"].get("vs_subject")), diff(e["final"].get("vs_subject"))) if n != subject else ("", "")
-        lines.append(f"| {n} | {setting} | {len(e['seeds'])} | {pct(e['val'])} | {pm(e['selected'][primary])} | "
+        val_vs = diff(e.get("val_vs_subject")) if n != subject else ""
+        lines.append(f"| {n} | {setting} | {len(e['seeds'])} | {pct(e['val'])} | {val_vs} | {pm(e['selected'][primary])} | "
                      f"{pm(e['final'][primary])} | {vs[0]} | {vs[1]} | "
                      f"{_num(eps['mean']['mean']) if 'mean' in eps else '—'} | "
                      f"{pct(eps['adversarial_share']['mean'], 1) if 'adversarial_share' in eps else '—'} |")
@@ -393,10 +410,12 @@ def headline(name: str, s: dict[str, Any]) -> str:
     if e["vs_best"] is not None and e["vs_best"]["mean"] is not None:
         text += f"; vs the best baseline by validation, {s['best_baseline']}, {diff(e['vs_best'])}"
     if s["ablations"]:
-        rows = [subject] + s["ablations"]
-        best = max(rows, key=lambda r: s["labels"][r]["val"])
+        best = s["best_setting"]
+        vs = s["labels"][best].get("val_vs_subject")
+        paired_on = f"{diff(vs)} on validation over {vs['n']} seed{'s' if vs['n'] > 1 else ''}; " \
+            if best != subject and vs and vs["mean"] is not None else ""
         text += (f"; its best setting by validation: {'the default' if best == subject else best} "
-                 f"(of {len(rows)} tried)")
+                 f"({paired_on}of {len(s['ablations']) + 1} tried)")
     return text + "."
 
 
@@ -419,11 +438,13 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
                             diff(e["selected"]["vs_best"])] for label, e in _rows(s, s["ranking"])])]
         if s["ablations"]:
             subject, metric = s["subject"], s["selection_metric"]
-            lines += ["", (f"Ablations of {subject} (one setting each; ordered by validation `{metric}`, the test "
-                           f"values reported, not chosen on):"), "",
-                      *_table(["label", "setting", f"val {metric.removeprefix('val_')}", p, f"vs {subject}"],
-                              [[label, _setting(e["changed"]), pct(e["val"]), pm(e["selected"][p]),
-                                diff(e["selected"]["vs_subject"])] for label, e in _rows(s, s["ablations"])])]
+            val = f"val {metric.removeprefix('val_')}"
+            lines += ["", (f"Ablations of {subject} (one setting each; ordered by validation `{metric}` minus the "
+                           f"default's, paired by seed; the test values reported, not chosen on):"), "",
+                      *_table(["label", "setting", val, f"{val} vs {subject}", p, f"vs {subject}"],
+                              [[label, _setting(e["changed"]), pct(e["val"]), diff(e["val_vs_subject"]),
+                                pm(e["selected"][p]), diff(e["selected"]["vs_subject"])]
+                               for label, e in _rows(s, s["ablations"])])]
         lines.append("")
     for name, sweep in params.reference.experiments.items():
         if name not in summaries:

@@ -92,6 +92,7 @@ def test_ablations_are_compared_with_the_default_and_ordered_on_validation_never
     assert s["best_baseline"] == "la"
     assert s["labels"]["meta_iada-wd0"]["selected"]["vs_subject"]["mean"] == pytest.approx(0.03)
     assert s["labels"]["meta_iada-beta2"]["selected"]["vs_subject"]["low"] < -0.05
+    assert s["best_setting"] == "meta_iada-beta2"
     page = "\n".join(report.ablation_markdown(s))
     assert "Best by validation: `meta_iada-beta2`" in page
     rows = [line for line in page.splitlines() if line.startswith("| meta_iada")]
@@ -176,3 +177,23 @@ def test_metrics_that_params_yaml_no_longer_produces_stop_the_report(project):
     write_json({**r, "label": "meta_iada-dropped"}, Path("metrics/reference/lt_ref/meta_iada-dropped-s0.json"))
     with pytest.raises(UserError, match="meta_iada-dropped-s0.json .label 'meta_iada-dropped', seed 0 is no run"):
         build_reports(project)
+
+
+def test_an_ablation_with_fewer_seeds_is_compared_with_the_default_on_its_own_seeds():
+    """The default ran seeds 0-2 (validation 0.70, 0.60, 0.60: mean 0.633), the ablation seed 0
+    only (0.66): above the default's mean, below the default on the one seed both ran. Compared
+    seed by seed, the default stays the best setting."""
+    recs = [record("ce", s, 0.5, 0.5) for s in range(3)]
+    recs += [record("meta_iada", s, 0.6, val, epsilon=True) for s, val in enumerate((0.70, 0.60, 0.60))]
+    beta = record("meta_iada-beta2", 0, 0.62, 0.66, method="meta_iada", epsilon=True)
+    beta["changed"] = {"methods.meta_iada.beta": 2.0}
+    wd = record("meta_iada-wd0", 0, 0.5, 0.72, method="meta_iada", epsilon=True)
+    wd["changed"] = {"methods.meta_iada.perturbation_weight_decay": 0.0}
+    s = summarise(labels_of(*recs, beta), "meta_iada")
+    assert s["labels"]["meta_iada-beta2"]["val_vs_subject"]["mean"] == pytest.approx(-0.04)
+    assert s["best_setting"] == "meta_iada"
+    assert "its best setting by validation: the default (of 2 tried)" in report.headline("exp", s)
+    s = summarise(labels_of(*recs, beta, wd), "meta_iada")  # +0.02 on seed 0: better than the default
+    assert s["ablations"] == ["meta_iada-wd0", "meta_iada-beta2"] and s["best_setting"] == "meta_iada-wd0"
+    assert "its best setting by validation: meta_iada-wd0 (+2.00 on validation over 1 seed; of 3 tried)" \
+        in report.headline("exp", s)
