@@ -405,6 +405,9 @@ def headline(name: str, s: dict[str, Any]) -> str:
     n = len(s["labels"][subject]["seeds"])
     text = (f"**{name}**: {subject} ranks {ranking.index(subject) + 1} of {len(ranking)} by {p} "
             f"({pm(e[p])}, {n} seed{'s' if n > 1 else ''})")
+    ahead = ranking[:ranking.index(subject)]
+    if ahead:
+        text += f", behind {', '.join(ahead)}"
     if e["vs_ce"] is not None and e["vs_ce"]["mean"] is not None:
         text += f"; vs ce {diff(e['vs_ce'])}"
     if e["vs_best"] is not None and e["vs_best"]["mean"] is not None:
