@@ -108,7 +108,7 @@ def outdated_records(params: Params, root: Path = METRICS_DIR / REFERENCE) -> li
     """Metrics files of a sweep in ``params.reference`` that its params no longer produce: a run
     whose configuration changed since (a default, a hyperparameter, the profile), or a label or
     seed the sweep no longer has. Their numbers would be reported under today's params."""
-    from pipeline.reference.sweep import RECORD_FORMAT, plan
+    from pipeline.reference.plan import RECORD_FORMAT, plan
 
     sweeps = params.reference.experiments
     expected = {(j.exp.name, j.label, j.seed): j.config for j in plan(params, list(sweeps))} if sweeps else {}

@@ -1,0 +1,87 @@
+"""What the reference sweep runs: its jobs (a label of an experiment, for one seed) in order, and
+the configuration hash that tells a finished run's metrics file from an outdated one. Kept apart
+from the training (:mod:`pipeline.reference.sweep`) so that the report can check the committed
+metrics against ``params.yaml`` without importing the training code."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.layout import Tree, reference_metrics_file, reference_tree
+from pipeline.params.experiment import ExperimentConfig, config_hash
+from pipeline.params.file import Params
+from pipeline.params.reference import variant_experiment
+from pipeline.params.schema import ParamError
+
+RECORD_FORMAT = 1
+
+
+@dataclass
+class Job:
+    """One run of the sweep: a label of an experiment, for one seed."""
+
+    exp: ExperimentConfig  # the variant's experiment on the seed's split
+    label: str
+    method: str
+    seed: int
+    split_seed: int
+    changed: dict[str, Any]  # the variant's keys
+
+    @property
+    def tree(self) -> Tree:
+        return reference_tree(self.exp.name, self.split_seed)
+
+    @property
+    def metrics_file(self) -> Path:
+        return reference_metrics_file(self.exp.name, self.label, self.seed)
+
+    @property
+    def config(self) -> str:
+        """What the run's result depends on (not e.g. the other methods' hyperparameters or the
+        eval batch size): a changed value here makes the sweep rerun the run."""
+        e = self.exp
+        return config_hash(e.data, e.network, e.optim, e.augment, e.pretrain_epochs, e.train_epochs,
+                           e.meta_batch_size, e.protocol, self.method, e.method_config(self.method), self.seed)
+
+    def done(self) -> bool:
+        f = self.metrics_file
+        if not f.is_file():
+            return False
+        try:
+            record = json.loads(f.read_text())
+        except ValueError:
+            return False
+        return record.get("config") == self.config and record.get("format") == RECORD_FORMAT
+
+
+def plan(params: Params, experiments: list[str] | None = None, seeds: list[int] | None = None,
+         labels: list[str] | None = None) -> list[Job]:
+    """The sweep's runs in order: per experiment, seed by seed (so that a stopped sweep leaves
+    whole seeds), each seed's labels in params order. Names outside ``params.reference`` are
+    errors."""
+    ref = params.reference
+    names = experiments or list(ref.experiments)
+    for name in names:
+        if name not in ref.experiments:
+            raise ParamError(f"--experiment {name!r} has no reference.experiments block: use one of "
+                             f"{', '.join(ref.experiments) or '(none declared)'}")
+    jobs = []
+    for name in names:
+        base, sweep = params.experiment(name), ref.experiments[name]
+        all_labels = sweep.labels()
+        for label in labels or []:
+            if label not in all_labels:
+                raise ParamError(f"--label {label!r} is not a run of reference.experiments.{name}: use one of "
+                                 f"{', '.join(all_labels)}")
+        for seed in seeds if seeds is not None else ref.seeds:
+            split = ref.split_seed(base, seed)
+            for label, variant in all_labels.items():
+                if labels and label not in labels:
+                    continue
+                exp = variant_experiment(base, variant, f"reference.experiments.{name}.variants.{label}",
+                                         data_seed=split)
+                jobs.append(Job(exp, label, variant.method, seed, split, dict(variant.set)))
+    return jobs
