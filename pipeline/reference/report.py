@@ -196,8 +196,8 @@ def summarise(labels: dict[str, Label], subject: str) -> dict[str, Any]:
                                                           subject_lab.values(rule, primary)) if subject_lab else None
         out["labels"][n]["val_vs_subject"] = paired(labels[n].val_values(), subject_lab.val_values()) \
             if subject_lab else None
-    out["ablations"] = sorted(ablations, key=lambda n: -_val_gain(out["labels"][n]))
-    gains = {n: _val_gain(out["labels"][n]) for n in out["ablations"]}
+    gains = {n: _val_gain(out["labels"][n]) for n in ablations}
+    out["ablations"] = sorted(ablations, key=lambda n: -gains[n])
     out["best_setting"] = max(gains, key=gains.get) if gains and max(gains.values()) > 0 else subject
     methods = [n for n in out["labels"] if n not in ablations]
     out["ranking"] = sorted(methods, key=lambda n: -(out["labels"][n]["selected"][primary]["mean"] or -1))
