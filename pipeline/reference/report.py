@@ -419,7 +419,19 @@ def headline(name: str, s: dict[str, Any]) -> str:
             if best != subject and vs and vs["mean"] is not None else ""
         text += (f"; its best setting by validation: {'the default' if best == subject else best} "
                  f"({paired_on}of {len(s['ablations']) + 1} tried)")
+        if paired_on:
+            text += f" ({_setting_verdict(vs)})"
     return text + "."
+
+
+def _setting_verdict(vs: dict[str, Any]) -> str:
+    """What the best ablation's paired validation difference supports. The rule of this project:
+    a default changes only when the seeds support the change (its 95 % interval above 0)."""
+    if vs["low"] is None:
+        return "one seed: no interval, the default is kept"
+    if vs["low"] > 0:
+        return "the interval excludes 0: the seeds support it over the default"
+    return "the interval includes 0: the default is kept"
 
 
 def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:

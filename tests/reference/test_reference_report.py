@@ -195,5 +195,18 @@ def test_an_ablation_with_fewer_seeds_is_compared_with_the_default_on_its_own_se
     assert "its best setting by validation: the default (of 2 tried)" in report.headline("exp", s)
     s = summarise(labels_of(*recs, beta, wd), "meta_iada")  # +0.02 on seed 0: better than the default
     assert s["ablations"] == ["meta_iada-wd0", "meta_iada-beta2"] and s["best_setting"] == "meta_iada-wd0"
-    assert "its best setting by validation: meta_iada-wd0 (+2.00 on validation over 1 seed; of 3 tried)" \
-        in report.headline("exp", s)
+    assert "its best setting by validation: meta_iada-wd0 (+2.00 on validation over 1 seed; of 3 tried) " \
+        "(one seed: no interval, the default is kept)" in report.headline("exp", s)
+
+
+@pytest.mark.parametrize("vals, verdict", [((0.72, 0.63, 0.62), "the interval excludes 0: the seeds support it"),
+                                           ((0.80, 0.59, 0.61), "the interval includes 0: the default is kept")])
+def test_the_headline_says_whether_the_seeds_support_the_best_ablation_over_the_default(vals, verdict):
+    """Default validation 0.70, 0.60, 0.60. Differences +2, +3, +2 points: interval above 0.
+    Differences +10, -1, +1: mean +3.33, interval across 0 (a default is kept on such a gain)."""
+    recs = [record("ce", s, 0.5, 0.5) for s in range(3)]
+    recs += [record("meta_iada", s, 0.6, val, epsilon=True) for s, val in enumerate((0.70, 0.60, 0.60))]
+    abl = [record("meta_iada-anti", s, 0.6, v, method="meta_iada", epsilon=True) for s, v in enumerate(vals)]
+    s = summarise(labels_of(*recs, *abl), "meta_iada")
+    assert s["best_setting"] == "meta_iada-anti"
+    assert f"on validation over 3 seeds; of 2 tried) ({verdict}" in report.headline("exp", s)
