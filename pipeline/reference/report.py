@@ -133,9 +133,9 @@ def mean_std(values: list[float]) -> dict[str, Any]:
     return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
 
 
-def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
-    """Mean of d_s = a_s − b_s over the seeds both have, with its 95 % t-interval (None for one
-    seed: no interval can be given)."""
+def paired(a: dict[int, float], b: dict[int, float], level: float = 0.95) -> dict[str, Any]:
+    """Mean of d_s = a_s − b_s over the seeds both have, with its t-interval at ``level`` (None for
+    one seed: no interval can be given)."""
     seeds = sorted(set(a) & set(b))
     d = np.array([a[s] - b[s] for s in seeds], dtype=float)
     if len(d) == 0 or np.isnan(d).any():
@@ -143,7 +143,7 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any]:
     mean = float(d.mean())
     if len(d) < 2:
         return {"mean": mean, "low": None, "high": None, "n": 1, "seeds": seeds}
-    half = float(scipy_stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+    half = float(scipy_stats.t.ppf(1 - (1 - level) / 2, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(d), "seeds": seeds}
 
 
@@ -195,6 +195,12 @@ def summarise(labels: dict[str, Label], subject: str) -> dict[str, Any]:
             out["labels"][n][rule]["vs_subject"] = paired(labels[n].values(rule, primary),
                                                           subject_lab.values(rule, primary)) if subject_lab else None
         out["labels"][n]["val_vs_subject"] = paired(labels[n].val_values(), subject_lab.val_values()) \
+            if subject_lab else None
+        # k ablations compared at once: one of them clears a 95 % interval by chance more often
+        # than not for k ≳ 14 (1 − 0.95^k), so whether the seeds support a change of default is
+        # judged on Bonferroni's interval at 1 − 0.05/k.
+        out["labels"][n]["val_vs_subject_corrected"] = paired(
+            labels[n].val_values(), subject_lab.val_values(), level=1 - 0.05 / len(ablations)) \
             if subject_lab else None
     gains = {n: _val_gain(out["labels"][n]) for n in ablations}
     out["ablations"] = sorted(ablations, key=lambda n: -gains[n])
@@ -349,17 +355,21 @@ def ablation_markdown(s: dict[str, Any]) -> list[str]:
              (f"Each row changes one setting of `{subject}` (the default is the first row), same seeds, splits and "
               f"CE checkpoints. Ordered by the validation `{metric}` at the selected epoch minus the default's, "
               f"paired by seed (over the seeds both ran), which is what a choice of defaults may use; the test "
-              f"columns are reported, not chosen on. Best by validation: `{s['best_setting']}`."), "",
-             (f"| label | setting | seeds | val {metric.removeprefix('val_')} | val vs {subject} | {primary} selected | "
+              f"columns are reported, not chosen on. Best by validation: `{s['best_setting']}`; "
+              f"{_setting_verdict(s)}."), "",
+             (f"| label | setting | seeds | val {metric.removeprefix('val_')} | val vs {subject} | "
+              f"val vs {subject}, interval corrected for {len(s['ablations'])} | {primary} selected | "
               f"{primary} final | vs {subject} (selected) | vs {subject} (final) | mean ε | share ε > 0 |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in rows:
         e = labels[n]
         setting = _setting(e["changed"]) or "default"
         eps = e.get("epsilon", {})
         vs = (diff(e["selected"].get("vs_subject")), diff(e["final"].get("vs_subject"))) if n != subject else ("", "")
         val_vs = diff(e.get("val_vs_subject")) if n != subject else ""
-        lines.append(f"| {n} | {setting} | {len(e['seeds'])} | {pct(e['val'])} | {val_vs} | {pm(e['selected'][primary])} | "
+        corrected = diff(e.get("val_vs_subject_corrected")) if n != subject else ""
+        lines.append(f"| {n} | {setting} | {len(e['seeds'])} | {pct(e['val'])} | {val_vs} | {corrected} | "
+                     f"{pm(e['selected'][primary])} | "
                      f"{pm(e['final'][primary])} | {vs[0]} | {vs[1]} | "
                      f"{_num(eps['mean']['mean']) if 'mean' in eps else '—'} | "
                      f"{pct(eps['adversarial_share']['mean'], 1) if 'adversarial_share' in eps else '—'} |")
@@ -419,19 +429,31 @@ def headline(name: str, s: dict[str, Any]) -> str:
             if best != subject and vs and vs["mean"] is not None else ""
         text += (f"; its best setting by validation: {'the default' if best == subject else best} "
                  f"({paired_on}of {len(s['ablations']) + 1} tried)")
-        if paired_on:
-            text += f" ({_setting_verdict(vs)})"
+        text += f" ({_setting_verdict(s)})"
     return text + "."
 
 
-def _setting_verdict(vs: dict[str, Any]) -> str:
-    """What the best ablation's paired validation difference supports. The rule of this project:
-    a default changes only when the seeds support the change (its 95 % interval above 0)."""
-    if vs["low"] is None:
-        return "one seed: no interval, the default is kept"
-    if vs["low"] > 0:
-        return "the interval excludes 0: the seeds support it over the default"
-    return "the interval includes 0: the default is kept"
+def _setting_verdict(s: dict[str, Any]) -> str:
+    """Whether the seeds support any ablation over the default. The rule of this project: a
+    default changes only when an ablation's paired validation difference has its interval above 0,
+    corrected for the number of ablations compared (Bonferroni); those above 0 before the
+    correction only are named."""
+    labels, k = s["labels"], len(s["ablations"])
+    def above(n: str, key: str) -> bool:
+        vs = labels[n].get(key)
+        return bool(vs) and vs["low"] is not None and vs["low"] > 0
+    if not any(labels[n].get("val_vs_subject") and labels[n]["val_vs_subject"]["low"] is not None
+               for n in s["ablations"]):
+        return "one seed each: no interval, the default is kept"
+    supported = [n for n in s["ablations"] if above(n, "val_vs_subject_corrected")]
+    if supported:
+        return (f"the seeds support {', '.join(supported)} over the default, "
+                f"interval corrected for {k} ablation{'s' if k > 1 else ''}")
+    uncorrected = [n for n in s["ablations"] if above(n, "val_vs_subject")]
+    text = f"none above the default with its interval corrected for {k} ablation{'s' if k > 1 else ''}"
+    if uncorrected:
+        text += f" ({', '.join(uncorrected)} above 0 at 95 % before the correction)"
+    return text + ": the default is kept"
 
 
 def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
