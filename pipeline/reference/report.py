@@ -210,6 +210,42 @@ def summarise(labels: dict[str, Label], subject: str) -> dict[str, Any]:
     return out
 
 
+def noisy_label_entropy(kind: str, rate: float, num_classes: int) -> float:
+    """H(ỹ | x) in nats for label noise of ``kind`` at ``rate`` when the clean label is a function
+    of the image: the lowest expected cross-entropy on the noisy labels that any predictor reaches
+    (by predicting the noise's label distribution). A training loss below it can only come from
+    fitting individual flipped labels, i.e. memorising the noise."""
+    r, c = rate, num_classes
+    p = {"uniform": [1 - r] + [r / (c - 1)] * (c - 1),
+         "uniform_with_true": [1 - r + r / c] + [r / c] * (c - 1),
+         "flip": [1 - r, r]}[kind]
+    return float(-sum(q * math.log(q) for q in p if q > 0))
+
+
+def noise_fit(labels: dict[str, Label], kind: str, rate: float) -> dict[str, Any] | None:
+    """CE's training loss at its last epoch (per seed) beside ``noisy_label_entropy``: whether CE
+    memorised the flipped labels on this profile (the regime noise-robust methods are built for)."""
+    ce = labels.get("ce")
+    if ce is None:
+        return None
+    last = {s: r["curve"]["train_loss"][-1] for s, r in ce.records.items() if r["curve"].get("train_loss")}
+    if not last:
+        return None
+    return {"kind": kind, "rate": rate, "floor": noisy_label_entropy(kind, rate, len(ce.first["train_class_counts"])),
+            "ce_last_train_loss": {**mean_std(list(last.values())), "per_seed": last}}
+
+
+def _noise_fit_text(fit: dict[str, Any]) -> str:
+    loss, floor = fit["ce_last_train_loss"], fit["floor"]
+    above = min(loss["per_seed"].values()) > floor
+    return (f"CE's training loss at its last epoch is {loss['mean']:.2f} (seeds: "
+            f"{', '.join(f'{v:.2f}' for _, v in sorted(loss['per_seed'].items()))}), "
+            f"{'above' if above else 'not above'} {floor:.2f} nats, the lowest expected loss on these noisy "
+            f"labels for a model that does not fit flipped labels one by one: "
+            + ("CE did not memorise the noise on this profile" if above
+               else "CE fitted flipped labels (memorised noise) on at least one seed"))
+
+
 def _val_gain(entry: dict[str, Any]) -> float:
     """An ablation's mean validation difference to the default over the seeds both ran (its own
     mean validation value where the default did not run)."""
@@ -291,6 +327,12 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
         e = labels[label]
         lines.append(f"| {label} | {diff(e['selected']['vs_ce'])} | {diff(e['final']['vs_ce'])} | "
                      f"{diff(e['selected']['vs_best'])} | {diff(e['final']['vs_best'])} |")
+    if s.get("noise_fit"):
+        fit = s["noise_fit"]
+        lines += ["", "## Did CE fit the flipped labels?", "",
+                  (f"{_noise_fit_text(fit)}. The bound is H(ỹ | x) of {fit['kind']} noise at rate {fit['rate']} "
+                   "(the clean label a function of the image); the training loss is the mean over the last epoch's "
+                   "batches, with augmentation.")]
     eps_rows = [(label, labels[label]["epsilon"]) for label in s["ranking"] if "epsilon" in labels[label]]
     if eps_rows:
         lines += ["", "## The learned ε (training samples, last epoch, mean over seeds)", ""] + epsilon_table(eps_rows)
@@ -422,6 +464,8 @@ def headline(name: str, s: dict[str, Any]) -> str:
         text += f"; vs ce {diff(e['vs_ce'])}"
     if e["vs_best"] is not None and e["vs_best"]["mean"] is not None:
         text += f"; vs the best baseline by validation, {s['best_baseline']}, {diff(e['vs_best'])}"
+    if s.get("noise_fit"):
+        text += f"; {_noise_fit_text(s['noise_fit'])}"
     if s["ablations"]:
         best = s["best_setting"]
         vs = s["labels"][best].get("val_vs_subject")
@@ -512,6 +556,10 @@ def build_reports(params: Params, *, check: bool = False, track: bool = False, r
     published = yaml.safe_load(PUBLISHED.read_text()) if PUBLISHED.is_file() else {}
     subject = params.reference.subject
     summaries = {name: summarise(labels, subject) for name, labels in records.items()}
+    for name, s in summaries.items():
+        noisy = params.experiments[name].data.noisy if name in params.experiments else None
+        if s["scenario"] == "noisy" and noisy is not None:
+            s["noise_fit"] = noise_fit(records[name], noisy.kind, noisy.rate)
     files: dict[Path, str] = {}
     for name, s in summaries.items():
         if check:  # the figures there (PNG bytes are not compared)

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.layout import write_json
@@ -217,3 +218,37 @@ def test_the_headline_says_whether_the_seeds_support_an_ablation_over_the_defaul
     assert s["best_setting"] == "meta_iada-anti"
     assert f"on validation over 3 seeds; of {3 if beta2 else 2} tried) ({verdict})" in report.headline("exp", s)
     assert f"Best by validation: `meta_iada-anti`; {verdict}." in "\n".join(report.ablation_markdown(s))
+
+
+@pytest.mark.parametrize("kind", ["uniform", "uniform_with_true", "flip"])
+def test_the_noise_bound_is_the_entropy_of_the_labels_the_data_stage_draws(kind):
+    """H(ỹ | x) with the clean label a function of the image is Σ_y p(y) H(ỹ | y): measured on
+    labels corrupted by the data stage's own `corrupt_labels` (40,000 per class), it matches the
+    closed form to 3 decimals."""
+    from pipeline.data.noisy import corrupt_labels, transition_counts
+
+    clean = np.repeat(np.arange(10), 40_000)
+    noisy = corrupt_labels(clean, 10, kind, 0.4, np.random.default_rng(0))
+    t = transition_counts(clean, noisy, 10).astype(float)
+    p = t / t.sum(axis=1, keepdims=True)
+    measured = float(-(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0)).sum(axis=1).mean())
+    assert report.noisy_label_entropy(kind, 0.4, 10) == pytest.approx(measured, abs=1e-3)
+
+
+@pytest.mark.parametrize("last_loss, verdict", [(1.86, "above 1.55 nats"), (0.9, "not above 1.55 nats")])
+def test_the_noisy_page_says_whether_ce_went_below_the_noise_bound(last_loss, verdict):
+    """Uniform noise at 0.4 over 10 classes: the bound is -0.6 ln 0.6 - 0.4 ln(0.4/9) = 1.55 nats.
+    A CE run whose last training loss is below the bound has fitted flipped labels; the page and
+    the headline say which."""
+    recs = [record("ce", s, 0.5, 0.5) for s in range(2)] + [record("meta_iada", s, 0.6, 0.6) for s in range(2)]
+    for r in recs:
+        r["scenario"], r["train_class_counts"] = "noisy", [100] * 10
+        r["curve"]["train_loss"] = [2.3, last_loss]
+    labels = labels_of(*recs)
+    s = summarise(labels, "meta_iada")
+    s["noise_fit"] = report.noise_fit(labels, "uniform", 0.4)
+    assert s["noise_fit"]["floor"] == pytest.approx(-0.6 * math.log(0.6) - 0.4 * math.log(0.4 / 9))
+    page = report.experiment_markdown("exp", s, None, [])
+    assert f"is {last_loss:.2f} (seeds: {last_loss:.2f}, {last_loss:.2f}), {verdict}" in page
+    assert ("CE did not memorise" in page) == (last_loss > 1.55)
+    assert f"{verdict}" in report.headline("exp", s)
