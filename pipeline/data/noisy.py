@@ -61,6 +61,20 @@ def expected_noise_rate(kind: str, rate: float, num_classes: int) -> float:
     return rate * (num_classes - 1) / num_classes if kind == "uniform_with_true" else rate
 
 
+def noisy_label_distribution(kind: str, rate: float, num_classes: int) -> list[float]:
+    """The distribution of a training label given its clean class c under ``corrupt_labels``:
+    P(ỹ = c) first, then the other classes that receive mass (C − 1 of them, or the one (c+1) mod C
+    of ``flip``). Each label is corrupted with probability r (up to rounding)."""
+    r, c = rate, num_classes
+    if kind == "uniform":
+        return [1 - r] + [r / (c - 1)] * (c - 1)
+    if kind == "uniform_with_true":
+        return [1 - r + r / c] + [r / c] * (c - 1)
+    if kind == "flip":
+        return [1 - r, r]
+    raise ValueError(f"unknown noise kind {kind!r}: one of {', '.join(DEFINITIONS)}")
+
+
 def transition_counts(clean: np.ndarray, noisy: np.ndarray, num_classes: int) -> np.ndarray:
     """T [C, C]: T[i, j] = number of samples of true class i labelled j."""
     return np.bincount(clean * num_classes + noisy, minlength=num_classes ** 2).reshape(num_classes, num_classes)

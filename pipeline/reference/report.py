@@ -29,6 +29,7 @@ import numpy as np
 import yaml
 from scipy import stats as scipy_stats
 
+from pipeline.data.noisy import noisy_label_distribution
 from pipeline.errors import UserError
 from pipeline.evaluation.report import ORDER
 from pipeline.layout import METRICS_DIR, REFERENCE, REPORTS_DIR, json_safe
@@ -215,11 +216,7 @@ def noisy_label_entropy(kind: str, rate: float, num_classes: int) -> float:
     of the image: the lowest expected cross-entropy on the noisy labels that any predictor reaches
     (by predicting the noise's label distribution). A training loss below it can only come from
     fitting individual flipped labels, i.e. memorising the noise."""
-    r, c = rate, num_classes
-    p = {"uniform": [1 - r] + [r / (c - 1)] * (c - 1),
-         "uniform_with_true": [1 - r + r / c] + [r / c] * (c - 1),
-         "flip": [1 - r, r]}[kind]
-    return float(-sum(q * math.log(q) for q in p if q > 0))
+    return float(-sum(q * math.log(q) for q in noisy_label_distribution(kind, rate, num_classes) if q > 0))
 
 
 def noise_fit(labels: dict[str, Label], kind: str, rate: float) -> dict[str, Any] | None:

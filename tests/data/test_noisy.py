@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from fixtures import balanced_labels, data_config, real_cifar10_labels, synthetic_source
 
-from pipeline.params.schema import ParamError
 from pipeline.data.build import build_from_source
-from pipeline.data.noisy import corrupt_labels, expected_noise_rate, transition_counts
+from pipeline.data.noisy import corrupt_labels, expected_noise_rate, noisy_label_distribution, transition_counts
 from pipeline.data.sampling import stream
+from pipeline.params.schema import ParamError
 
 
 def cifar10_train_labels() -> np.ndarray:
@@ -75,6 +75,23 @@ def test_uniform_with_true_states_its_expected_rate():
     assert card["expected_realised_rate"] == pytest.approx(0.36)
     assert "r*(C-1)/C" in card["definition"]
     assert card["realised_rate"] <= 0.4
+
+
+@pytest.mark.parametrize("kind", ["uniform", "uniform_with_true", "flip"])
+def test_label_distribution_is_what_corrupt_labels_draws(kind):
+    """Each row of the measured transition matrix (30,000 labels per class, r = 0.3): the clean
+    class keeps P(ỹ = c) = the first entry, and the classes that receive labels hold the rest."""
+    clean = np.repeat(np.arange(10), 30_000)
+    t = transition_counts(clean, corrupt_labels(clean, 10, kind, 0.3, np.random.default_rng(1)), 10)
+    p = t / t.sum(axis=1, keepdims=True)
+    expected = noisy_label_distribution(kind, 0.3, 10)
+    assert sum(expected) == pytest.approx(1.0)
+    for c in range(10):
+        others = np.sort(np.delete(p[c], c)[np.delete(p[c], c) > 0])[::-1]
+        assert p[c, c] == pytest.approx(expected[0], abs=0.01)
+        assert others == pytest.approx(expected[1:], abs=0.01)
+    with pytest.raises(ValueError, match="unknown noise kind 'pair'"):
+        noisy_label_distribution("pair", 0.3, 10)
 
 
 @pytest.mark.parametrize("kind", ["uniform", "flip"])
