@@ -46,6 +46,10 @@ class ISDAConfig:
     covariance: CovarianceMode = "full"  # full Σ_c [A, A], or diagonal (for A > 512)
     class_balanced: bool = False  # weight L_i by w_{y_i} (effective number, see losses.py)
     cb_beta: float = bounded(0.9999, ge=0, lt=1)  # β_cb of the class-balanced weights
+    # Global epoch (pretraining epochs count) from which the class-balanced weights apply; before
+    # it every class weighs 1 (the deferred re-weighting of LDAM-DRW and of MetaSAug's code, whose
+    # weights start with its meta phase at the first lr step). 0: from the first step.
+    cb_epoch: int = bounded(0, ge=0, added=True)
 
 
 @dataclass
@@ -57,6 +61,7 @@ class IADAConfig:
     covariance: CovarianceMode = "full"
     class_balanced: bool = False
     cb_beta: float = bounded(0.9999, ge=0, lt=1)
+    cb_epoch: int = bounded(0, ge=0, added=True)  # as ISDAConfig.cb_epoch
 
 
 @dataclass
@@ -78,6 +83,7 @@ class MetaIADAConfig:
     history_warmup: bool = True  # fill the characteristics' history with one no-grad pass first
     class_balanced: bool = False  # weight L_i by w_{y_i} in the pseudo and the real step
     cb_beta: float = bounded(0.9999, ge=0, lt=1)
+    cb_epoch: int = bounded(0, ge=0, added=True)  # as ISDAConfig.cb_epoch
 
     def __post_init__(self) -> None:
         try:
@@ -133,7 +139,8 @@ class FeatureAugmentation(Method):
             features = net.features(batch.x)  # h [B, A]
         logits = net.classifier(features)  # z [B, C]
         train_loss = partial(self._per_sample_loss, features=features, labels=batch.y,
-                             alpha=alpha_at(self.cfg.alpha, ctx.epoch, ctx.total_epochs))
+                             alpha=alpha_at(self.cfg.alpha, ctx.epoch, ctx.total_epochs),
+                             class_weights=self.class_weights if ctx.epoch >= self.cfg.cb_epoch else None)
         self._shared = None
         epsilon = self.epsilon(batch, ctx, features, logits, train_loss)
         self.optimizer.zero_grad(set_to_none=True)
@@ -152,12 +159,13 @@ class FeatureAugmentation(Method):
 
     def _per_sample_loss(self, logits: torch.Tensor, weight: torch.Tensor,
                          epsilon: torch.Tensor | None, *, features: torch.Tensor, labels: torch.Tensor,
-                         alpha: float) -> torch.Tensor:
+                         alpha: float, class_weights: torch.Tensor | None) -> torch.Tensor:
         """L_i [B] of :func:`~pipeline.methods.losses.iada_loss`; its batch mean is the training loss of
         the real step (:meth:`update`) and of the pseudo step (``train_loss`` in
         :func:`~pipeline.methods.meta_gradient.meta_step`, which takes the mean too).
 
-        With ``class_balanced`` it returns L_i·w_{y_i}·B/Σ_b w_{y_b} instead, so that the batch mean
+        With ``class_weights`` w [C] (``class_balanced``, from global epoch ``cb_epoch`` on) it
+        returns L_i·w_{y_i}·B/Σ_b w_{y_b} instead, so that the batch mean
         is the weighted mean Σ_i w_{y_i} L_i / Σ_i w_{y_i}: the normalisation of MetaSAug's
         ``F.cross_entropy(aug_y, labels, weight=per_cls_weights)``, used there in the pseudo and
         the real step alike [related]. The factor depends on the labels only (not on θ or Ω), so
@@ -166,9 +174,9 @@ class FeatureAugmentation(Method):
         beta, direction = getattr(self.cfg, "beta", 0.0), getattr(self.cfg, "direction", "pairwise")
         loss = iada_loss(logits, features, labels, weight, self.current_covariance(), epsilon=epsilon,
                          alpha=alpha, beta=beta, direction=direction)
-        if self.class_weights is None:
+        if class_weights is None:
             return loss
-        w = self.class_weights[labels].to(loss.dtype)  # [B]
+        w = class_weights[labels].to(loss.dtype)  # [B]
         return loss * (w * (len(w) / w.sum()))
 
 

@@ -46,6 +46,7 @@ class MetaSAugConfig:
     covariance: CovarianceMode = "full"
     class_balanced: bool = True  # MetaSAug: per_cls_weights (effective number) in both steps
     cb_beta: float = bounded(0.9999, ge=0, lt=1)  # MetaSAug: beta = 0.9999
+    cb_epoch: int = bounded(0, ge=0, added=True)  # as ISDAConfig.cb_epoch (MetaSAug: its meta phase, 160)
     meta_lr: float = bounded(0.1, gt=0)  # η_Σ of Σ' = Σ − η_Σ ∇_Σ L_meta (MetaSAug: --meta_lr 0.1)
     keep_covariance: bool = False  # [choice] write Σ' back into the estimate (MetaSAug's code: no)
     meta_scope: MetaScope = "full"  # pseudo-update the whole network (MetaSAug), or only W, b

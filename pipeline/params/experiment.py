@@ -199,6 +199,7 @@ def apply_values(raw_exp: Mapping[str, Any], values: Mapping[str, Any], where: s
 
 
 def config_hash(*parts: Any) -> str:
-    """Stable hash of configs (dataclasses or plain data), for resume checks."""
-    blob = json.dumps([to_dict(p) for p in parts], sort_keys=True, default=str)
+    """Stable hash of configs (dataclasses or plain data), for resume checks; ``added`` fields at
+    their default do not enter it (see :func:`~pipeline.params.schema.bounded`)."""
+    blob = json.dumps([to_dict(p, hashing=True) for p in parts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

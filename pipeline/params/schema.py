@@ -24,9 +24,14 @@ class ParamError(UserError, ValueError):
 
 
 def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
-            le: float | None = None, lt: float | None = None, **kwargs: Any) -> Any:
-    """A dataclass field with numeric bounds checked by :func:`build`."""
-    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt}
+            le: float | None = None, lt: float | None = None, added: bool = False, **kwargs: Any) -> Any:
+    """A dataclass field with numeric bounds checked by :func:`build`.
+
+    ``added``: a switch added after runs were recorded, whose default reproduces what those runs
+    did. At its default it is left out of ``to_dict(..., hashing=True)``, so the configuration
+    hashes of recorded runs (``config_hash``: resume checks, the reference sweep's outdated-metrics
+    check) stay valid; any other value changes them."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "added": added}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta, **kwargs)
     return dataclasses.field(default=default, metadata=meta, **kwargs)
@@ -149,15 +154,17 @@ def build(cls: type[T], raw: Mapping[str, Any] | None, where: str) -> T:
     return obj
 
 
-def to_dict(obj: Any) -> Any:
+def to_dict(obj: Any, *, hashing: bool = False) -> Any:
     """Plain-data view of a config (for logging, hashing and MLflow params); fields that are not
-    read from params.yaml (``init=False``, e.g. an experiment's name) are left out."""
+    read from params.yaml (``init=False``, e.g. an experiment's name) are left out, and with
+    ``hashing`` also ``added`` fields at their default (see :func:`bounded`)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        return {f.name: to_dict(getattr(obj, f.name), hashing=hashing) for f in dataclasses.fields(obj)
+                if f.init and not (hashing and f.metadata.get("added") and getattr(obj, f.name) == f.default)}
     if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
+        return {k: to_dict(v, hashing=hashing) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
+        return [to_dict(v, hashing=hashing) for v in obj]
     return obj
 
 

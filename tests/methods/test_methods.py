@@ -212,13 +212,15 @@ def class_weights_by_hand(beta: float) -> torch.Tensor:
     ("isda", {}),
     ("iada", {"epsilon": 0.3}),
     ("iada", {"epsilon": -0.4, "direction": "gradient", "covariance": "diagonal"}),
+    ("iada", {"epsilon": 0.3, "cb_epoch": 3}),  # weighted from global epoch 3 on: the step below
+    ("isda", {"cb_epoch": 4}),  # deferred past the step below: every class weighs 1
 ])
 def test_class_balanced_loss_is_the_weighted_mean(name, params):
     """With ``class_balanced`` the step minimises Σ_i w_{y_i} L_i / Σ_i w_{y_i} (MetaSAug's
     F.cross_entropy(weight=w) normalisation), w_c by the formula written out here: the reported
     loss and the network after the SGD step equal a twin that steps on that loss, computed by
     hand from iada_loss. The batch's labels repeat unequally, so the plain mean of w_{y_i} L_i
-    (or of L_i) differs from it."""
+    (or of L_i) differs from it. Before ``cb_epoch`` (the step is at epoch 3) w ≡ 1."""
     beta_cb = 0.9
     method, net, opt = make_with(name, {**params, "class_balanced": True, "cb_beta": beta_cb}, COUNTS,
                                  torch.float64)
@@ -243,9 +245,11 @@ def test_class_balanced_loss_is_the_weighted_mean(name, params):
                            alpha=cfg.alpha * 3 / 4, beta=getattr(cfg, "beta", 0.0),
                            direction=getattr(cfg, "direction", "pairwise"))
     w = class_weights_by_hand(beta_cb)[y[index]]
-    loss = (w * per_sample).sum() / w.sum()
+    weighted = (w * per_sample).sum() / w.sum()
+    loss = weighted if params.get("cb_epoch", 0) <= 3 else per_sample.mean()
     assert reported == pytest.approx(loss.item(), rel=1e-12)
-    assert abs((w * per_sample).mean().item() - loss.item()) > 1e-3  # the normalisation matters
+    assert abs((w * per_sample).mean().item() - weighted.item()) > 1e-3  # the normalisation matters
+    assert abs(per_sample.mean().item() - weighted.item()) > 1e-3  # and so do the weights
     twin_opt.zero_grad()
     loss.backward()
     twin_opt.step()

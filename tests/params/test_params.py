@@ -188,3 +188,23 @@ def test_every_searched_key_exists_so_the_printed_apply_line_lands(raw):
     assert searched
     for name, key in searched:
         get(raw["experiments"][name], key)  # KeyError if the key is not written out
+
+
+@pytest.mark.parametrize("name", ["isda", "iada", "meta_iada", "metasaug"])
+def test_a_switch_added_at_its_default_keeps_the_config_hash_of_recorded_runs(name):
+    """``cb_epoch`` was added after the reference runs were recorded: at its default (0, what those
+    runs did) the method's config hash is the hash of the config without it, so their metrics stay
+    current and their checkpoints resume; another value changes the hash. It is a logged param
+    all the same."""
+    import dataclasses
+
+    from pipeline.methods import REGISTRY
+    from pipeline.params.experiment import config_hash
+    from pipeline.params.schema import build, to_dict
+
+    cfg = build(REGISTRY[name].Config, {"alpha": 0.3}, f"methods.{name}")
+    before = {k: v for k, v in to_dict(cfg).items() if k != "cb_epoch"}
+    assert to_dict(cfg)["cb_epoch"] == 0
+    assert config_hash(cfg, 7) == config_hash(before, 7)
+    assert config_hash(dataclasses.replace(cfg, cb_epoch=96), 7) != config_hash(cfg, 7)
+    assert config_hash(dataclasses.replace(cfg, alpha=0.25), 7) != config_hash(cfg, 7)  # others count
