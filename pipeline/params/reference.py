@@ -34,6 +34,9 @@ LABEL = re.compile(r"^[a-z][a-z0-9_]*(-[a-z0-9_]+)*$")
 class Variant:
     method: str
     set: dict[str, Any] = field(default_factory=dict)  # dotted keys of the experiment -> value
+    # The seeds it runs, some of reference.seeds (None: all): for a diagnostic run whose answer
+    # one seed gives (a configuration that does not train), so the sweep does not repeat it.
+    seeds: list[int] | None = None
 
 
 @dataclass
@@ -85,6 +88,9 @@ def check_reference(ref: ReferenceConfig, experiments: dict[str, ExperimentConfi
                                  "'meta_iada-gradient' (lower case, digits, _ and -)")
             if variant.method not in exp.methods:
                 raise ParamError(f"{vwhere}.method = {variant.method!r} has no block in experiments.{name}.methods")
+            if variant.seeds is not None and (not variant.seeds or not set(variant.seeds) <= set(ref.seeds)):
+                raise ParamError(f"{vwhere}.seeds = {variant.seeds}: list some of reference.seeds {ref.seeds} "
+                                 "(or leave it out for all of them)")
             variant_experiment(exp, variant, vwhere)
         if ref.subject not in {v.method for v in sweep.labels().values()}:
             raise ParamError(f"{where} does not run reference.subject = {ref.subject!r}: add it to methods")

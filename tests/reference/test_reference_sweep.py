@@ -135,11 +135,22 @@ def test_a_profile_without_pretraining_runs_every_method_from_one_shared_init(tm
      "protocol = 'later' is not allowed"),
     ({"experiments": {"tiny": {"methods": ["ce", "la"]}}}, "does not run reference.subject = 'meta_iada'"),
     ({"seeds": [0, 0]}, "reference.seeds = [0, 0]"),
+    ({"seeds": [0, 1], "experiments": {"tiny": {"methods": ["meta_iada"],
+                                                "variants": {"x-y": {"method": "meta_iada", "seeds": [2]}}}}},
+     "variants.x-y.seeds = [2]: list some of reference.seeds [0, 1]"),
 ])
 def test_a_wrong_reference_section_stops_with_one_error_naming_the_key(reference, message):
     with pytest.raises(ParamError, match=None) as err:
         parse_params(raw_params(reference))
     assert message in str(err.value)
+
+
+def test_a_variant_with_its_own_seeds_runs_only_those():
+    params = parse_params(raw_params({"seeds": [0, 1, 2], "experiments": {"tiny": {
+        "methods": ["meta_iada"], "variants": {"meta_iada-scratch": {"method": "meta_iada", "seeds": [1],
+                                                                     "set": {"protocol": "scratch"}}}}}}))
+    assert [(j.label, j.seed) for j in sweep.plan(params)] == [
+        ("meta_iada", 0), ("meta_iada", 1), ("meta_iada-scratch", 1), ("meta_iada", 2)]
 
 
 def test_unknown_names_on_the_command_line_are_refused_before_any_work():
