@@ -62,6 +62,10 @@ class ReferenceConfig:
         if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
             raise ParamError(f"reference.seeds = {self.seeds}: list distinct seeds >= 0")
 
+    def seeds_of(self, variant: Variant) -> list[int]:
+        """The seeds a label runs: ``seeds``, or the variant's own subset of them."""
+        return [s for s in self.seeds if variant.seeds is None or s in variant.seeds]
+
     def split_seed(self, exp: ExperimentConfig, seed: int) -> int:
         return seed if self.split == "per_seed" else exp.data.seed
 

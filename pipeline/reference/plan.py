@@ -79,7 +79,7 @@ def plan(params: Params, experiments: list[str] | None = None, seeds: list[int] 
         for seed in seeds if seeds is not None else ref.seeds:
             split = ref.split_seed(base, seed)
             for label, variant in all_labels.items():
-                if (labels and label not in labels) or (variant.seeds is not None and seed not in variant.seeds):
+                if (labels and label not in labels) or seed not in ref.seeds_of(variant):
                     continue
                 exp = variant_experiment(base, variant, f"reference.experiments.{name}.variants.{label}",
                                          data_seed=split)

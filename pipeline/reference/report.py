@@ -34,6 +34,7 @@ from pipeline.errors import UserError
 from pipeline.evaluation.report import ORDER
 from pipeline.layout import METRICS_DIR, REFERENCE, REPORTS_DIR, json_safe
 from pipeline.params.file import Params
+from pipeline.params.reference import ReferenceExperiment
 
 REPORT_DIR = REPORTS_DIR / REFERENCE
 PUBLISHED = Path("docs/published.yaml")
@@ -433,12 +434,17 @@ def _num(x: float | None) -> str:
     return "—" if x is None or math.isnan(x) else f"{x:.3f}"
 
 
+def planned_runs(sweep: ReferenceExperiment, params: Params) -> int:
+    """Runs of one reference experiment: each label's seeds (a variant may run fewer)."""
+    return sum(len(params.reference.seeds_of(v)) for v in sweep.labels().values())
+
+
 def coverage(name: str, s: dict[str, Any], params: Params) -> str:
     """How much of the planned sweep (``reference:`` in params.yaml) the metrics cover."""
     sweep = params.reference.experiments.get(name)
     if sweep is None:
         return "not in params.yaml's reference sweep any more"
-    planned = len(sweep.labels()) * len(params.reference.seeds)
+    planned = planned_runs(sweep, params)
     present = sum(len(e["seeds"]) for e in s["labels"].values())
     missing = [label for label in sweep.labels() if label not in s["labels"]]
     return f"{present} of the {planned} planned runs" + (f"; not run yet: {', '.join(missing)}" if missing else "")
@@ -526,7 +532,7 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
         lines.append("")
     for name, sweep in params.reference.experiments.items():
         if name not in summaries:
-            lines += [(f"**{name}**: none of the {len(sweep.labels()) * len(params.reference.seeds)} planned runs "
+            lines += [(f"**{name}**: none of the {planned_runs(sweep, params)} planned runs "
                        "has finished yet."), ""]
     lines.append(END)
     return "\n".join(lines)

@@ -120,6 +120,17 @@ def project(tmp_path, monkeypatch):
     return load_params(ROOT / "params.yaml")
 
 
+def test_the_planned_count_is_the_number_of_runs_the_sweep_plans():
+    """A variant may run fewer seeds (`meta_iada-scratch` runs one): the report's "N planned runs"
+    counts what `pipeline.reference.plan` would run, not labels × seeds."""
+    from pipeline.reference.plan import plan
+
+    params = load_params(ROOT / "params.yaml")
+    for name in params.reference.experiments:
+        assert report.coverage(name, {"labels": {}}, params).startswith(f"0 of the {len(plan(params, [name]))} planned")
+    assert len(plan(params, ["lt_ref"])) < len(params.reference.experiments["lt_ref"].labels()) * 3
+
+
 def test_report_rebuilds_tables_figures_and_the_readme_section_from_metrics_alone(project):
     stale = build_reports(project)
     assert {p.as_posix() for p in stale} == {"reports/reference/exp.md", "reports/reference/summary.json", "README.md"}
