@@ -172,7 +172,7 @@ def class_balanced_method_loss(net: FeatureClassifier, y: torch.Tensor, cov: tor
     info = TrainInfo(len(counts), torch.tensor(counts), sum(counts), net.feature_dim, torch.device("cpu"))
     method = MetaIADA(cfg, net, torch.optim.SGD(net.parameters(), lr=0.1), info)
     method.class_covariance.cov = cov
-    return partial(method._per_sample_loss, features=None, labels=y, alpha=alpha)
+    return partial(method._per_sample_loss, features=None, labels=y, alpha=alpha, class_weights=method.class_weights)
 
 
 @pytest.mark.parametrize("scope", ["head", "full"])
@@ -470,7 +470,8 @@ def test_metasaug_takes_one_covariance_step_and_keeps_it_only_when_asked(keep):
     with method.forward_context(ctx):
         features = net.features(x)
     logits = net.classifier(features)
-    train_loss = functools.partial(method._per_sample_loss, features=features, labels=y, alpha=0.2)
+    train_loss = functools.partial(method._per_sample_loss, features=features, labels=y, alpha=0.2,
+                                   class_weights=method.class_weights)
     method.epsilon(Batch(x, y, torch.arange(8)), ctx, features, logits, train_loss)
     stepped = method.current_covariance()
     assert not torch.allclose(stepped, before)  # one meta-gradient step was taken

@@ -481,7 +481,7 @@ def test_a_shared_real_step_is_the_step_with_the_old_epsilon_and_the_same_meta_s
     with torch.no_grad():
         eps_old = reference.perturbation_net(c)
     loss = reference._per_sample_loss(logits, net_r.classifier.weight, eps_old, features=features, labels=batch.y,
-                                      alpha=0.5 * 3 / 4).mean()
+                                      alpha=0.5 * 3 / 4, class_weights=reference.class_weights).mean()
     reference.optimizer.zero_grad()
     loss.backward()
     reference.optimizer.step()
