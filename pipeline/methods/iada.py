@@ -40,8 +40,17 @@ from pipeline.networks import FeatureClassifier
 from pipeline.methods.perturbation import EpsilonSign, PerturbationNet
 
 
+class ClassBalancedRule:
+    """The cross-field rule of the class-balanced switches (``build`` calls ``validate``)."""
+
+    def validate(self, where: str) -> None:
+        if self.cb_epoch and not self.class_balanced:
+            raise ParamError(f"{where}.cb_epoch = {self.cb_epoch} does nothing with {where}.class_balanced = false: "
+                             "set class_balanced: true, or leave cb_epoch out")
+
+
 @dataclass
-class ISDAConfig:
+class ISDAConfig(ClassBalancedRule):
     alpha: float = bounded(0.5, ge=0)  # α: strength of the semantic augmentation (ramped)
     covariance: CovarianceMode = "full"  # full Σ_c [A, A], or diagonal (for A > 512)
     class_balanced: bool = False  # weight L_i by w_{y_i} (effective number, see losses.py)
@@ -53,7 +62,7 @@ class ISDAConfig:
 
 
 @dataclass
-class IADAConfig:
+class IADAConfig(ClassBalancedRule):
     alpha: float = bounded(0.5, ge=0)
     beta: float = bounded(1.0, ge=0)  # β: scale of the mean shift
     direction: Direction = "pairwise"  # pairwise: ε·||Δw_ij||; gradient: ε·Δw_ijᵀd_i
@@ -65,7 +74,7 @@ class IADAConfig:
 
 
 @dataclass
-class MetaIADAConfig:
+class MetaIADAConfig(ClassBalancedRule):
     alpha: float = bounded(0.5, ge=0)
     beta: float = bounded(1.0, ge=0)
     direction: Direction = "pairwise"

@@ -22,7 +22,7 @@ from torch import nn
 
 from pipeline.methods.base import Batch, StepContext, TrainInfo, register
 from pipeline.methods.covariance import CovarianceMode
-from pipeline.methods.iada import MetaLearned
+from pipeline.methods.iada import ClassBalancedRule, MetaLearned
 from pipeline.methods.meta_gradient import MetaInputs, MetaScope, PseudoUpdate, TrainForward, TrainLoss, meta_step
 from pipeline.networks import FeatureClassifier
 from pipeline.params.schema import bounded
@@ -41,7 +41,7 @@ class CovarianceLeaf(nn.Module):
 
 
 @dataclass
-class MetaSAugConfig:
+class MetaSAugConfig(ClassBalancedRule):
     alpha: float = bounded(0.25, ge=0)  # λ of the ramp λ·epoch/epochs (MetaSAug: --lam 0.25)
     covariance: CovarianceMode = "full"
     class_balanced: bool = True  # MetaSAug: per_cls_weights (effective number) in both steps

@@ -164,15 +164,21 @@ def test_meta_iada_rejects_beta_zero():
     assert build(REGISTRY["iada"].Config, {"beta": 0.0}, "methods.iada").beta == 0.0  # no Ω there
 
 
-@pytest.mark.parametrize("name", ["isda", "iada", "meta_iada"])
+@pytest.mark.parametrize("name", ["isda", "iada", "meta_iada", "metasaug"])
 def test_class_balanced_switch_is_validated(name):
     cls = REGISTRY[name].Config
-    assert build(cls, {}, f"methods.{name}").class_balanced is False  # off by default
+    assert build(cls, {}, f"methods.{name}").class_balanced is (name == "metasaug")  # on in MetaSAug only
     cfg = build(cls, {"class_balanced": True, "cb_beta": 0.99}, f"methods.{name}")
     assert cfg.class_balanced and cfg.cb_beta == 0.99
     for bad in (1.0, -0.1):
         with pytest.raises(ParamError, match="cb_beta"):
             build(cls, {"cb_beta": bad}, f"methods.{name}")
+    assert build(cls, {"class_balanced": True, "cb_epoch": 96}, f"methods.{name}").cb_epoch == 96
+    with pytest.raises(ParamError, match=rf"methods\.{name}\.cb_epoch = 96 does nothing with "
+                                         rf"methods\.{name}\.class_balanced = false"):
+        build(cls, {"class_balanced": False, "cb_epoch": 96}, f"methods.{name}")
+    with pytest.raises(ParamError, match="cb_epoch = -1 is out of range"):
+        build(cls, {"class_balanced": True, "cb_epoch": -1}, f"methods.{name}")
 
 
 # Unequal training counts (sum TRAIN), for the class-balanced and logit-adjustment tests.
