@@ -191,3 +191,50 @@ def test_the_plateau_check_runs_the_schedule_and_its_double(tmp_path, monkeypatc
     assert r["gap_val_acc_points"] == pytest.approx(100 * (r["x2"]["val_acc"] - r["x1"]["val_acc"]))
     assert r["at_plateau"] == (abs(r["gap_val_acc_points"]) <= 1.0)
     assert Path("models/plateau/tiny/s1/x2/ce/last.pt").is_file()
+
+
+def test_the_plateau_ladder_doubles_until_a_schedule_is_within_a_point_of_its_double(tmp_path, monkeypatch):
+    """--doublings n: schedules x1, x2, x4, ... compared pairwise, stopping at the first pair within 1
+    point; plateau_factor is the shorter schedule of that pair (CE's validation accuracy at the end
+    of each schedule stands in for training: 50 %, 60 %, 60.5 %, 90 % for x1, x2, x4, x8)."""
+    from pipeline.engine import loop
+    from pipeline.stages import plateau
+
+    final_val_acc = {1: 0.50, 2: 0.60, 4: 0.605, 8: 0.90}
+    trained: list[tuple[int, int, int]] = []
+
+    def fake_fit(spec, *args, **kwargs):
+        factor = int(spec.out_dir.parent.name.removeprefix("x"))
+        trained.append((factor, spec.first_epoch, spec.last_epoch))
+        return {"history": [{"epoch": spec.last_epoch - 1, "val_acc": final_val_acc[factor]}]}
+
+    monkeypatch.setattr(loop, "fit", fake_fit)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params(), sort_keys=False))
+    assert plateau.main(["--experiment", "tiny", "--doublings", "3"]) == 0
+    r = json.loads(Path("metrics/plateau/tiny-s0.json").read_text())
+    # x8 is never trained: x2 is within 1 point of x4
+    assert sorted({f for f, _, _ in trained}) == [1, 2, 4] and "x8" not in r
+    assert (4, 0, 8) in trained and (4, 8, 12) in trained  # pretraining 2x4, then the method phase 1x4
+    assert [p["factors"] for p in r["pairs"]] == [[1, 2], [2, 4]]
+    assert [p["at_plateau"] for p in r["pairs"]] == [False, True]
+    assert r["pairs"][1]["gap_val_acc_points"] == pytest.approx(0.5)
+    assert r["plateau_factor"] == 2
+    # the profile's own verdict stays that of x1 against x2
+    assert r["at_plateau"] is False and r["gap_val_acc_points"] == pytest.approx(10.0)
+    assert r["x4"]["epochs"] == [8, 4] and r["x4"]["milestones"] == [8]
+
+
+def test_the_plateau_ladder_without_a_plateau_says_none(tmp_path, monkeypatch):
+    from pipeline.engine import loop
+    from pipeline.stages import plateau
+
+    monkeypatch.setattr(loop, "fit", lambda spec, *a, **k: {"history": [
+        {"val_acc": 0.1 * int(spec.out_dir.parent.name.removeprefix("x"))}]})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params(), sort_keys=False))
+    assert plateau.main(["--experiment", "tiny", "--doublings", "2"]) == 0
+    r = json.loads(Path("metrics/plateau/tiny-s0.json").read_text())
+    assert [p["factors"] for p in r["pairs"]] == [[1, 2], [2, 4]] and r["plateau_factor"] is None
+    with pytest.raises(SystemExit):
+        plateau.main(["--experiment", "tiny", "--doublings", "0"])
