@@ -5,7 +5,11 @@ change to any of them reruns the stage and no listed path is dead weight."""
 from __future__ import annotations
 
 import ast
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +82,48 @@ def test_closure_follows_lazy_imports_and_packages():
     assert Path("pipeline/tracking.py") in files  # imported inside main(), only with MLflow on
     assert Path("pipeline/data/__init__.py") in files and Path("pipeline/__init__.py") in files
     assert Path("pipeline/tuning/study.py") not in files
+
+
+def stale_entries(status: dict) -> list[str]:
+    """What in ``dvc status --json`` says that ``dvc.lock`` was not written by the committed code
+    and params: a dependency or output that is there but differs from the lock (``modified``), one
+    the lock does not know (``new``), or a changed command. Missing outputs and the data they feed
+    (``deleted``, ``not in cache``) are how a fresh clone looks before ``dvc repro``."""
+    stale = []
+    for stage, changes in status.items():
+        for change in changes if isinstance(changes, list) else [changes]:
+            if isinstance(change, str):  # "changed command", "always changed"
+                stale.append(f"{stage}: {change}")
+                continue
+            for kind, paths in change.items():
+                for path, state in paths.items():
+                    states = state.values() if isinstance(state, dict) else [state]  # params.yaml: key -> state
+                    if any(s in ("modified", "new") for s in states):
+                        stale.append(f"{stage}: {kind} {path}: {state}")
+    return stale
+
+
+def test_stale_entries_reads_dvc_status():
+    status = {
+        "prepare@lt": [{"changed deps": {"pipeline/methods": "modified"}},
+                       {"changed outs": {"data/prepared/lt": "not in cache"}}],
+        "train@lt-ce-0": [{"changed deps": {"data/prepared/lt": "deleted",
+                                            "params.yaml": {"experiments.lt.optim": "modified"}}}],
+        "report": ["changed command"],
+        "evaluate@lt-ce-0": [{"changed outs": {"metrics/lt/ce-s0.json": "deleted"}}],
+    }
+    assert stale_entries(status) == ["prepare@lt: changed deps pipeline/methods: modified",
+                                     "train@lt-ce-0: changed deps params.yaml: {'experiments.lt.optim': 'modified'}",
+                                     "report: changed command"]
+
+
+def test_the_committed_lock_was_written_by_the_committed_code():
+    """``dvc.lock`` (and so ``metrics/`` beside it) comes from the code and params in the tree: a
+    change to a stage's code or params is committed with the ``dvc repro`` that it triggers. A
+    fresh clone's missing outputs are not a change."""
+    proc = subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=ROOT, check=False,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stale = stale_entries(json.loads(proc.stdout or "{}"))
+    assert not stale, ("dvc.lock is stale: run `dvc repro` and commit dvc.lock with the metrics it writes:\n"
+                       + "\n".join(stale[:20]))
