@@ -35,9 +35,9 @@ Every split has extras ``attribute`` a and ``group`` = c·k + a.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.cluster import KMeans
 
 from pipeline.params.schema import ParamError
 from pipeline.data.config import DataConfig
@@ -45,6 +45,9 @@ from pipeline.data.longtail import shot_groups
 from pipeline.data.prepared import PreparedData, Split
 from pipeline.data.sampling import carve_per_class, choose_per_class, floor_tol, stream
 from pipeline.data.sources import Source
+
+if TYPE_CHECKING:  # imported in AttributeModel.fit: sklearn costs seconds at start-up; only GLT's prepare needs it
+    from sklearn.cluster import KMeans
 
 STREAMS = {
     "glt/kmeans": "the k-means random_state of each class (one integer per class, in class order)",
@@ -104,6 +107,8 @@ class AttributeModel:
         block[-6:] = 1 / np.sqrt(6)
         std = feats.std(axis=0)
         mean, scale = feats.mean(axis=0), block / np.where(std > 0, std, 1)
+        from sklearn.cluster import KMeans
+
         kmeans = KMeans(k, n_init=KMEANS_N_INIT, random_state=random_state)
         clusters = kmeans.fit_predict((feats - mean) * scale)
         rank = np.empty(k, dtype=np.int64)

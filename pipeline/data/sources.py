@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torchvision.datasets as tvd
 from PIL import Image
 
 from pipeline.data.prepared import Split
@@ -48,7 +47,7 @@ STREAMS = {
 }
 
 DISPLAY_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100", "mnist": "MNIST"}
-TORCHVISION = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST}
+TORCHVISION = {"cifar10": "CIFAR10", "cifar100": "CIFAR100", "mnist": "MNIST"}  # torchvision.datasets classes
 
 CIFAR10_JPEG = "cifar10-jpeg.tar.gz"
 CIFAR10_JPEG_SHA256 = "45b041e867f5a40f79bfde38d3dd1fd511103d50068c1afecf6445e25234d4db"
@@ -119,6 +118,16 @@ class _Found:
     images: Callable[[str, np.ndarray], np.ndarray]  # (split, positions) -> uint8 [n, H, W, C]
 
 
+def torchvision_dataset(name: str) -> type:
+    """torchvision's dataset class of source ``name`` (its file lists, md5s and downloader).
+    Imported here, not at the top: torchvision costs seconds at start-up, and only building a
+    data set from CIFAR's pickle batches or downloading needs it (not ``evaluate``, which imports
+    this module too)."""
+    import torchvision.datasets
+
+    return getattr(torchvision.datasets, TORCHVISION[name])
+
+
 def download_dir() -> Path:
     """Cache of official downloads: ``$META_IADA_DOWNLOADS`` or ``~/.cache/meta_iada``."""
     return Path(os.environ.get("META_IADA_DOWNLOADS", Path.home() / ".cache" / "meta_iada"))
@@ -126,7 +135,7 @@ def download_dir() -> Path:
 
 def download_official(name: str, folder: Path) -> None:
     """Fetch the official files with torchvision (``download=True`` verifies their md5)."""
-    TORCHVISION[name](str(folder), train=True, download=True)
+    torchvision_dataset(name)(str(folder), train=True, download=True)
 
 
 def load_source(name: str, root: str | None = None, *, limit_per_class: int | None = None,
@@ -193,7 +202,7 @@ def _find(name: str, root: str | None) -> tuple[_Found, str, Path]:
         download_official(name, cache)
     except (OSError, RuntimeError) as err:
         tried.append(f"official download of {display} into {cache} "
-                     f"(torchvision.datasets.{TORCHVISION[name].__name__}): {err}")
+                     f"(torchvision.datasets.{TORCHVISION[name]}): {err}")
     else:
         found = _read_location(name, cache, verify=True)
         if found:
@@ -208,9 +217,9 @@ def _find(name: str, root: str | None) -> tuple[_Found, str, Path]:
 
 def _expected_layouts(name: str) -> str:
     if name == "cifar10":
-        return f"{tvd.CIFAR10.base_folder}/ or {CIFAR10_JPEG}"
+        return f"{torchvision_dataset(name).base_folder}/ or {CIFAR10_JPEG}"
     if name == "cifar100":
-        return f"{tvd.CIFAR100.base_folder}/"
+        return f"{torchvision_dataset(name).base_folder}/"
     return "the four MNIST IDX files (.gz or not) in " + ", ".join(f"{d}/" for d in MNIST_FOLDERS)
 
 
@@ -218,7 +227,7 @@ def _read_location(name: str, folder: Path, verify: bool) -> _Found | None:
     """Read ``name`` from ``folder`` in any layout it supports; None if no layout is there."""
     if name == "mnist":
         return _read_mnist(folder, verify)
-    found = _read_cifar_pickle(folder, TORCHVISION[name], verify)
+    found = _read_cifar_pickle(folder, name, verify)
     if found is None and name == "cifar10" and (folder / CIFAR10_JPEG).is_file():
         found = _read_jpeg_tar(folder / CIFAR10_JPEG, verify)
     return found
@@ -241,8 +250,9 @@ def _check(path: Path, raw: bytes, algorithm: str, expected: str, verify: bool) 
     return sha, actual == expected
 
 
-def _read_cifar_pickle(folder: Path, cls: type[tvd.CIFAR10], verify: bool) -> _Found | None:
+def _read_cifar_pickle(folder: Path, name: str, verify: bool) -> _Found | None:
     """CIFAR python pickle batches; file names, md5s and keys from torchvision's dataset class."""
+    cls = torchvision_dataset(name)
     base = folder / cls.base_folder
     if not base.is_dir():
         return None
@@ -269,7 +279,7 @@ def _read_cifar_pickle(folder: Path, cls: type[tvd.CIFAR10], verify: bool) -> _F
     arrays = {"train": split(cls.train_list), "test": split(cls.test_list)}
     names = list(load(cls.meta["filename"], cls.meta["md5"])[cls.meta["key"]])
     return _Found(
-        dataset=DISPLAY_NAMES["cifar10" if cls is tvd.CIFAR10 else "cifar100"], path=base,
+        dataset=DISPLAY_NAMES[name], path=base,
         files=files, matches_official=all(official), reference=f"md5 list of torchvision.datasets.{cls.__name__}",
         class_names=names, labels={s: a[1] for s, a in arrays.items()},
         images=lambda s, pos: arrays[s][0][pos])
