@@ -7,6 +7,8 @@ site; e.g. the IADA loss's epsilon, alpha, beta, direction) or grouped in small 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,16 @@ def test_no_function_takes_more_than_seven_positional_parameters(path):
             if len(params) > 7:
                 wide.append(f"{node.name}({', '.join(params)})")
     assert not wide
+
+
+def test_the_stages_start_without_torchvision_or_sklearn():
+    """torchvision (which pulls in torch._dynamo) and sklearn cost seconds at every stage's
+    start-up, several seconds a stage on the slower machines; only building a CIFAR data set from
+    its pickle batches, a download, GLT's k-means and a few metrics use them, and import them there."""
+    stages = ["prepare", "pretrain", "train", "evaluate", "report", "reference", "reference_report", "plateau"]
+    code = ("import sys\n" + "".join(f"import pipeline.stages.{s}\n" for s in stages)
+            + "print(sorted({m.split('.')[0] for m in sys.modules} & {'torchvision', 'sklearn'}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["[]"], f"a stage imports at start-up: {proc.stdout.strip()}"
