@@ -7,7 +7,7 @@ The profile is at a plateau when the first is within 1 point of the second. With
 n`` the check climbs a ladder: schedules x1, x2, ..., x2^n, each pair (x f, x 2f) compared the same
 way, stopping at the first pair within 1 point; ``plateau_factor`` is that pair's f (the shortest
 multiple of the schedule that is at a plateau), or None when no measured pair is. Writes
-``metrics/plateau/<experiment>-s<seed>.json`` (commit it; the README's profile table cites it);
+``metrics/plateau/<experiment>-s<seed>.json`` (commit it; the profile table of docs/profiles.md cites it);
 runs go to ``models/plateau/`` (not committed), without MLflow, and resume when rerun.
 """
 
