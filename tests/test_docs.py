@@ -1,0 +1,78 @@
+"""The README and the docs pages link only to files inside the repository, and every link resolves:
+a clone without ``../shared`` has every page the README points to, and an anchor names a heading
+of its page (GitHub's slugs), so a moved section cannot leave a dead link behind."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+CODE = re.compile(r"`[^`\n]*`")
+LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
+
+
+def prose(text: str) -> str:
+    """The text without fenced blocks and inline code, where brackets are not links."""
+    return CODE.sub("", FENCE.sub("", text))
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = heading.strip().lower().replace("`", "")
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    return {slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", FENCE.sub("", page.read_text()), re.M)}
+
+
+def links(page: Path) -> list[str]:
+    return [t for t in LINK.findall(prose(page.read_text())) if not re.match(r"[a-z]+:", t)]
+
+
+def broken(page: Path) -> list[str]:
+    bad = []
+    for target in links(page):
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.is_relative_to(ROOT):
+            bad.append(f"{target}: outside the repository")
+        elif not dest.exists():
+            bad.append(f"{target}: no such file")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            bad.append(f"{target}: no heading with this anchor in {dest.relative_to(ROOT)}")
+    return bad
+
+
+def test_the_link_checker_finds_each_kind_of_dead_link(tmp_path, monkeypatch):
+    monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/a.md").write_text("# A page\n\n## `make repro` on three CPUs\n")
+    page = tmp_path / "README.md"
+    page.write_text(
+        "[ok](docs/a.md) [ok](docs/a.md#make-repro-on-three-cpus) [ok](#title) [web](https://x.org/y)\n"
+        "`[code](nowhere.md)`\n```\n[fenced](nowhere.md)\n```\n"
+        "[gone](docs/b.md) [anchor](docs/a.md#a-section) [spec](../shared/docs/method.md)\n# Title\n")
+    assert broken(page) == [
+        "docs/b.md: no such file",
+        "docs/a.md#a-section: no heading with this anchor in docs/a.md",
+        "../shared/docs/method.md: outside the repository",
+    ]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_link_of_the_readme_and_the_docs_resolves_inside_the_repository(page):
+    assert broken(page) == [], f"{page.relative_to(ROOT)} has dead links"
+
+
+def test_the_readme_links_to_every_docs_page():
+    linked = {(ROOT / t.partition("#")[0]).resolve() for t in links(ROOT / "README.md")}
+    unlinked = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if p.resolve() not in linked]
+    assert unlinked == [], "docs pages that no README link reaches"
