@@ -40,7 +40,7 @@ def bench_data(path: Path) -> PreparedData:
     if (path / "arrays.npz").is_file():
         return load_prepared(path)
     from pipeline.data.build import prepare_dataset
-    from pipeline.params.experiment import load_params
+    from pipeline.params.file import load_params
 
     return prepare_dataset(load_params().experiment("lt").data)
 
