@@ -3,11 +3,20 @@
 Every network here is an :class:`FeatureClassifier`: ``features(x) -> h`` [B, A] (the input of
 the last linear layer) and ``classifier`` (``nn.Linear(A, C)``), so that the IADA loss and the
 ``meta_scope: head`` meta step can work on h and W directly.
+
+Precision (``network.precision``): with ``bf16`` the backbone (image -> h) runs under
+``torch.autocast`` in bfloat16 and h is returned in float32, so everything after it (the
+classifier, logits, losses, softmax, the covariance Σ, the characteristics and the perturbation
+network Ω) is float32, and so are the weights (the master copy the optimizer updates) and their
+gradients: autocast casts the weights to bfloat16 for each convolution, and autograd casts the
+gradients back. Every forward of every method goes through :meth:`FeatureClassifier.features`
+(the real step, the pseudo and meta passes of the meta step, their forward-mode pass, the
+evaluation), so the switch reaches them all.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +26,7 @@ Arch = Literal["resnet8", "resnet20", "resnet32", "resnet56", "cnn"]
 # linear: z = W h + b; cosine: z_j = cos θ_j = hᵀw_j / (||h|| ||w_j||) (LDAM-DRW's NormedLinear;
 # the same W, its bias unused, so a CE checkpoint loads into either).
 Head = Literal["linear", "cosine"]
+Precision = Literal["fp32", "bf16"]
 
 
 def cosine_logits(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -26,14 +36,23 @@ def cosine_logits(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 class FeatureClassifier(nn.Module):
     """Backbone F (image -> h) followed by the classifier head: logits z = W h + b, or cos θ with
-    ``head = "cosine"``."""
+    ``head = "cosine"``. Subclasses implement :meth:`backbone`."""
 
     feature_dim: int
     classifier: nn.Linear
     head: Head = "linear"
+    precision: Precision = "fp32"  # bf16: the backbone under bfloat16 autocast (module docstring)
+
+    def backbone(self, x: torch.Tensor) -> torch.Tensor:
+        """h [B, A] in the precision of the surrounding autocast state."""
+        raise NotImplementedError
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """h [B, A], float32 whatever the precision."""
+        if self.precision == "fp32":
+            return self.backbone(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self.backbone(x).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x)
@@ -94,7 +113,7 @@ class CifarResNet(FeatureClassifier):
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def backbone(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layers(self.relu(self.bn1(self.conv1(x))))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)  # [B, 64]
 
@@ -113,13 +132,14 @@ class SmallCNN(FeatureClassifier):
         self.feature_dim = 128
         self.classifier = nn.Linear(128, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def backbone(self, x: torch.Tensor) -> torch.Tensor:
         return F.adaptive_avg_pool2d(self.body(x), 1).flatten(1)  # [B, 128]
 
 
-def build_network(arch: Arch, num_classes: int, in_channels: int = 3, head: Head = "linear") -> FeatureClassifier:
+def build_network(arch: Arch, num_classes: int, in_channels: int = 3, head: Head = "linear",
+                  precision: Precision = "fp32") -> FeatureClassifier:
     """Network by name: ``resnet8/20/32/56`` (CIFAR ResNets) or ``cnn`` (28x28 inputs), with a
-    linear or cosine head."""
+    linear or cosine head, its backbone in ``precision``."""
     net: FeatureClassifier
     if arch.startswith("resnet"):
         net = CifarResNet(int(arch[len("resnet"):]), num_classes, in_channels)
@@ -127,6 +147,8 @@ def build_network(arch: Arch, num_classes: int, in_channels: int = 3, head: Head
         net = SmallCNN(num_classes, in_channels)
     else:
         raise ValueError(f"unknown network {arch!r}: use one of resnet8, resnet20, resnet32, resnet56, cnn")
-    net.head = head
+    if precision not in get_args(Precision):
+        raise ValueError(f"unknown precision {precision!r}: use one of {', '.join(get_args(Precision))}")
+    net.head, net.precision = head, precision
     return net
 

@@ -38,7 +38,8 @@ def normalisation(data: PreparedData) -> tuple[list[float], list[float]]:
 def build_net(exp: ExperimentConfig, data: PreparedData, device: torch.device,
               head: Head = "linear") -> FeatureClassifier:
     c, _, _ = data.image_shape
-    net = build_network(exp.network.arch, data.num_classes, in_channels=c, head=head).to(device)
+    net = build_network(exp.network.arch, data.num_classes, in_channels=c, head=head,
+                        precision=exp.network.precision).to(device)
     if exp.network.channels_last:
         net = net.to(memory_format=torch.channels_last)
     return net

@@ -214,7 +214,8 @@ def evaluate_run(exp: ExperimentConfig, data: PreparedData, run_dir: Path, plots
                               "data": data.card.get("source", {}).get("dataset", exp.data.source),
                               "selection_metric": history["selection_metric"], "run_id": history["run_id"],
                               # from the CE checkpoint, or the whole schedule from a random init
-                              "protocol": "deferred" if history["first_epoch"] > 0 else "scratch"}
+                              "protocol": "deferred" if history["first_epoch"] > 0 else "scratch",
+                              "precision": exp.network.precision}  # of the training and this evaluation
     splits = ", ".join(f"{name} ({len(split)})" for name, split in data.splits.items() if name not in ("train", "meta"))
     for rule, ckpt in checkpoints.items():
         print(f"[evaluate {run_dir}] {rule} weights (epoch {int(ckpt['epoch']) - 1}) on {splits}",

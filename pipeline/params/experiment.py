@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args
 
 from pipeline.data.config import DataConfig, Scenario
 from pipeline.methods import REGISTRY, method_class
-from pipeline.networks import Arch
+from pipeline.networks import Arch, Precision
 from pipeline.params.schema import ParamError, bounded, build, flatten, to_dict
 from pipeline.params.search import ParamSpace
 
@@ -34,6 +34,10 @@ MLFLOW_EXPERIMENT = {"longtail": "long-tail", "noisy": "noisy-labels", "subpop":
 class NetworkConfig:
     arch: Arch = "resnet32"
     channels_last: bool = True  # NHWC: faster CE and meta steps on CPU (docs/benchmarks.md)
+    # bf16: the backbone's forward under bfloat16 autocast, weights, losses and Ω in float32
+    # (pipeline/networks.py; parity and speed in docs/precision.md). Added after the committed runs,
+    # which are fp32: at its default it leaves their configuration hashes unchanged.
+    precision: Precision = bounded("fp32", added=True)
 
 
 @dataclass
