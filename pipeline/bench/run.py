@@ -7,8 +7,12 @@ In ONE process it times, on the same network and batch size:
 2. ``pipeline``: the same steps fed by the real input pipeline (prepared long-tail CIFAR-10
    in memory as uint8, whole-batch crop/flip/normalise in torch);
 3. a plain CE step, a Meta-IADA step with ``meta_scope: head`` and one with ``meta_scope: full``
-   (:mod:`pipeline.bench.steps`).
-Goals: ``input_pipeline_ratio`` >= 0.9, ``meta_head_over_ce`` <= 1.3, ``meta_full_over_ce`` <= 3.5.
+   (:mod:`pipeline.bench.steps`), MWN, MetaSAug and the peer-style step,
+each in fp32 and under bf16 autocast (``network.precision``): the bf16 keys carry a ``bf16_``
+prefix, ``bf16_ce_speedup`` is the fp32 CE step's time over the bf16 one's (1 and 3 in the same
+rounds, so the ratio is of one run).
+Goals: ``input_pipeline_ratio`` >= 0.9, ``meta_head_over_ce`` <= 1.3, ``meta_full_over_ce`` <= 3.5;
+``bf16_ce_speedup`` >= 1.8 for ResNet-32 on a CPU with AMX or AVX512-BF16.
 Compare ratios measured in the same run; absolute times vary between machines. With ``--json``
 the last output line is one JSON object.
 """
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 from pipeline.engine.allocator import keep_freed_memory
 from pipeline.data.prepared import PreparedData, load_prepared
 from pipeline.data.loader import Augmentation, BatchLoader, Order, channel_stats
-from pipeline.networks import build_network
+from pipeline.networks import Precision, build_network
 
 
 def _sync(device: torch.device) -> None:
@@ -46,10 +50,10 @@ def bench_data(path: Path) -> PreparedData:
 
 
 def time_ce_steps(arch: str, batches, steps: int, warmup: int, channels_last: bool, num_classes: int,
-                  device: torch.device = torch.device("cpu")) -> float:
+                  device: torch.device = torch.device("cpu"), precision: Precision = "fp32") -> float:
     """Images per second of CE train steps over ``batches`` (an iterator of (x, y) on ``device``)."""
     torch.manual_seed(0)
-    net = build_network(arch, num_classes).to(device)
+    net = build_network(arch, num_classes, precision=precision).to(device)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -70,7 +74,10 @@ def time_ce_steps(arch: str, batches, steps: int, warmup: int, channels_last: bo
 
 
 def input_pipeline(arch: str, batch: int, steps: int, warmup: int, channels_last: bool, data_dir: Path,
-                   device: torch.device = torch.device("cpu")) -> dict:
+                   device: torch.device = torch.device("cpu"), precision: Precision = "fp32") -> dict:
+    """Images per second of CE steps on the model alone (synthetic tensors), through the real
+    loader, and of the loader alone; their ratio ``input_pipeline_ratio`` (1: the loader costs
+    nothing)."""
     data = bench_data(data_dir)
     split = data.splits["train"]
     mean, std = channel_stats(split.x)
@@ -92,8 +99,8 @@ def input_pipeline(arch: str, batch: int, steps: int, warmup: int, channels_last
         while True:
             yield xs, ys
 
-    model = time_ce_steps(arch, synthetic(), steps, warmup, channels_last, data.num_classes, device)
-    pipe = time_ce_steps(arch, real(), steps, warmup, channels_last, data.num_classes, device)
+    model = time_ce_steps(arch, synthetic(), steps, warmup, channels_last, data.num_classes, device, precision)
+    pipe = time_ce_steps(arch, real(), steps, warmup, channels_last, data.num_classes, device, precision)
     t0 = time.perf_counter()
     n = 0
     for b in loader.epoch(1):
@@ -116,6 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true", help="last line: one JSON object with every figure")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds of the step benchmark")
+    p.add_argument("--precision", action="append", choices=["fp32", "bf16"],
+                   help="network.precision of the input-pipeline run and the steps (repeatable; default: fp32 "
+                        "and bf16)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -126,15 +136,28 @@ def main(argv: list[str] | None = None) -> None:
                     "device": str(device), "channels_last": cl}
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
-    result.update(input_pipeline(args.arch, args.batch, args.steps, args.warmup, cl, args.data, device))
-    print(f"input pipeline: model alone {result['model_img_per_s']:.0f} img/s, real pipeline "
-          f"{result['pipeline_img_per_s']:.0f} img/s, ratio {result['input_pipeline_ratio']:.3f} (goal >= 0.9); "
-          f"loader alone {result['loader_only_img_per_s']:.0f} img/s")
+    precisions = tuple(dict.fromkeys(args.precision or ["fp32", "bf16"]))
+    result["precisions"] = list(precisions)
+    for precision in precisions:
+        prefix = "" if precision == "fp32" else f"{precision}_"
+        pipe = input_pipeline(args.arch, args.batch, args.steps, args.warmup, cl, args.data, device, precision)
+        result.update({prefix + k: v for k, v in pipe.items()})
+        print(f"input pipeline ({precision}): model alone {pipe['model_img_per_s']:.0f} img/s, real pipeline "
+              f"{pipe['pipeline_img_per_s']:.0f} img/s, ratio {pipe['input_pipeline_ratio']:.3f} (goal >= 0.9); "
+              f"loader alone {pipe['loader_only_img_per_s']:.0f} img/s")
     if not args.skip_meta:
         from pipeline.bench.steps import time_steps
 
-        steps = time_steps(arch=args.arch, batch=args.batch, device=str(device), repeats=args.repeats)
+        steps = time_steps(arch=args.arch, batch=args.batch, device=str(device), repeats=args.repeats,
+                           precisions=precisions)
         result.update(steps)
+        if "bf16_ce_speedup" in steps:
+            print(f"bf16: CE step {steps['bf16_ce_speedup']:.2f}x faster than fp32 (goal >= 1.8 for ResNet-32 on a "
+                  f"CPU with AMX or AVX512-BF16), meta full {steps['bf16_meta_full_speedup']:.2f}x; under bf16 "
+                  f"meta head / CE = {steps['bf16_meta_head_over_ce']:.2f}, meta full / CE = "
+                  f"{steps['bf16_meta_full_over_ce']:.2f}, MWN / CE = {steps['bf16_mwn_full_over_ce']:.2f}, "
+                  f"MetaSAug / CE = {steps['bf16_metasaug_full_over_ce']:.2f}")
+    if not args.skip_meta and "fp32" in precisions:
         print(f"step time: meta head / CE = {steps['meta_head_over_ce']:.2f} (goal <= 1.3; its floor, "
               f"1 + meta-batch forward / CE, is {1 + steps['meta_forward_over_ce']:.2f}), "
               f"meta full / CE = {steps['meta_full_over_ce']:.2f} (goal <= 3.5), shared real step "
@@ -143,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{steps['metasaug_full_over_ce']:.2f}, peer-style full / CE = "
               f"{steps['peer_style_full_over_ce']:.2f}, meta full / peer style = "
               f"{steps['meta_full_over_peer_style']:.2f} (goal <= 0.5)")
+    if {"fp32", "bf16"} <= set(precisions):
+        result["bf16_model_speedup"] = result["bf16_model_img_per_s"] / result["model_img_per_s"]
     if args.json:
         print(json.dumps({k: (float(v) if isinstance(v, np.floating) else v) for k, v in result.items()}))
 

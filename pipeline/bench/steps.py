@@ -41,7 +41,7 @@ from pipeline.params.schema import build
 from pipeline.methods import REGISTRY, Batch, Method, StepContext, TrainInfo
 from pipeline.methods.losses import alpha_at, iada_loss
 from pipeline.methods.meta_gradient import stateless_forward
-from pipeline.networks import build_network
+from pipeline.networks import Precision, build_network
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ce": ("ce", {}),
@@ -82,11 +82,11 @@ def peer_style_step(method: Any, batch: Batch, ctx: StepContext) -> None:
 
 
 def _setup(variant: str, arch: str, batch: int, num_classes: int, device: torch.device,
-           channels_last: bool) -> tuple[Method, Batch, StepContext]:
-    """A method of ``variant`` on a fresh network, one train batch and a step context."""
+           channels_last: bool, precision: Precision = "fp32") -> tuple[Method, Batch, StepContext]:
+    """A method of ``variant`` on a fresh network in ``precision``, one train batch and a step context."""
     name, params = VARIANTS[variant]
     torch.manual_seed(0)
-    net = build_network(arch, num_classes).to(device)
+    net = build_network(arch, num_classes, precision=precision).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt).train()
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -121,11 +121,11 @@ def _proc_status_kib(field: str) -> int:
 
 
 def _cpu_peak_child(variant: str, arch: str, batch: int, num_classes: int, channels_last: bool,
-                    queue: multiprocessing.Queue) -> None:
+                    precision: Precision, queue: multiprocessing.Queue) -> None:
     # Blocks go back to the OS when freed, so the resident set follows the live tensors: memory
     # merely kept by the allocator after the warm-up step would hide the step's own peak.
     return_freed_memory()
-    method, train, ctx = _setup(variant, arch, batch, num_classes, torch.device("cpu"), channels_last)
+    method, train, ctx = _setup(variant, arch, batch, num_classes, torch.device("cpu"), channels_last, precision)
     method.update(train, ctx)
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -139,9 +139,9 @@ def _cpu_peak_child(variant: str, arch: str, batch: int, num_classes: int, chann
 
 
 def _peak_memory_mb(variant: str, arch: str, batch: int, num_classes: int, device: torch.device,
-                    channels_last: bool) -> float:
+                    channels_last: bool, precision: Precision) -> float:
     if device.type == "cuda":
-        method, train, ctx = _setup(variant, arch, batch, num_classes, device, channels_last)
+        method, train, ctx = _setup(variant, arch, batch, num_classes, device, channels_last, precision)
         method.update(train, ctx)  # creates the optimizer state
         _sync(device)
         start = torch.cuda.memory_allocated(device)
@@ -152,7 +152,7 @@ def _peak_memory_mb(variant: str, arch: str, batch: int, num_classes: int, devic
     spawn = multiprocessing.get_context("spawn")
     queue = spawn.Queue()
     child = spawn.Process(target=_cpu_peak_child,
-                          args=(variant, arch, batch, num_classes, channels_last, queue))
+                          args=(variant, arch, batch, num_classes, channels_last, precision, queue))
     child.start()
     peak = queue.get()
     child.join()
@@ -161,7 +161,7 @@ def _peak_memory_mb(variant: str, arch: str, batch: int, num_classes: int, devic
 
 def time_steps(*, arch: str = "resnet32", batch: int = 100, repeats: int = 10, warmup: int = 2,
                device: str = "cpu", num_classes: int = 10, channels_last: bool = True,
-               memory: bool = True) -> dict[str, float]:
+               memory: bool = True, precisions: tuple[Precision, ...] = ("fp32",)) -> dict[str, float]:
     """Seconds per step (``<variant>_step_s`` mean, ``<variant>_step_median_s``, on CPU also
     ``<variant>_step_cpu_s``) of CE (``ce``), Meta-IADA head (``meta_head``) and full
     (``meta_full``; ``meta_full_shared`` with ``real_step: shared``), Meta-Weight-Net and
@@ -174,47 +174,66 @@ def time_steps(*, arch: str = "resnet32", batch: int = 100, repeats: int = 10, w
 
     Also timed, interleaved with the steps: ``meta_forward``, the no-grad forward of the meta
     batch through the backbone, which a head step adds to a CE step at the least (its features
-    at the current θ); ``meta_forward_over_ce`` + 1 is the floor of ``meta_head_over_ce``."""
+    at the current θ); ``meta_forward_over_ce`` + 1 is the floor of ``meta_head_over_ce``.
+
+    Each precision in ``precisions`` (``network.precision``) times every variant, all of them
+    interleaved in the same rounds; the keys of ``fp32`` are as above, those of another precision
+    carry its name as a prefix (``bf16_ce_step_median_s``, ``bf16_meta_full_over_ce``: the ratio
+    to the CE step of the same precision), and with both fp32 and bf16 ``bf16_ce_speedup`` is the
+    fp32 CE step's median over the bf16 one's (``bf16_<variant>_speedup`` likewise)."""
     dev = torch.device(device)
-    setups = {v: _setup(v, arch, batch, num_classes, dev, channels_last) for v in VARIANTS}
-    steps = {v: (lambda m=method, b=train, c=ctx: m.update(b, c)) for v, (method, train, ctx) in setups.items()}
-    method, train, ctx = setups[PEER_STYLE]
-    steps[PEER_STYLE] = lambda m=method, b=train, c=ctx: peer_style_step(m, b, c)
-    ce_net, meta_x = setups["ce"][0].network, setups["ce"][2].meta_batch().x
+    steps: dict[tuple[str, str], Any] = {}
+    for precision in precisions:
+        setups = {v: _setup(v, arch, batch, num_classes, dev, channels_last, precision) for v in VARIANTS}
+        for v, (method, train, ctx) in setups.items():
+            steps[precision, v] = (lambda m=method, b=train, c=ctx: peer_style_step(m, b, c)) if v == PEER_STYLE \
+                else (lambda m=method, b=train, c=ctx: m.update(b, c))
+        ce_net, meta_x = setups["ce"][0].network, setups["ce"][2].meta_batch().x
 
-    def meta_forward() -> None:  # what the head step adds to a CE step, at the least
-        with torch.no_grad():
-            ce_net.features(meta_x)
+        def meta_forward(net=ce_net, x=meta_x) -> None:  # what the head step adds to a CE step, at the least
+            with torch.no_grad():
+                net.features(x)
 
-    steps["meta_forward"] = meta_forward
-    wall: dict[str, list[float]] = {v: [] for v in steps}
-    cpu: dict[str, list[float]] = {v: [] for v in steps}
+        steps[precision, "meta_forward"] = meta_forward
+    wall: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
+    cpu: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
     for round_ in range(warmup + repeats):
-        for variant, step in steps.items():
+        for key, step in steps.items():
             _sync(dev)
             t0, c0 = time.perf_counter(), time.process_time()
             step()
             _sync(dev)
             if round_ >= warmup:
-                wall[variant].append(time.perf_counter() - t0)
-                cpu[variant].append(time.process_time() - c0)
+                wall[key].append(time.perf_counter() - t0)
+                cpu[key].append(time.process_time() - c0)
     result: dict[str, float] = {}
-    for variant in steps:
-        result[f"{variant}_step_s"] = statistics.mean(wall[variant])
-        result[f"{variant}_step_median_s"] = statistics.median(wall[variant])
-        if dev.type == "cpu":
-            result[f"{variant}_step_cpu_s"] = statistics.median(cpu[variant])
-    for variant in ("meta_head", "meta_full", "meta_full_shared", "meta_forward", "mwn_full", "metasaug_full",
-                    PEER_STYLE):
-        result[f"{variant}_over_ce"] = (result[f"{variant}_step_median_s"]
-                                        / result["ce_step_median_s"])
-        if dev.type == "cpu":
-            result[f"{variant}_over_ce_cpu"] = (result[f"{variant}_step_cpu_s"]
-                                                / result["ce_step_cpu_s"])
-    result["meta_full_over_peer_style"] = result["meta_full_step_median_s"] / result[f"{PEER_STYLE}_step_median_s"]
+    for precision in precisions:
+        prefix = "" if precision == "fp32" else f"{precision}_"
+        for (p, variant), times in wall.items():
+            if p != precision:
+                continue
+            result[f"{prefix}{variant}_step_s"] = statistics.mean(times)
+            result[f"{prefix}{variant}_step_median_s"] = statistics.median(times)
+            if dev.type == "cpu":
+                result[f"{prefix}{variant}_step_cpu_s"] = statistics.median(cpu[p, variant])
+        for variant in ("meta_head", "meta_full", "meta_full_shared", "meta_forward", "mwn_full", "metasaug_full",
+                        PEER_STYLE):
+            result[f"{prefix}{variant}_over_ce"] = (result[f"{prefix}{variant}_step_median_s"]
+                                                    / result[f"{prefix}ce_step_median_s"])
+            if dev.type == "cpu":
+                result[f"{prefix}{variant}_over_ce_cpu"] = (result[f"{prefix}{variant}_step_cpu_s"]
+                                                            / result[f"{prefix}ce_step_cpu_s"])
+        result[f"{prefix}meta_full_over_peer_style"] = (result[f"{prefix}meta_full_step_median_s"]
+                                                        / result[f"{prefix}{PEER_STYLE}_step_median_s"])
+    if "fp32" in precisions and "bf16" in precisions:
+        for variant in (*VARIANTS, "meta_forward"):
+            result[f"bf16_{variant}_speedup"] = (result[f"{variant}_step_median_s"]
+                                                 / result[f"bf16_{variant}_step_median_s"])
     if memory:
-        del setups
-        for variant in (v for v in VARIANTS if v != PEER_STYLE):
-            result[f"{variant}_peak_mb"] = _peak_memory_mb(variant, arch, batch, num_classes, dev,
-                                                           channels_last)
+        del steps  # the timed methods: only one variant's process at a time holds memory
+        for precision in precisions:
+            prefix = "" if precision == "fp32" else f"{precision}_"
+            for variant in (v for v in VARIANTS if v != PEER_STYLE):
+                result[f"{prefix}{variant}_peak_mb"] = _peak_memory_mb(variant, arch, batch, num_classes, dev,
+                                                                       channels_last, precision)
     return result

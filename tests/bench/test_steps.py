@@ -40,3 +40,15 @@ def test_the_peer_style_step_computes_the_same_step_as_the_projects():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     for a, b in zip(ours.network.parameters(), peers.network.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_time_steps_reports_the_bf16_keys_beside_the_fp32_ones():
+    """With both precisions: every variant under bf16 with its own ratios to the bf16 CE step, and
+    the speed-ups of bf16 over fp32 (fp32 median over bf16 median, from the same rounds)."""
+    result = time_steps(arch="resnet8", batch=10, repeats=1, warmup=0, memory=False, precisions=("fp32", "bf16"))
+    for variant in ("ce", "meta_head", "meta_full", "mwn_full", "metasaug_full"):
+        assert result[f"bf16_{variant}_step_median_s"] > 0, variant
+        assert result[f"bf16_{variant}_speedup"] == (result[f"{variant}_step_median_s"]
+                                                    / result[f"bf16_{variant}_step_median_s"])
+    assert result["bf16_meta_full_over_ce"] == result["bf16_meta_full_step_median_s"] / result["bf16_ce_step_median_s"]
+    assert result["bf16_ce_speedup"] > 0 and "meta_full_over_ce" in result
