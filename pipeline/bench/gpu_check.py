@@ -78,9 +78,9 @@ def one_epoch(params_file: str, experiment: str, device: str, folder: Path) -> t
     data = load_prepared(data_dir)
     out: dict[str, Any] = {"experiment": experiment, "arch": exp.network.arch, "train_images": len(data.splits["train"]),
                            "prepare_s": time.perf_counter() - t0}
-    start = exp.pretrain_epochs
-    for label, method, first, init in (("ce", "ce", 0, None),
-                                       ("meta_iada", "meta_iada", start, folder / "ce" / LAST)):
+    # Meta-IADA's epoch continues from the CE epoch's checkpoint (epoch 1 of the schedule: a run
+    # starts where its starting checkpoint ended)
+    for label, method, first, init in (("ce", "ce", 0, None), ("meta_iada", "meta_iada", 1, folder / "ce" / LAST)):
         if torch.device(device).type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         spec = RunSpec(exp, data, method, 0, folder / label, first_epoch=first, last_epoch=first + 1, init=init,

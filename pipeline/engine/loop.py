@@ -147,6 +147,12 @@ def set_up(run: RunSpec) -> Training:
     dev = resolve_device(run.device)
     run.out_dir.mkdir(parents=True, exist_ok=True)
     init_ckpt = load_checkpoint(run.init) if run.init is not None else None
+    if init_ckpt is not None and init_ckpt.get("epoch") != run.first_epoch:
+        # e.g. a pretraining stopped early, or one of another pretrain_epochs: the run would record
+        # epochs [first_epoch, last_epoch) as if they followed first_epoch epochs of pretraining
+        raise CheckpointError(f"checkpoint {run.init} holds {init_ckpt.get('epoch')} trained epochs, but this run "
+                              f"starts at epoch {run.first_epoch} (pretrain_epochs): finish or rerun the pretraining "
+                              "with this experiment's pretrain_epochs first")
     method_cfg = exp.method_config(run.method)
     fingerprint = config_hash(exp.data, exp.network, exp.optim, exp.augment, exp.meta_batch_size,
                               run.method, method_cfg, run.seed, run.first_epoch, run.last_epoch,

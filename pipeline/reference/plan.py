@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.layout import Tree, reference_metrics_file, reference_tree
+from pipeline.layout import PRETRAIN, Tree, reference_metrics_file, reference_tree
 from pipeline.params.experiment import ExperimentConfig, config_hash
 from pipeline.params.file import Params
 from pipeline.params.reference import variant_experiment
@@ -45,6 +45,21 @@ class Job:
         e = self.exp
         return config_hash(e.data, e.network, e.optim, e.augment, e.pretrain_epochs, e.train_epochs,
                            e.meta_batch_size, e.protocol, self.method, e.method_config(self.method), self.seed)
+
+    @property
+    def pretraining(self) -> str:
+        """The hash of what the CE pretraining of a deferred run depends on: its data, network
+        (precision included), optimizer, augmentation, meta batch and length, and the seed."""
+        e = self.exp
+        return config_hash(e.data, e.network, e.optim, e.augment, e.meta_batch_size, e.pretrain_epochs, self.seed)
+
+    def pretrain_label(self, base: ExperimentConfig) -> str:
+        """The run folder of the pretraining this deferred run starts from: ``pretrain``, shared by
+        every label of the seed whose pretraining is the base experiment's, or ``pretrain-<hash>``
+        for a variant that changes it (e.g. ``network.precision``), so that the variant never
+        starts from a pretraining of another configuration."""
+        base_job = Job(base, "ce", "ce", self.seed, self.split_seed, {})
+        return PRETRAIN if self.pretraining == base_job.pretraining else f"{PRETRAIN}-{self.pretraining[:8]}"
 
     def done(self) -> bool:
         f = self.metrics_file

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.layout import Tree, plots_dir, write_json
+from pipeline.layout import PRETRAIN, Tree, plots_dir, write_json
 from pipeline.params.experiment import ExperimentConfig
 from pipeline.params.file import Params
 from pipeline.params.reference import Variant, variant_experiment
@@ -40,24 +40,31 @@ def run(params: Params, jobs: list[Job], *, device: str = "auto", track: bool = 
         tree = todo[0].tree
         ensure_prepared(base, tree)
         # Deferred runs start from the pretraining's last.pt, also with pretrain_epochs 0 (as in the
-        # DVC pipeline's pretrain stage: then it is the seed's random initialisation, shared).
-        if any(j.exp.protocol == "deferred" for j in todo):
+        # DVC pipeline's pretrain stage: then it is the seed's random initialisation, shared). A
+        # variant that changes what the pretraining depends on gets its own (Job.pretrain_label).
+        pretrainings = {label: base if label == PRETRAIN else j.exp
+                        for j in todo if j.exp.protocol == "deferred" for label in [j.pretrain_label(base)]}
+        if pretrainings:
             from pipeline.engine.runs import pretrain
 
-            pretrain(base, seed, device=device, track=track, tree=tree, tags=_tags(seed, todo[0].split_seed))
+            for label, exp in pretrainings.items():
+                pretrain(exp, seed, device=device, track=track, tree=tree, tags=_tags(seed, todo[0].split_seed),
+                         label=label)
         for job in todo:
-            run_job(job, device=device, track=track)
+            run_job(job, device=device, track=track, pretrain_label=job.pretrain_label(base))
 
 
-def run_job(job: Job, *, device: str, track: bool) -> dict[str, Any]:
-    """Train (or resume) and evaluate one job, then write its metrics file."""
+def run_job(job: Job, *, device: str, track: bool, pretrain_label: str = PRETRAIN) -> dict[str, Any]:
+    """Train (or resume) and evaluate one job (a deferred one from the pretraining in the run
+    folder ``pretrain_label``), then write its metrics file."""
     from pipeline.data.prepared import load_prepared
     from pipeline.engine.runs import train
     from pipeline.evaluation.evaluate import evaluate_run
 
     t0 = time.perf_counter()
     tags = _tags(job.seed, job.split_seed)
-    train(job.exp, job.method, job.seed, device=device, track=track, tree=job.tree, label=job.label, tags=tags)
+    train(job.exp, job.method, job.seed, device=device, track=track, tree=job.tree, label=job.label, tags=tags,
+          pretrain_label=pretrain_label)
     data = load_prepared(job.tree.data)
     run_dir = job.tree.run_dir(job.seed, job.label)
     plots = plots_dir(f"reference/{job.exp.name}", job.label, job.seed)

@@ -160,6 +160,18 @@ def test_broken_checkpoint_gives_one_clear_error(tmp_path):
         load_checkpoint(tmp_path / "missing.pt")
 
 
+def test_a_starting_checkpoint_of_another_length_is_refused_before_any_work(tmp_path):
+    """A deferred run starts at epoch pretrain_epochs: a pretraining stopped early (or one of
+    another pretrain_epochs) is refused, instead of a run that records its epochs as if they
+    followed a full pretraining."""
+    exp, data = tiny_experiment(), tiny_data()
+    fit(RunSpec(exp, data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu"))
+    with pytest.raises(CheckpointError, match="holds 1 trained epochs, but this run starts at epoch 2"):
+        fit(RunSpec(exp, data, "ce", 0, tmp_path / "run", first_epoch=2, last_epoch=4, init=tmp_path / "pre" / LAST,
+                    device="cpu"))
+    assert not (tmp_path / "run" / LAST).exists()
+
+
 def test_checkpoint_of_another_network_is_refused(tmp_path):
     data = tiny_data()
     fit(RunSpec(tiny_experiment(), data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu"))

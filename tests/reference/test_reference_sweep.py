@@ -119,6 +119,35 @@ def test_a_profile_without_pretraining_runs_every_method_from_one_shared_init(tm
         assert r["curve"]["epoch"] == [0, 1]  # the whole schedule (recorded as "scratch": no CE epochs)
 
 
+def test_a_variant_that_changes_the_pretraining_gets_its_own(tmp_path, monkeypatch):
+    """A deferred variant that changes what the CE pretraining depends on (the network's
+    precision, the pretraining's length) starts from a pretraining of its own configuration, not
+    from the base one's (which it would otherwise record as if it had been its own); a variant
+    that changes only its method shares the base pretraining."""
+    monkeypatch.chdir(tmp_path)
+    params = parse_params(raw_params({"seeds": [0], "experiments": {"tiny": {
+        "methods": ["ce", "meta_iada"],
+        "variants": {"ce-bf16": {"method": "ce", "set": {"network.precision": "bf16"}},
+                     "ce-long": {"method": "ce", "set": {"pretrain_epochs": 3, "optim.milestones": [3]}},
+                     "meta_iada-wd0": {"method": "meta_iada",
+                                       "set": {"methods.meta_iada.perturbation_weight_decay": 0.0}}}}}}))
+    jobs = {j.label: j for j in sweep.plan(params)}
+    base = jobs["ce"].exp
+    labels = {name: job.pretrain_label(base) for name, job in jobs.items()}
+    assert labels["ce"] == labels["meta_iada"] == labels["meta_iada-wd0"] == "pretrain"
+    assert labels["ce-bf16"].startswith("pretrain-") and labels["ce-long"].startswith("pretrain-")
+    assert labels["ce-bf16"] != labels["ce-long"]
+    sweep.run(params, [jobs["ce-bf16"], jobs["ce-long"]], device="cpu", track=False)
+    models = Path("models/reference/tiny/s0")
+    assert not (models / "pretrain").exists()  # no job of this call needed the base one
+    for label, epochs in (("ce-bf16", 2), ("ce-long", 3)):
+        pre = json.loads((models / labels[label] / "history.json").read_text())
+        assert pre["last_epoch"] == epochs
+        r = json.loads(Path(f"metrics/reference/tiny/{label}-s0.json").read_text())
+        assert r["curve"]["epoch"] == [epochs]  # the method's epoch right after its own pretraining
+    assert json.loads(Path("metrics/reference/tiny/ce-bf16-s0.json").read_text())["precision"] == "bf16"
+
+
 @pytest.mark.parametrize("reference, message", [
     ({"experiments": {"nope": {"methods": ["ce"]}}}, "reference.experiments.nope: experiment 'nope' is not declared"),
     ({"experiments": {"tiny": {"methods": ["ce", "ce", "meta_iada"]}}}, "repeats 'ce'"),
