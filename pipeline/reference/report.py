@@ -44,6 +44,7 @@ BEGIN, END = "<!-- reference results: begin (python -m pipeline.stages.reference
 # The one number a scenario is judged by (the paired differences and the charts use it).
 PRIMARY = {"longtail": "acc", "noisy": "acc", "subpop": "worst_group_acc", "glt": "glt_acc"}
 RULES = ("selected", "final")
+PRECISION_KEY = "network.precision"  # a variant changing only this is a precision twin (precision_twin)
 MAX_GROUP_COLUMNS = 8  # ε per group as table columns up to this many groups
 # What a scenario's headline keys mean, said on its page.
 SCENARIO_NOTES = {
@@ -149,10 +150,20 @@ def paired(a: dict[int, float], b: dict[int, float], level: float = 0.95) -> dic
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(d), "seeds": seeds}
 
 
+def precision_twin(label: Label) -> str | None:
+    """The label a precision variant repeats in fp32: the method's own label, for a variant that
+    changes ``network.precision`` only (None for any other label)."""
+    changed = label.first.get("changed", {})
+    if set(changed) == {PRECISION_KEY} and changed[PRECISION_KEY] != "fp32":
+        return label.method
+    return None
+
+
 def best_baseline(labels: dict[str, Label], subject: str) -> str | None:
     """The label with the best mean validation value among those whose method is neither the
-    subject nor CE (ties: the first in order)."""
-    candidates = [lab for lab in labels.values() if lab.method not in (subject, "ce")]
+    subject nor CE, and that are not another precision's repeat of a label (ties: the first in
+    order)."""
+    candidates = [lab for lab in labels.values() if lab.method not in (subject, "ce") and precision_twin(lab) is None]
     if not candidates:
         return None
     return max(candidates, key=lambda lab: lab.val_value()).name
@@ -190,7 +201,18 @@ def summarise(labels: dict[str, Label], subject: str) -> dict[str, Any]:
     # methods, compared with the subject's default run and ordered by validation (never by test).
     # The order and the best setting use the validation difference paired by seed: an ablation run
     # on fewer seeds than the default is compared with the default on those seeds only.
-    ablations = [n for n, e in out["labels"].items() if e["method"] == subject and n != subject]
+    # A label that repeats another in another precision (bf16) is compared with it seed by seed,
+    # and kept out of the ranking and the ablations: it is the same method.
+    twins = {n: precision_twin(labels[n]) for n in out["labels"]}
+    out["precision"] = [n for n, base in twins.items() if base is not None and base in labels]
+    for n in out["precision"]:
+        base = labels[twins[n]]
+        out["labels"][n]["fp32_label"] = base.name
+        for rule in RULES:
+            out["labels"][n][rule]["vs_fp32"] = paired(labels[n].values(rule, primary), base.values(rule, primary))
+        out["labels"][n]["val_vs_fp32"] = paired(labels[n].val_values(), base.val_values())
+    ablations = [n for n, e in out["labels"].items() if e["method"] == subject and n != subject
+                 and twins[n] is None]
     subject_lab = labels.get(subject)
     for n in ablations:
         for rule in RULES:
@@ -207,7 +229,7 @@ def summarise(labels: dict[str, Label], subject: str) -> dict[str, Any]:
     gains = {n: _val_gain(out["labels"][n]) for n in ablations}
     out["ablations"] = sorted(ablations, key=lambda n: -gains[n])
     out["best_setting"] = max(gains, key=gains.get) if gains and max(gains.values()) > 0 else subject
-    methods = [n for n in out["labels"] if n not in ablations]
+    methods = [n for n in out["labels"] if n not in ablations and twins[n] is None]
     out["ranking"] = sorted(methods, key=lambda n: -(out["labels"][n]["selected"][primary]["mean"] or -1))
     return out
 
@@ -336,6 +358,8 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
         lines += ["", "## The learned ε (training samples, last epoch, mean over seeds)", ""] + epsilon_table(eps_rows)
     if s["ablations"]:
         lines += ablation_markdown(s)
+    if s.get("precision"):
+        lines += ["", "## Precision parity", "", PARITY_TEXT, "", *parity_table(s)]
     if published:
         lines += ["", "## Published vs ours", "",
                   (f"Published: {published['common']['data']}, {published['common']['network']}, "
@@ -353,6 +377,27 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+PARITY_TEXT = ("Each method trained with `network.precision: bf16` (the backbone under bfloat16 autocast, weights, "
+               "losses and Ω in float32; its own CE pretraining in bf16 too) minus the same method in fp32, seed by "
+               "seed on the same split, percentage points with 95 % intervals over seeds; train min: the "
+               "training time of one seed in each precision, the pretraining not included.")
+
+
+def parity_table(s: dict[str, Any]) -> list[str]:
+    """One row per precision twin: its primary metric, the paired differences to its fp32 label
+    (selected, final, validation) and the training times."""
+    p, labels = s["primary"], s["labels"]
+    rows = []
+    for n in s["precision"]:
+        e, base = labels[n], labels[labels[n]["fp32_label"]]
+        minutes = [x["train_seconds"]["mean"] for x in (base, e)]
+        rows.append([n, pm(e["selected"][p]), pm(base["selected"][p]), diff(e["selected"]["vs_fp32"]),
+                     diff(e["final"]["vs_fp32"]), diff(e["val_vs_fp32"]),
+                     " / ".join("—" if m is None else f"{m / 60:.1f}" for m in minutes)])
+    return _table(["label", f"{p} (selected)", f"fp32 {p}", "minus fp32 (selected)", "minus fp32 (final)",
+                   f"minus fp32 (val {s['selection_metric'].removeprefix('val_')})", "train min fp32 / bf16"], rows)
 
 
 def epsilon_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -529,6 +574,8 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
                               [[label, _setting(e["changed"]), pct(e["val"]), diff(e["val_vs_subject"]),
                                 pm(e["selected"][p]), diff(e["selected"]["vs_subject"])]
                                for label, e in _rows(s, s["ablations"])])]
+        if s.get("precision"):
+            lines += ["", f"Precision parity on {name}: {PARITY_TEXT}", "", *parity_table(s)]
         lines.append("")
     for name, sweep in params.reference.experiments.items():
         if name not in summaries:
