@@ -3,6 +3,7 @@
 import copy
 import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,26 @@ def test_bad_values_name_the_key(raw, path, value, expect):
         parse_params(mutate(raw, path, value))
 
 
+@pytest.mark.parametrize("keys", [
+    ("experiments", "lt", "optim", "lr"), ("experiments", "lt", "data", "longtail", "imbalance_ratio"),
+    ("experiments", "lt", "methods", "meta_iada", "alpha"),  # plain data until its method builds it
+    ("experiments", "lt", "search", "optim.lr", "high"),
+    ("experiments", "subpop_ref", "data", "subpop", "environments", 1),
+])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_a_number_that_is_not_finite_is_refused_naming_the_key(raw, keys, value):
+    """YAML's .inf and .nan are floats: NaN passes every bound written as a comparison, +inf every
+    lower bound (optim.lr: .inf, imbalance_ratio: .inf)."""
+    bad = copy.deepcopy(raw)
+    node = bad
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = value
+    where = ".".join(map(str, keys[:-1])) + (f"[{keys[-1]}]" if isinstance(keys[-1], int) else f".{keys[-1]}")
+    with pytest.raises(ParamError, match=rf"^{re.escape(where)} = .* is not a finite number"):
+        parse_params(bad)
+
+
 @pytest.mark.parametrize("path", ["experiments.lt.optim.learning_rate", "experiments.lt.data.rho",
                                   "experiments.lt.methods.meta_iada.gamma", "bogus"])
 def test_unknown_keys_are_rejected_with_the_allowed_ones(raw, path):
@@ -113,7 +134,8 @@ def test_a_key_given_twice_in_one_block_is_rejected_with_its_lines(tmp_path):
     # PyYAML keeps the second silently; DVC refuses the file (every dvc exp run would fail).
     path = tmp_path / "params.yaml"
     path.write_text("run: {seeds: [0]}\nexperiments:\n  lt: {}\n  lt:\n    optim: {}\n")
-    with pytest.raises(ParamError, match=r"params.yaml line 4: key 'lt' is given twice in one block \(first at line 3\)"):
+    with pytest.raises(ParamError,
+                       match=r"params.yaml line 4: key 'lt' is given twice in one block \(first at line 3\)"):
         load_params(path)
 
 
