@@ -4,12 +4,14 @@ Every section of ``params.yaml`` is described by a dataclass. :func:`build` turn
 into that dataclass and rejects, with one :class:`ParamError` naming the dotted key and the
 allowed values, unknown keys, wrong types, values outside ``Literal`` choices, values outside
 the numeric bounds declared with :func:`bounded`, and any number that is not finite (NaN, ±inf).
+:func:`check_name` holds the names of experiments and studies to :data:`NAME`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -18,9 +20,22 @@ from pipeline.errors import UserError
 
 T = TypeVar("T")
 
+# An experiment's or a study's name: it becomes a folder (data/<name>, models/<name>,
+# studies/<name>) and a segment of DVC's dotted keys, so no "/", no "." and no newline.
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
 
 class ParamError(UserError, ValueError):
     """A parameter a user can fix: the message names the key and what is allowed."""
+
+
+def check_name(name: Any, what: str) -> str:
+    """``name`` if :data:`NAME` matches all of it, else a :class:`ParamError` saying so (``what``:
+    e.g. "experiment name", "--study")."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ParamError(f"{what} {name!r} is not a valid name: use lower case letters, digits, _ and - only, "
+                         "starting with a letter or digit (e.g. lt_ref)")
+    return name
 
 
 def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,

@@ -114,6 +114,51 @@ def test_stage_reports_a_bad_param_in_one_line_before_any_work(tmp_path, raw):
     assert not (tmp_path / "data").exists()  # nothing written
 
 
+UNSAFE_NAMES = ["../../../../escaped", "a/b", "lt\n", "Lt", "lt.x", "", "-lt"]
+
+
+@pytest.mark.parametrize("name", UNSAFE_NAMES)
+def test_an_experiment_or_study_name_that_is_not_a_safe_folder_name_is_refused(raw, name):
+    """Names become folders (data/prepared/<name>, studies/<name>) and segments of DVC's dotted keys."""
+    bad = copy.deepcopy(raw)
+    bad["experiments"][name] = bad["experiments"]["lt"]
+    with pytest.raises(ParamError, match=rf"^experiment name {re.escape(repr(name))} is not a valid name"):
+        parse_params(bad)
+    bad = copy.deepcopy(raw)
+    bad["tune"]["studies"][name] = bad["tune"]["studies"]["lt_smoke"]
+    with pytest.raises(ParamError, match=rf"^study name {re.escape(repr(name))} is not a valid name"):
+        parse_params(bad)
+
+
+@pytest.mark.parametrize("name", ["../lt", "lt\n"])
+def test_a_command_line_name_that_is_not_a_safe_folder_name_is_refused(raw, name):
+    from pipeline.params.tune import make_plan
+
+    params = parse_params(raw)
+    with pytest.raises(ParamError, match=rf"^experiment {re.escape(repr(name))} is not a valid name"):
+        params.experiment(name)
+    with pytest.raises(ParamError, match=rf"^study {re.escape(repr(name))} is not a valid name"):
+        make_plan(params, name)
+
+
+def test_an_experiment_named_like_a_path_writes_nothing_outside_the_working_copy(tmp_path, raw):
+    """``prepare --experiment ../../../../escaped`` with a matching params entry: one line, exit 2,
+    no data/prepared/../../../../escaped."""
+    name = "../../../../escaped"
+    bad = copy.deepcopy(raw)
+    bad["experiments"][name] = copy.deepcopy(raw["experiments"]["lt"])  # (safe_dump would write an anchor)
+    work = tmp_path / "a" / "b" / "work"  # data/prepared/<name> would be tmp_path/a/escaped
+    work.mkdir(parents=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(bad))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.prepare", "--experiment", name, "--no-mlflow"],
+                          cwd=work, capture_output=True, text=True, timeout=600,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "is not a valid name" in lines[0], proc.stderr
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "a", "a/b", "a/b/work", "a/b/work/params.yaml"]
+
+
 def test_the_committed_params_use_no_yaml_aliases():
     load_params(ROOT / "params.yaml")  # raises on an anchor, alias or merge key
 
