@@ -49,10 +49,12 @@ gpu-check: setup
 
 # make tune: the studies of tune.run; make tune STUDY=lt_smoke: one study; WORKERS=2 for two
 # processes, STORAGE=journal:optuna.journal (one machine) or postgresql://... (several),
-# N_TRIALS=... for another budget
+# N_TRIALS=... for another budget. STORAGE reaches the stage as META_IADA_STORAGE in its environment,
+# not on a command line that make echoes and other users can read (it may hold a password).
+tune: export META_IADA_STORAGE = $(value STORAGE)
 tune: setup
 	$(BIN)/python -m pipeline.stages.tune $(if $(STUDY),--study $(STUDY)) $(if $(WORKERS),--workers $(WORKERS)) \
-		$(if $(STORAGE),--storage '$(STORAGE)') $(if $(N_TRIALS),--n-trials $(N_TRIALS))
+		$(if $(N_TRIALS),--n-trials $(N_TRIALS))
 
 # MLflow UI / optuna-dashboard on 127.0.0.1; PORT=... picks another port. A port in use or a
 # missing study store stops with one line and a non-zero exit (pipeline/serve.py).
@@ -61,11 +63,13 @@ ui: setup
 	$(BIN)/python -m pipeline.serve ui --port $(PORT)
 
 # MLflow tracking server on 127.0.0.1:5050: runs and registry in BACKEND (default SQLite
-# mlflow-server/mlflow.db; e.g. BACKEND=postgresql+psycopg2://user:pw@host/db), artifacts proxied into
+# mlflow-server/mlflow.db; e.g. BACKEND=postgresql://user:pw@host/db), artifacts proxied into
 # ARTIFACTS (default mlflow-server/artifacts). Log to it with MLFLOW_TRACKING_URI=http://127.0.0.1:5050.
+# BACKEND travels in the environment (MLFLOW_BACKEND_STORE_URI), never on a command line.
 server: PORT ?= 5050
+server: export MLFLOW_BACKEND_STORE_URI = $(value BACKEND)
 server: setup
-	$(BIN)/python -m pipeline.serve server --port $(PORT) $(if $(BACKEND),--backend '$(BACKEND)') $(if $(ARTIFACTS),--artifacts '$(ARTIFACTS)')
+	$(BIN)/python -m pipeline.serve server --port $(PORT) $(if $(ARTIFACTS),--artifacts '$(ARTIFACTS)')
 
 dashboard: PORT ?= 8080
 dashboard: setup

@@ -10,10 +10,14 @@ would create an empty ``optuna.db``). Then it replaces itself with the server pr
     python -m pipeline.serve server [--port 5050] [--backend URL] [--artifacts DIR]
     python -m pipeline.serve dashboard [--port 8080] [--storage URL]
 
-The tracking server keeps runs and the model registry in a database (``--backend``: SQLite
-``mlflow-server/mlflow.db`` by default, or e.g. ``postgresql://user:password@host/db``) and
-proxies artifacts into ``--artifacts`` (default ``mlflow-server/artifacts``): clients that set
-``MLFLOW_TRACKING_URI=http://127.0.0.1:PORT`` need no access to either.
+The tracking server keeps runs and the model registry in a database (``--backend``, else
+``$MLFLOW_BACKEND_STORE_URI``: SQLite ``mlflow-server/mlflow.db`` by default, or e.g.
+``postgresql://user:password@host/db``) and proxies artifacts into ``--artifacts`` (default
+``mlflow-server/artifacts``): clients that set ``MLFLOW_TRACKING_URI=http://127.0.0.1:PORT`` need
+no access to either. The backend URL reaches ``mlflow server`` in its environment
+(``MLFLOW_BACKEND_STORE_URI``), not on its command line, which every local user can read in
+``/proc``; what is printed shows it with its password masked. A password is safest in the
+environment variable (``make server BACKEND=...`` passes it so) rather than in ``--backend``.
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ import socket
 import sys
 from pathlib import Path
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, masked
 from pipeline.layout import project_root
 
 HOST = "127.0.0.1"
 DEFAULT_PORTS = {"ui": 5000, "server": 5050, "dashboard": 8080}
 SERVER_DIR = "mlflow-server"  # the tracking server's default store, under the project root
+BACKEND_ENV = "MLFLOW_BACKEND_STORE_URI"  # mlflow server's --backend-store-uri, read from its environment
 
 
 class ServeError(UserError):
@@ -44,8 +49,9 @@ def check_port(port: int, kind: str = "ui") -> None:
         try:
             sock.bind((HOST, port))
         except OSError:
-            raise ServeError(f"port {port} on {HOST} is in use (another `make ui`, `make server` or `make dashboard`?): "
-                             f"stop that server or choose another port, e.g. make {kind} PORT={port + 1}") from None
+            raise ServeError(f"port {port} on {HOST} is in use (another `make ui`, `make server` or "
+                             f"`make dashboard`?): stop that server or choose another port, e.g. "
+                             f"make {kind} PORT={port + 1}") from None
 
 
 def check_backend(url: str) -> None:
@@ -54,14 +60,12 @@ def check_backend(url: str) -> None:
     import sqlalchemy
     import sqlalchemy.exc
 
-    from pipeline.tracking import masked  # imports mlflow: only for the tracking server
-
+    shown = masked(url)
     try:
         parsed = sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        raise ServeError(f"BACKEND {url!r} is not a database URL: give e.g. sqlite:////abs/path/mlflow.db or "
+    except (sqlalchemy.exc.ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise ServeError(f"BACKEND {shown!r} is not a database URL: give e.g. sqlite:////abs/path/mlflow.db or "
                          "postgresql://user:password@host:5432/mlflow") from None
-    shown = masked(url)
     args = {"connect_timeout": 5} if parsed.get_backend_name() == "postgresql" else {}
     try:
         engine = sqlalchemy.create_engine(parsed, connect_args=args)
@@ -79,21 +83,25 @@ def check_backend(url: str) -> None:
         engine.dispose()
 
 
-def command(kind: str, port: int, storage: str | None, artifacts: Path | None = None) -> tuple[list[str], dict[str, str]]:
-    """The server's command line and environment (``storage``: the tracking server's backend or
-    the dashboard's study storage; ``artifacts``: the tracking server's artifact folder)."""
+def command(kind: str, port: int, storage: str | None,
+            artifacts: Path | None = None) -> tuple[list[str], dict[str, str]]:
+    """The server's command line and environment (``storage``: the tracking server's backend,
+    else ``$MLFLOW_BACKEND_STORE_URI``, passed in the environment, or the dashboard's study
+    storage; ``artifacts``: the tracking server's artifact folder)."""
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ)
     if kind == "server":
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         default_dir = project_root() / SERVER_DIR
-        backend = storage or f"sqlite:///{default_dir / 'mlflow.db'}"
-        if storage is None:
+        default = f"sqlite:///{default_dir / 'mlflow.db'}"
+        backend = storage or env.get(BACKEND_ENV) or default
+        if backend == default:
             default_dir.mkdir(exist_ok=True)
         check_backend(backend)
+        env[BACKEND_ENV] = backend
         destination = (artifacts or default_dir / "artifacts").resolve()
-        return [str(bin_dir / "mlflow"), "server", "--backend-store-uri", backend, "--serve-artifacts",
-                "--artifacts-destination", str(destination), "--host", HOST, "--port", str(port), "--workers", "1"], env
+        return [str(bin_dir / "mlflow"), "server", "--serve-artifacts", "--artifacts-destination", str(destination),
+                "--host", HOST, "--port", str(port), "--workers", "1"], env
     if kind == "ui":
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # starts several times faster (docs/benchmarks.md)
         from pipeline.tracking import tracking_uri  # imports mlflow: only for the UI
@@ -113,8 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kind", choices=sorted(DEFAULT_PORTS))
     p.add_argument("--port", type=int, default=None, help="default: 5000 (ui), 5050 (server), 8080 (dashboard)")
     p.add_argument("--storage", default=None, help="dashboard: an Optuna storage URL (default: sqlite optuna.db)")
-    p.add_argument("--backend", default=None, help=f"server: a database URL (default: sqlite {SERVER_DIR}/mlflow.db)")
-    p.add_argument("--artifacts", type=Path, default=None, help=f"server: artifact folder (default: {SERVER_DIR}/artifacts)")
+    p.add_argument("--backend", default=None,
+                   help=f"server: a database URL (default: ${BACKEND_ENV}, else sqlite {SERVER_DIR}/mlflow.db); "
+                        f"one with a password is safer in ${BACKEND_ENV}, which other users cannot read")
+    p.add_argument("--artifacts", type=Path, default=None,
+                   help=f"server: artifact folder (default: {SERVER_DIR}/artifacts)")
     args = p.parse_args(argv)
     port = args.port or DEFAULT_PORTS[args.kind]
     if args.kind != "server" and (args.backend or args.artifacts):
@@ -127,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"serving on http://{HOST}:{port} ({' '.join(cmd[:2])})", file=sys.stderr, flush=True)
     if args.kind == "server":
+        print(f"backend: {masked(env[BACKEND_ENV])}", file=sys.stderr, flush=True)
         print(f"log to it with: export MLFLOW_TRACKING_URI=http://{HOST}:{port}", file=sys.stderr, flush=True)
     os.execve(cmd[0], cmd, env)
     return 0  # not reached

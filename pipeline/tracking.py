@@ -27,7 +27,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, masked
 from pipeline.layout import BEST, HISTORY, LAST, artifact_file, json_safe, project_root, workdir
 from pipeline.params.schema import flatten
 
@@ -60,17 +60,6 @@ def store_errors() -> Iterator[None]:
                "move a damaged mlflow.db aside (a new one is created)")
         raise TrackingError(f"MLflow store {masked(uri)} is not usable ({type(err).__name__}: {first}): {fix}, "
                             "point MLFLOW_TRACKING_URI at a working store, or run the stage with --no-mlflow") from err
-
-
-def masked(url: str) -> str:
-    """A store URL without its password (for logs, errors and MLflow)."""
-    import sqlalchemy.engine
-    import sqlalchemy.exc
-
-    try:
-        return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
-    except sqlalchemy.exc.ArgumentError:
-        return repr(url)
 
 
 def tracking_uri() -> str:

@@ -5,6 +5,7 @@ server end to end: tests/test_server.py)."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +16,10 @@ from pathlib import Path
 import pytest
 
 from pipeline import serve
+from pipeline.errors import masked
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET_URL = "postgresql://me:s3cr$t'@127.0.0.1:5432/mlflow"
 
 
 def free_port() -> int:
@@ -40,7 +45,8 @@ def test_a_port_in_use_is_one_line_and_exit_2(kind, tmp_path, capsys, monkeypatc
         port = taken.getsockname()[1]
         assert serve.main([kind, "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"error: port {port} on 127.0.0.1 is in use") and f"make {kind} PORT={port + 1}" in err[0]
+    assert len(err) == 1 and err[0].startswith(f"error: port {port} on 127.0.0.1 is in use")
+    assert f"make {kind} PORT={port + 1}" in err[0]
     assert execs == [] and list(tmp_path.iterdir()) == []
 
 
@@ -66,6 +72,8 @@ def test_a_port_a_stopped_server_left_in_time_wait_is_free(monkeypatch):
     ("postgresql+nosuchdriver://me:secret@127.0.0.1:5432/mlflow",
      "BACKEND postgresql+nosuchdriver://me:***@127.0.0.1:5432/mlflow: no database driver"),
     ("sqlite:///{tmp}/missing/mlflow.db", "BACKEND sqlite:///{tmp}/missing/mlflow.db does not accept a connection"),
+    ("postgresql://me:secret@127.0.0.1:port/mlflow",
+     "BACKEND 'postgresql://me:***@127.0.0.1:port/mlflow' is not a database URL"),
 ])
 def test_a_bad_tracking_server_backend_is_one_line_before_the_server_starts(backend, says, tmp_path, capsys,
                                                                             monkeypatch):
@@ -84,12 +92,68 @@ def test_the_tracking_server_binds_to_loopback_with_its_backend_and_proxied_arti
     port = free_port()
     assert serve.main(["server", "--port", str(port), "--artifacts", "art"]) == 0
     (path, argv, env), = execs
-    assert argv[1:3] == ["server", "--backend-store-uri"] and path.endswith("/mlflow")
-    assert argv[3] == f"sqlite:///{tmp_path / 'mlflow-server' / 'mlflow.db'}"
-    flags = dict(zip(argv[4:], argv[5:]))
+    assert argv[1] == "server" and path.endswith("/mlflow")
+    assert env["MLFLOW_BACKEND_STORE_URI"] == f"sqlite:///{tmp_path / 'mlflow-server' / 'mlflow.db'}"
+    flags = dict(zip(argv[2:], argv[3:]))
     assert "--serve-artifacts" in argv and flags["--artifacts-destination"] == str(Path.cwd() / "art")
     assert (flags["--host"], flags["--port"]) == ("127.0.0.1", str(port))
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql://user:secret@host/db", "postgresql://user:***@host/db"),
+    ("postgresql+psycopg://user:secret@host:5432/db", "postgresql+psycopg://user:***@host:5432/db"),
+    ("postgresql://user:se:c@r/et@host:notaport/db", "postgresql://user:***@host:notaport/db"),
+    ("postgresql://:secret@host/db", "postgresql://:***@host/db"),
+    ("postgresql://host/db?user=u&password=secret&sslmode=require",
+     "postgresql://host/db?user=u&password=***&sslmode=require"),
+    ("postgresql://user@host:5432/db", "postgresql://user@host:5432/db"),
+    ("sqlite:////abs/mlflow.db", "sqlite:////abs/mlflow.db"),
+    ("journal:/abs/optuna.journal", "journal:/abs/optuna.journal"),
+])
+def test_masked_hides_a_urls_password_and_nothing_else(url, shown):
+    assert masked(url) == shown
+
+
+@pytest.mark.parametrize("given", ["--backend", "environment"])
+def test_a_backend_password_reaches_mlflow_server_in_its_environment_never_on_a_command_line(
+        given, tmp_path, monkeypatch, capsys):
+    """Every local user can read a process's command line in /proc (not its environment)."""
+    execs = no_exec(monkeypatch)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.setattr(serve, "check_backend", lambda url: None)  # no PostgreSQL server here
+    if given == "environment":
+        monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", SECRET_URL)
+    backend = ["--backend", SECRET_URL] if given == "--backend" else []
+    assert serve.main(["server", "--port", str(free_port()), *backend]) == 0
+    (path, argv, env), = execs
+    assert not any("s3cr" in arg for arg in argv) and env["MLFLOW_BACKEND_STORE_URI"] == SECRET_URL
+    printed = capsys.readouterr()
+    assert "backend: postgresql://me:***@127.0.0.1:5432/mlflow" in printed.err
+    assert "s3cr" not in printed.out + printed.err
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+@pytest.mark.parametrize("target, variable, env_name", [
+    ("server", "BACKEND", "MLFLOW_BACKEND_STORE_URI"),
+    ("tune", "STORAGE", "META_IADA_STORAGE"),
+])
+def test_make_passes_a_store_url_in_the_environment_and_echoes_no_password(target, variable, env_name, tmp_path):
+    """``make server BACKEND=...`` / ``make tune STORAGE=...``: make echoes each recipe line; the
+    URL must reach the command (a stand-in for .venv/bin/python) whole, "$" and "'" included."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    fake = venv / "bin" / "python"
+    fake.write_text(f'#!/bin/sh\nprintf "argv: %s\\n" "$*" >> {tmp_path}/calls\n'
+                    f'printf "env: %s\\n" "${env_name}" >> {tmp_path}/calls\n')
+    fake.chmod(0o755)
+    (venv / ".installed").touch()  # the install stamp: no pip
+    proc = subprocess.run(["make", "-C", str(ROOT), target, f"VENV={venv}", f"{variable}={SECRET_URL}"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "s3cr" not in proc.stdout + proc.stderr
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[1] == f"env: {SECRET_URL}" and "s3cr" not in calls[0], calls
 
 
 def test_dashboard_before_any_study_says_so_and_creates_no_store(tmp_path, monkeypatch, capsys):

@@ -6,7 +6,8 @@
    error, not a reason to read another copy): the torchvision layout (``cifar-10-batches-py/``, ``cifar-100-python/``,
    ``MNIST/raw/``; tried first) or the offline-copy layout (``cifar10-jpeg.tar.gz``, ``mnist/``). The
    user's files are read as they are: their sha256 is recorded and the card says whether they
-   match the official checksums.
+   match the official checksums. CIFAR's python batches are pickles, which can run code: they are
+   read by :class:`CifarUnpickler`, which builds nothing but numpy arrays and plain data.
 2. The offline copies in :func:`pipeline.layout.shared_data_dir` (same layouts). Their checksums
    are verified and a mismatch stops the run with :class:`ChecksumError`: falling through to a
    download would silently swap CIFAR-10 (JPEG) for the original pixels.
@@ -22,6 +23,7 @@ any image is decoded.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import hashlib
 import io
@@ -75,6 +77,48 @@ class ChecksumError(DataSourceError):
 
 class DataNotFoundError(DataSourceError):
     """No place holds the source data."""
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """A pickle reader for CIFAR-10/100 python batches that loads no code.
+
+    A batch is a dict of plain data (lists of labels and file names, strings) and one uint8
+    numpy array. Of the globals a pickle may name, only those that rebuild such an array are
+    allowed: numpy's ``_reconstruct``, ``ndarray`` and ``dtype`` (the official Python 2 files),
+    ``_frombuffer`` (numpy's protocol-5 pickles) and ``_codecs.encode`` (bytes in Python 3's
+    protocol <= 2 pickles). Any other (``os.system``, ``builtins.eval``...) is refused before it
+    is imported, so a crafted file cannot run code."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): np._core.numeric._frombuffer,
+        ("numpy._core.numeric", "_frombuffer"): np._core.numeric._frombuffer,
+        ("_codecs", "encode"): codecs.encode,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self.ALLOWED[module, name]
+        except KeyError:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which no CIFAR batch holds; a pickle can run "
+                                         f"code, so it was not read") from None
+
+
+def read_cifar_batch(path: Path, raw: bytes) -> dict[str, Any]:
+    """The dict that CIFAR python batch ``path`` (its bytes ``raw``) holds, read by
+    :class:`CifarUnpickler`; anything else is a :class:`DataSourceError`."""
+    try:
+        batch = CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+        raise DataSourceError(f"{path} is not a readable CIFAR batch ({err}): replace it with the official "
+                              "file") from err
+    if not isinstance(batch, dict):
+        raise DataSourceError(f"{path} is not a CIFAR batch (it holds a {type(batch).__name__}, not a dict): "
+                              "replace it with the official file")
+    return batch
 
 
 @dataclass
@@ -265,10 +309,7 @@ def _read_cifar_pickle(folder: Path, name: str, verify: bool) -> _Found | None:
         sha, same = _check(path, raw, "md5", md5, verify)
         files[f"{cls.base_folder}/{file}"] = sha
         official.append(same)
-        try:
-            return pickle.loads(raw, encoding="latin1")
-        except (pickle.UnpicklingError, EOFError, ValueError) as err:
-            raise DataSourceError(f"{path} is not a readable CIFAR batch ({err}): replace it") from err
+        return read_cifar_batch(path, raw)
 
     def split(entries: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
         batches = [load(file, md5) for file, md5 in entries]

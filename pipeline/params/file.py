@@ -14,7 +14,8 @@ Layout::
 
 :func:`load_params` gives a :class:`Params` whose experiments hold their method configs and
 search spaces and whose ``tune`` holds every study, all validated: an unknown key, a value out
-of range, an unknown method, experiment or study stops with one
+of range, an unknown method, experiment or study, or an experiment or study name that is not
+:data:`~pipeline.params.schema.NAME` (names become folders) stops with one
 :class:`~pipeline.params.schema.ParamError` naming the key.
 """
 
@@ -30,7 +31,7 @@ import yaml
 from pipeline.methods import method_class
 from pipeline.params.experiment import ExperimentConfig
 from pipeline.params.reference import ReferenceConfig, check_reference
-from pipeline.params.schema import ParamError, bounded, build
+from pipeline.params.schema import ParamError, bounded, build, check_name
 from pipeline.params.tune import TuneConfig, check_tune
 
 PARAMS_FILE = "params.yaml"
@@ -82,6 +83,8 @@ class Params:
                                      f"run.methods: add `{name}: {{}}` (code defaults) or its hyperparameters")
 
     def experiment(self, name: str) -> ExperimentConfig:
+        """The experiment called ``name`` (e.g. a command line's ``--experiment``)."""
+        check_name(name, "experiment")
         if name not in self.experiments:
             raise ParamError(f"unknown experiment {name!r}: use one of {', '.join(self.experiments)}")
         return self.experiments[name]
@@ -99,6 +102,7 @@ def parse_params(raw: Any) -> Params:
         raise ParamError("experiments must be a non-empty mapping of experiment name -> settings")
     experiments = {}
     for name, cfg in exps.items():
+        check_name(name, "experiment name")
         experiments[name] = exp = build(ExperimentConfig, cfg, f"experiments.{name}")
         exp.name = name
         exp.check_schedule(f"experiments.{name}")

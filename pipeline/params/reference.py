@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pipeline.params.experiment import ExperimentConfig, apply_values
 from pipeline.params.schema import ParamError, bounded, to_dict
 
-LABEL = re.compile(r"^[a-z][a-z0-9_]*(-[a-z0-9_]+)*$")
+LABEL = re.compile(r"^[a-z][a-z0-9_]*(-[a-z0-9_]+)*\Z")  # \Z: "$" would match before a final newline
 
 
 @dataclass

@@ -2,15 +2,17 @@
 
 Every section of ``params.yaml`` is described by a dataclass. :func:`build` turns a mapping
 into that dataclass and rejects, with one :class:`ParamError` naming the dotted key and the
-allowed values, unknown keys, wrong types, values outside ``Literal`` choices and values outside
-the numeric bounds declared with :func:`bounded`.
+allowed values, unknown keys, wrong types, values outside ``Literal`` choices, values outside
+the numeric bounds declared with :func:`bounded`, and any number that is not finite (NaN, ±inf).
+:func:`check_name` holds the names of experiments and studies to :data:`NAME`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
-import typing
 from collections.abc import Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -18,9 +20,22 @@ from pipeline.errors import UserError
 
 T = TypeVar("T")
 
+# An experiment's or a study's name: it becomes a folder (data/<name>, models/<name>,
+# studies/<name>) and a segment of DVC's dotted keys, so no "/", no "." and no newline.
+NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")
+
 
 class ParamError(UserError, ValueError):
     """A parameter a user can fix: the message names the key and what is allowed."""
+
+
+def check_name(name: Any, what: str) -> str:
+    """``name`` if :data:`NAME` matches all of it, else a :class:`ParamError` saying so (``what``:
+    e.g. "experiment name", "--study")."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ParamError(f"{what} {name!r} is not a valid name: use lower case letters, digits, _ and - only, "
+                         "starting with a letter or digit (e.g. lt_ref)")
+    return name
 
 
 def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
@@ -62,6 +77,20 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], where: str) -> None:
         bound = meta.get(key)
         if bound is not None and value is not None and not ok(value, bound):
             raise ParamError(f"{where} = {value!r} is out of range: it must be {sym} {bound}")
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """Refuse NaN and ±inf anywhere in ``value`` (a number, or lists and mappings of them, e.g. a
+    method block or a search space): YAML's ``.nan`` fails every comparison, so it passes every
+    bound check, and ``.inf`` passes every lower bound (``optim.lr: .inf``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParamError(f"{where} = {value!r} is not a finite number: give a finite value")
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{where}[{i}]")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_finite(item, f"{where}.{key}")
 
 
 def convert(tp: Any, value: Any, where: str) -> Any:
@@ -121,10 +150,11 @@ def convert(tp: Any, value: Any, where: str) -> Any:
 def build(cls: type[T], raw: Mapping[str, Any] | None, where: str) -> T:
     """Build dataclass ``cls`` from ``raw``; missing keys take their defaults.
 
-    Raises :class:`ParamError` for unknown keys, missing required keys, wrong types and
-    out-of-range values. ``__post_init__`` may raise :class:`ParamError` for cross-field rules;
-    a ``validate(where)`` method, if the class has one, is called with the dotted prefix so that
-    its errors can name the full key (e.g. ``experiments.lt.methods.meta_iada.alpha``).
+    Raises :class:`ParamError` for unknown keys, missing required keys, wrong types,
+    out-of-range values and numbers that are not finite. ``__post_init__`` may raise
+    :class:`ParamError` for cross-field rules; a ``validate(where)`` method, if the class has one,
+    is called with the dotted prefix so that its errors can name the full key (e.g.
+    ``experiments.lt.methods.meta_iada.alpha``).
     """
     raw = dict(raw or {})
     hints = get_type_hints(cls)
@@ -139,6 +169,7 @@ def build(cls: type[T], raw: Mapping[str, Any] | None, where: str) -> T:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ParamError(f"missing key {key}: it must be {describe(hints[name])}")
             continue
+        _check_finite(raw[name], key)
         value = convert(hints[name], raw[name], key)
         _check_bounds(value, f.metadata, key)
         kwargs[name] = value

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pipeline.layout import project_root, study_dir
 from pipeline.methods import method_class
 from pipeline.params.experiment import ExperimentConfig, apply_values, check_tunable
-from pipeline.params.schema import ParamError, bounded, build, flatten, to_dict
+from pipeline.params.schema import ParamError, bounded, build, check_name, flatten, to_dict
 from pipeline.params.search import ParamSpace, is_categorical_value
 
 if TYPE_CHECKING:
@@ -219,12 +219,14 @@ def check_sweep(cfg: StudyConfig, exp: ExperimentConfig, raw: Mapping[str, Any],
 
 def check_tune(tune: TuneConfig, experiments: Mapping[str, ExperimentConfig]) -> None:
     """The ``tune:`` section against the experiments: every study of ``tune.run`` is declared,
-    and every study's experiment, method, search keys or sweep grid exist and are valid."""
+    every study's name is :data:`~pipeline.params.schema.NAME`, and every study's experiment,
+    method, search keys or sweep grid exist and are valid."""
     for i, name in enumerate(tune.run):
         if name not in tune.studies:
             raise ParamError(f"tune.run[{i}] = {name!r} is not declared in tune.studies: use one of "
                              f"{', '.join(tune.studies) or '(none declared)'}")
     for name, cfg in tune.studies.items():
+        check_name(name, "study name")
         check_study(cfg, experiments, f"tune.studies.{name}")
 
 
@@ -232,6 +234,7 @@ def make_plan(params: Params, name: str, *, n_trials: int | None = None,
               storage: str | None = None, workers: int | None = None) -> Plan:
     """The validated plan of study ``name``, with command-line overrides applied."""
     tune = params.tune
+    check_name(name, "study")
     if name not in tune.studies:
         raise ParamError(f"unknown study {name!r}: declare it under tune.studies (declared: "
                          f"{', '.join(tune.studies) or 'none'})")

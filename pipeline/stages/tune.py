@@ -3,6 +3,10 @@
     python -m pipeline.stages.tune --study lt_meta_iada [--workers 2] [--n-trials 20] [--storage URL]
     python -m pipeline.stages.tune            # every study listed in tune.run
 
+The storage URL may come from ``META_IADA_STORAGE`` instead of ``--storage`` (``make tune
+STORAGE=...`` passes it so): a password there is not on a command line, which other local users
+can read in ``/proc``.
+
 Resumes each named study in its storage up to its trial budget and writes its analysis to
 ``studies/<study>/`` (see :mod:`pipeline.tuning`). Exit status: 0; 2 on a user error (one line);
 1 when a study ended short of its budget (one line, after its analysis; the studies after it in
@@ -12,6 +16,7 @@ tune.run are not started).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from pipeline.params.file import load_params
@@ -19,6 +24,8 @@ from pipeline.params.tune import make_plan
 from pipeline.stages.common import main_guard
 from pipeline.tuning.budget import IncompleteStudy
 from pipeline.tuning.study import run_study
+
+STORAGE_ENV = "META_IADA_STORAGE"  # the storage URL when --storage is not given (make tune STORAGE=...)
 
 
 def positive_int(text: str) -> int:
@@ -33,7 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--study", help="study name (default: every study in tune.run)")
     p.add_argument("--workers", type=positive_int, help="parallel worker processes (default: the study's workers)")
     p.add_argument("--n-trials", type=positive_int, help="COMPLETE + PRUNED trials wanted in total")
-    p.add_argument("--storage", help="SQLAlchemy URL of the study storage (default: the study's storage)")
+    p.add_argument("--storage", help=f"URL of the study storage (default: ${STORAGE_ENV}, else the study's storage); "
+                                     f"one with a password is safer in ${STORAGE_ENV}")
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     return p.parse_args(argv)
 
@@ -51,10 +59,11 @@ def run_studies(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     params = load_params(args.params)
     names = [args.study] if args.study else params.tune.run
+    storage = args.storage or os.environ.get(STORAGE_ENV) or None
     if not names:
         print("nothing to run: tune.run is empty (name a study with --study)")
     for name in names:
-        run_study(params, make_plan(params, name, n_trials=args.n_trials, storage=args.storage, workers=args.workers))
+        run_study(params, make_plan(params, name, n_trials=args.n_trials, storage=storage, workers=args.workers))
 
 
 if __name__ == "__main__":

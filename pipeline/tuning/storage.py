@@ -34,9 +34,9 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 from optuna.trial import FrozenTrial, TrialState
 
+from pipeline.errors import masked
 from pipeline.params.schema import ParamError
 from pipeline.params.tune import JOURNAL, journal_path, storage_kind
-from pipeline.tracking import masked as masked_rdb
 
 StudyStorage = RDBStorage | JournalStorage
 HEARTBEAT_S, GRACE_S = 30, 120
@@ -55,11 +55,6 @@ def experimental_features() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         yield
-
-
-def masked(url: str) -> str:
-    """A storage URL for logs, errors and MLflow: an RDB URL without its password, a journal as it is."""
-    return url if url.startswith(JOURNAL) else masked_rdb(url)
 
 
 def grace_s() -> int:

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from pipeline.errors import masked
 from pipeline.params.file import Params
 from pipeline.params.schema import ParamError, flatten
 from pipeline.params.tune import Plan, journal_path, storage_kind
@@ -17,7 +18,7 @@ from pipeline.tracking import create_run, delete_run, end_orphan_trial_runs, is_
 from pipeline.tuning.analysis import analyse
 from pipeline.tuning.budget import GRID_ATTR, Budget, IncompleteStudy, shortfall
 from pipeline.tuning.objective import ensure_pretrain, training_data
-from pipeline.tuning.storage import StudyStorage, claim_study_attr, fail_dead_trials, masked, open_storage
+from pipeline.tuning.storage import StudyStorage, claim_study_attr, fail_dead_trials, open_storage
 from pipeline.tuning.workers import make_pruner, open_study, run_workers, wait_for_running
 
 DEFINITION_ATTR = "definition"  # study user attr: what the trials were run with

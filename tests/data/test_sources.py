@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
+import pickle
 
 import numpy as np
 import pytest
@@ -68,6 +70,56 @@ def test_cifar10_pickle_with_limit_keeps_official_positions(tmp_path, isolated):
     assert np.array_equal(source.train_x, arrays["train_x"][source.train_index])
     assert np.array_equal(source.train_y, arrays["train_y"][source.train_index])
     assert source.class_names == CIFAR10_CLASSES and source.provenance["dataset"] == "CIFAR-10"
+
+
+class RunsCode:
+    """What a crafted batch holds: unpickling it calls ``call(*args)``."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+@pytest.mark.parametrize("crafted, names", [
+    (lambda marker: RunsCode(os.system, f"touch {marker}"), os.system.__module__ + ".system"),
+    (lambda marker: RunsCode(exec, f"open({str(marker)!r}, 'w').close()"), "builtins.exec"),
+    (lambda marker: RunsCode(getattr, RunsCode(__import__, "os"), "system"), "builtins.getattr"),
+])
+def test_a_crafted_cifar_batch_is_refused_without_running_its_code(tmp_path, isolated, crafted, names):
+    write_cifar_pickle(tmp_path / "root", "cifar10", train_per_class=2, test_per_class=1)
+    path = tmp_path / "root" / "cifar-10-batches-py" / "data_batch_3"
+    marker = tmp_path / "marker"
+    batch = pickle.loads(path.read_bytes())
+    batch["batch_label"] = crafted(marker)  # beside the real data, as a forged copy would hide it
+    path.write_bytes(pickle.dumps(batch))
+    with pytest.raises(DataSourceError) as err:
+        load_source("cifar10", str(tmp_path / "root"))
+    message = str(err.value)
+    assert message.startswith(f"{path} is not a readable CIFAR batch (it names {names},") and "\n" not in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol, numpy_1", [(p, False) for p in range(pickle.HIGHEST_PROTOCOL + 1)]
+                         + [(p, True) for p in (0, 1, 2)])
+def test_a_cifar_batch_of_any_pickle_protocol_and_numpy_1s_names_loads(tmp_path, isolated, protocol, numpy_1):
+    """The official batches are Python 2 pickles (protocol <= 2, whose globals are text, so the
+    test can rename them) naming numpy.core.multiarray, numpy 1's module."""
+    arrays = write_cifar_pickle(tmp_path / "root", "cifar10", train_per_class=2, test_per_class=1)
+    for path in (tmp_path / "root" / "cifar-10-batches-py").iterdir():
+        raw = pickle.dumps(pickle.loads(path.read_bytes()), protocol=protocol)
+        path.write_bytes(raw.replace(b"numpy._core.", b"numpy.core.") if numpy_1 else raw)
+    source = load_source("cifar10", str(tmp_path / "root"))
+    assert np.array_equal(source.train_x, arrays["train_x"]) and source.class_names == CIFAR10_CLASSES
+
+
+def test_a_cifar_batch_that_is_not_a_dict_is_one_clear_error(tmp_path, isolated):
+    write_cifar_pickle(tmp_path / "root", "cifar10", train_per_class=2, test_per_class=1)
+    path = tmp_path / "root" / "cifar-10-batches-py" / "test_batch"
+    path.write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(DataSourceError, match=f"^{path} is not a CIFAR batch \\(it holds a list, not a dict\\)"):
+        load_source("cifar10", str(tmp_path / "root"))
 
 
 def test_jpeg_tarball_decodes_only_the_chosen_files(tmp_path, isolated, monkeypatch):

@@ -3,6 +3,7 @@
 import copy
 import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,26 @@ def test_bad_values_name_the_key(raw, path, value, expect):
         parse_params(mutate(raw, path, value))
 
 
+@pytest.mark.parametrize("keys", [
+    ("experiments", "lt", "optim", "lr"), ("experiments", "lt", "data", "longtail", "imbalance_ratio"),
+    ("experiments", "lt", "methods", "meta_iada", "alpha"),  # plain data until its method builds it
+    ("experiments", "lt", "search", "optim.lr", "high"),
+    ("experiments", "subpop_ref", "data", "subpop", "environments", 1),
+])
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_a_number_that_is_not_finite_is_refused_naming_the_key(raw, keys, value):
+    """YAML's .inf and .nan are floats: NaN passes every bound written as a comparison, +inf every
+    lower bound (optim.lr: .inf, imbalance_ratio: .inf)."""
+    bad = copy.deepcopy(raw)
+    node = bad
+    for key in keys[:-1]:
+        node = node[key]
+    node[keys[-1]] = value
+    where = ".".join(map(str, keys[:-1])) + (f"[{keys[-1]}]" if isinstance(keys[-1], int) else f".{keys[-1]}")
+    with pytest.raises(ParamError, match=rf"^{re.escape(where)} = .* is not a finite number"):
+        parse_params(bad)
+
+
 @pytest.mark.parametrize("path", ["experiments.lt.optim.learning_rate", "experiments.lt.data.rho",
                                   "experiments.lt.methods.meta_iada.gamma", "bogus"])
 def test_unknown_keys_are_rejected_with_the_allowed_ones(raw, path):
@@ -93,6 +114,51 @@ def test_stage_reports_a_bad_param_in_one_line_before_any_work(tmp_path, raw):
     assert not (tmp_path / "data").exists()  # nothing written
 
 
+UNSAFE_NAMES = ["../../../../escaped", "a/b", "lt\n", "Lt", "lt.x", "", "-lt"]
+
+
+@pytest.mark.parametrize("name", UNSAFE_NAMES)
+def test_an_experiment_or_study_name_that_is_not_a_safe_folder_name_is_refused(raw, name):
+    """Names become folders (data/prepared/<name>, studies/<name>) and segments of DVC's dotted keys."""
+    bad = copy.deepcopy(raw)
+    bad["experiments"][name] = bad["experiments"]["lt"]
+    with pytest.raises(ParamError, match=rf"^experiment name {re.escape(repr(name))} is not a valid name"):
+        parse_params(bad)
+    bad = copy.deepcopy(raw)
+    bad["tune"]["studies"][name] = bad["tune"]["studies"]["lt_smoke"]
+    with pytest.raises(ParamError, match=rf"^study name {re.escape(repr(name))} is not a valid name"):
+        parse_params(bad)
+
+
+@pytest.mark.parametrize("name", ["../lt", "lt\n"])
+def test_a_command_line_name_that_is_not_a_safe_folder_name_is_refused(raw, name):
+    from pipeline.params.tune import make_plan
+
+    params = parse_params(raw)
+    with pytest.raises(ParamError, match=rf"^experiment {re.escape(repr(name))} is not a valid name"):
+        params.experiment(name)
+    with pytest.raises(ParamError, match=rf"^study {re.escape(repr(name))} is not a valid name"):
+        make_plan(params, name)
+
+
+def test_an_experiment_named_like_a_path_writes_nothing_outside_the_working_copy(tmp_path, raw):
+    """``prepare --experiment ../../../../escaped`` with a matching params entry: one line, exit 2,
+    no data/prepared/../../../../escaped."""
+    name = "../../../../escaped"
+    bad = copy.deepcopy(raw)
+    bad["experiments"][name] = copy.deepcopy(raw["experiments"]["lt"])  # (safe_dump would write an anchor)
+    work = tmp_path / "a" / "b" / "work"  # data/prepared/<name> would be tmp_path/a/escaped
+    work.mkdir(parents=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(bad))
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.prepare", "--experiment", name, "--no-mlflow"],
+                          cwd=work, capture_output=True, text=True, timeout=600,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "is not a valid name" in lines[0], proc.stderr
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "a", "a/b", "a/b/work", "a/b/work/params.yaml"]
+
+
 def test_the_committed_params_use_no_yaml_aliases():
     load_params(ROOT / "params.yaml")  # raises on an anchor, alias or merge key
 
@@ -113,7 +179,8 @@ def test_a_key_given_twice_in_one_block_is_rejected_with_its_lines(tmp_path):
     # PyYAML keeps the second silently; DVC refuses the file (every dvc exp run would fail).
     path = tmp_path / "params.yaml"
     path.write_text("run: {seeds: [0]}\nexperiments:\n  lt: {}\n  lt:\n    optim: {}\n")
-    with pytest.raises(ParamError, match=r"params.yaml line 4: key 'lt' is given twice in one block \(first at line 3\)"):
+    with pytest.raises(ParamError,
+                       match=r"params.yaml line 4: key 'lt' is given twice in one block \(first at line 3\)"):
         load_params(path)
 
 

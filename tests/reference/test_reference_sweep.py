@@ -153,6 +153,8 @@ def test_a_variant_that_changes_the_pretraining_gets_its_own(tmp_path, monkeypat
     ({"experiments": {"tiny": {"methods": ["ce", "ce", "meta_iada"]}}}, "repeats 'ce'"),
     ({"experiments": {"tiny": {"methods": ["ce", "meta_iada"], "variants": {"ce": {"method": "ce"}}}}},
      "variants.ce: a label must be new"),
+    ({"experiments": {"tiny": {"methods": ["meta_iada"], "variants": {"meta_iada-x\n": {"method": "meta_iada"}}}}},
+     "a label must be new"),  # a trailing newline: a file name and a table row that break
     ({"experiments": {"tiny": {"methods": ["meta_iada"],
                                "variants": {"x-y": {"method": "meta_iada", "set": {"methods.meta_iada.nope": 1}}}}}},
      "'methods.meta_iada.nope' is not a key of experiments.tiny"),

@@ -215,7 +215,8 @@ def test_concurrent_workers_never_claim_the_same_enqueued_trial(tmp_path):
     for round_ in range(12):
         url = f"sqlite:///{tmp_path / f'race{round_}.db'}"
         optuna.create_study(study_name="race", storage=tuning_storage.open_storage(url)).enqueue_trial({"x": 1.0})
-        studies = [optuna.load_study(study_name="race", storage=tuning_storage.open_storage(url)) for _ in range(workers)]
+        studies = [optuna.load_study(study_name="race", storage=tuning_storage.open_storage(url))
+                   for _ in range(workers)]
         barrier = threading.Barrier(workers)
         numbers: list[int] = []
 
@@ -448,7 +449,7 @@ def test_an_invocation_waits_for_the_trials_running_elsewhere(tmp_path, monkeypa
     monkeypatch.setattr(tuning_workers, "WAIT_POLL_S", 0.1)
     storage_ = tuning_storage.open_storage(f"sqlite:///{tmp_path / 'elsewhere.db'}")
     study = optuna.create_study(study_name="elsewhere", storage=storage_)
-    running, killed = study.ask(), study.ask()  # the first is told below, the second never
+    running, _killed = study.ask(), study.ask()  # the first is told below, the second never
     other_invocation = threading.Timer(0.5, study.tell, args=(running, 1.0))
     other_invocation.start()
     tuning_workers.wait_for_running(study, storage_, SimpleNamespace(name="elsewhere"))
@@ -549,11 +550,25 @@ def test_unknown_study_is_one_clear_line(workspace, capsys):
 def test_a_journal_in_a_missing_folder_is_one_line_before_any_work(workspace, capsys):
     path = write_params(workspace, "nowhere", {"n_trials": 1}, LR_WD_SPACE)
     missing = workspace / "no-such-folder"
-    assert tune_stage.main(["--params", str(path), "--study", "nowhere", "--storage", f"journal:{missing}/s.journal"]) == 2
+    assert tune_stage.main(["--params", str(path), "--study", "nowhere",
+                            "--storage", f"journal:{missing}/s.journal"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == (f"error: storage journal:{missing}/s.journal: the folder {missing} does not exist; create it or "
                    "fix tune.studies.<name>.storage or --storage")
     assert not missing.exists() and not (workspace / "studies" / "nowhere").exists()
+
+
+def test_the_storage_may_come_from_the_environment_off_the_command_line(tmp_path, monkeypatch):
+    """``make tune STORAGE=...`` passes the URL (maybe with a password) as META_IADA_STORAGE, which
+    other local users cannot read, unlike a command line; --storage still wins."""
+    path = write_params(tmp_path, "from_env", {"n_trials": 1}, LR_WD_SPACE)
+    plans = []
+    monkeypatch.setattr(tune_stage, "run_study", lambda params, plan: plans.append(plan))
+    url = "postgresql://me:secret@127.0.0.1:5432/optuna"
+    monkeypatch.setenv("META_IADA_STORAGE", url)
+    assert tune_stage.main(["--params", str(path), "--study", "from_env"]) == 0
+    assert tune_stage.main(["--params", str(path), "--study", "from_env", "--storage", storage(tmp_path, "x")]) == 0
+    assert [plan.storage for plan in plans] == [url, storage(tmp_path, "x")]
 
 
 def test_missing_data_is_one_line_before_the_study_is_created(tmp_path, monkeypatch, capsys):
