@@ -167,7 +167,7 @@ def set_up(run: RunSpec) -> Training:
                      num_train=len(train_y), feature_dim=net.feature_dim, device=dev, seed=run.seed,
                      train_groups=None if groups is None else torch.from_numpy(groups.astype(np.int64)))
     method = cls(method_cfg, net, opt, info).to(dev)
-    loaders = make_loaders(exp, data, run.seed + run.first_epoch, dev)
+    loaders = make_loaders(exp, data, run.seed + run.first_epoch, dev, method.sampling_weights())
     t = Training(run, fingerprint, net, opt, method, loaders, epoch=run.first_epoch)
     last = run.out_dir / LAST
     if last.is_file():

@@ -91,6 +91,14 @@ class Method(nn.Module):
         class sets ``start_augmented = False``); e.g. to fill per-sample buffers. Nothing by
         default: the batches are not even drawn."""
 
+    def sampling_weights(self) -> torch.Tensor | None:
+        """How the training loader draws its batches: per-sample weights w [num_train] for a
+        weighted sampler (each epoch num_train draws with replacement, sample i with probability
+        w_i / Σ_j w_j, seeded by the run's seed and the epoch, as the shuffle, so a resumed run
+        draws the same batches; e.g. GroupDRO's group-balanced sampler), or None (default) for
+        every sample once per epoch in a shuffled order. Read once, when the run is set up."""
+        return None
+
     def epoch_metrics(self) -> dict[str, float]:
         """Metrics to log at the end of an epoch (e.g. statistics of epsilon)."""
         return {}

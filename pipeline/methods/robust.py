@@ -84,6 +84,12 @@ class GroupDROConfig:
     step_size: float = bounded(0.01, gt=0)
     # C of the generalisation adjustment C/√n_g: run_expt.py --generalization_adjustment default 0.
     adjustment: float = bounded(0.0, ge=0)
+    # Draw the training batches group-balanced: a weighted sampler with w_i = 1/n_{g_i}, N draws
+    # with replacement per epoch (:meth:`GroupDRO.sampling_weights`), as group_DRO's
+    # --reweight_groups (data/dro_dataset.py:57-61, WeightedRandomSampler(len/group_counts[g],
+    # len, replacement=True)), which every command of its README sets (README.md:62, 76, 105).
+    # false: a plain shuffle, what the reference runs did.
+    group_sampler: bool = bounded(False, added=True)
 
 
 @register
@@ -127,6 +133,14 @@ class GroupDRO(Method):
         adjustment = None if self.adjustment is None else self.adjustment.to(self.q.dtype)
         self.q.copy_(groupdro_update(self.q, loss_g.to(self.q.dtype), count > 0, self.cfg.step_size, adjustment))
         return (self.q.to(loss_g.dtype) * loss_g).sum(), logits
+
+    def sampling_weights(self) -> torch.Tensor | None:
+        """With ``group_sampler``: w_i = 1/n_{g_i} [N] (n_g the training count of group g), so that
+        every group is drawn with probability 1/G; otherwise None (a shuffle)."""
+        if not self.cfg.group_sampler:
+            return None
+        counts = torch.bincount(self.train_groups, minlength=self.num_groups).to(torch.float64)
+        return (1.0 / counts)[self.train_groups]
 
     def epoch_metrics(self) -> dict[str, float]:
         """The group weights q_g (a state, not an average over the epoch)."""
