@@ -35,6 +35,10 @@ class TrainInfo:
     device: torch.device
     seed: int = 0
     train_groups: torch.Tensor | None = None  # int64 [num_train], group of each training row (subpop)
+    # The network's state as the run's seeded random initialisation gives it (the scratch
+    # protocol's start), built on each call; for a method that trains a fresh network (JTT's
+    # stage 2). None where the trainer does not provide it.
+    initial_state: Callable[[], dict[str, torch.Tensor]] | None = None
 
 
 @dataclass
