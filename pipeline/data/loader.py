@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -85,11 +85,14 @@ class Augmentation:
 class Order:
     """How a loader draws its batches: in random order each epoch (``shuffle``, seeded by
     ``seed`` and the epoch number), and whether the last, smaller batch of an epoch is dropped
-    (training) or kept (evaluation)."""
+    (training) or kept (evaluation). With ``weights`` w [N] an epoch is instead N draws with
+    replacement, sample i with probability w_i / Σ_j w_j (a weighted sampler, seeded the same
+    way)."""
 
     shuffle: bool = False
     drop_last: bool = False
     seed: int = 0
+    weights: torch.Tensor | None = field(default=None, compare=False)
 
 
 class BatchLoader:
@@ -116,6 +119,11 @@ class BatchLoader:
         self.augment = augment is not None
         self.pad, self.flip = (augment.pad, augment.flip) if augment is not None else (0, False)
         self.shuffle, self.drop_last, self.seed = order.shuffle, order.drop_last, order.seed
+        self.weights = None if order.weights is None else order.weights.detach().to("cpu", torch.float64)
+        if self.weights is not None and (self.weights.shape != (self.n,) or (self.weights < 0).any()
+                                         or not self.weights.sum() > 0):
+            raise ValueError(f"Order.weights must be {self.n} non-negative weights with a positive sum, "
+                             f"got shape {tuple(self.weights.shape)}")
         self.device = torch.device(device)
         self.channels_last = channels_last
 
@@ -136,12 +144,17 @@ class BatchLoader:
             x = x.contiguous(memory_format=torch.channels_last)
         return Batch(x, self.y[idx].to(self.device), idx.to(self.device))
 
-    def epoch(self, epoch: int = 0, *, drop_last: bool | None = None, augment: bool | None = None) -> Iterator[Batch]:
+    def epoch(self, epoch: int = 0, *, drop_last: bool | None = None, augment: bool | None = None,
+              weighted: bool = True) -> Iterator[Batch]:
         """Batches of one epoch; the order and augmentation depend only on (seed, epoch).
-        ``drop_last`` overrides the loader's own setting, ``augment=False`` turns augmentation off."""
+        ``drop_last`` overrides the loader's own setting, ``augment=False`` turns augmentation off,
+        ``weighted=False`` ignores the order's ``weights`` (every sample once)."""
         drop_last = self.drop_last if drop_last is None else drop_last
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
+        if self.weights is not None and weighted:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=gen)
+        else:
+            order = torch.randperm(self.n, generator=gen) if self.shuffle else torch.arange(self.n)
         bs = min(self.batch_size, self.n) if drop_last else self.batch_size
         stop = (self.n // bs) * bs if drop_last else self.n
         for start in range(0, stop, bs):
@@ -150,8 +163,8 @@ class BatchLoader:
     def sweep(self, *, augment: bool = True) -> Iterator[Batch]:
         """Every sample exactly once, shuffled and (unless ``augment`` is False) augmented as a
         training epoch would be, with the last, smaller batch kept (an epoch number no training
-        epoch uses: -1)."""
-        return self.epoch(-1, drop_last=False, augment=None if augment else False)
+        epoch uses: -1); an order's sample weights are not used here."""
+        return self.epoch(-1, drop_last=False, augment=None if augment else False, weighted=False)
 
     def __iter__(self) -> Iterator[Batch]:
         return self.epoch(0)

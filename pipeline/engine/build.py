@@ -80,15 +80,17 @@ def eval_loaders(exp: ExperimentConfig, data: PreparedData, device: torch.device
             for name, split in data.splits.items() if name not in TRAINING_SPLITS}
 
 
-def make_loaders(exp: ExperimentConfig, data: PreparedData, seed: int, device: torch.device) -> Loaders:
-    """Training (shuffled, augmented, seeded by ``seed``), meta (the same, its own seed) and
+def make_loaders(exp: ExperimentConfig, data: PreparedData, seed: int, device: torch.device,
+                 train_weights: torch.Tensor | None = None) -> Loaders:
+    """Training (shuffled, augmented, seeded by ``seed``; with ``train_weights`` [N] drawn by a
+    weighted sampler instead, see :class:`Order`), meta (shuffled, augmented, its own seed) and
     evaluation loaders."""
     stats = normalisation(data)
     a = exp.augment
     augment = Augmentation(a.crop_padding, a.flip) if a.crop_padding > 0 or a.flip else None
     common = dict(augment=augment, device=device, channels_last=exp.network.channels_last)
     train = BatchLoader(data.splits["train"], stats, exp.optim.batch_size,
-                        order=Order(shuffle=True, drop_last=True, seed=seed), **common)
+                        order=Order(shuffle=True, drop_last=True, seed=seed, weights=train_weights), **common)
     meta = BatchLoader(data.splits["meta"], stats, exp.meta_batch_size,
                        order=Order(shuffle=True, drop_last=True, seed=seed + 7919), **common)
     return Loaders(train, meta, eval_loaders(exp, data, device, stats))

@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 
 from pipeline.data.prepared import PreparedData
 from pipeline.engine.allocator import keep_freed_memory
-from pipeline.engine.build import Loaders, build_model, check_batch_sizes, make_loaders, resolve_device
+from pipeline.engine.build import Loaders, build_model, build_net, check_batch_sizes, make_loaders, resolve_device
 from pipeline.engine.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, atomic_save, load_checkpoint, run_lock,
                                         saved_on_interrupt)
 from pipeline.evaluation.metrics import predict, split_metrics
 from pipeline.layout import BEST, HISTORY, LAST, SCORES, artifact_file, write_json, write_npz
 from pipeline.methods import Method, StepContext, TrainInfo, method_class
-from pipeline.networks import FeatureClassifier
+from pipeline.networks import FeatureClassifier, Head
 from pipeline.params.experiment import ExperimentConfig, config_hash, run_params
 
 META_EPOCH_STRIDE = 1000  # meta-loader epochs reserved per training epoch
@@ -171,9 +171,10 @@ def set_up(run: RunSpec) -> Training:
     groups = data.splits["train"].extras.get("group")
     info = TrainInfo(num_classes=data.num_classes, class_counts=torch.bincount(train_y, minlength=data.num_classes),
                      num_train=len(train_y), feature_dim=net.feature_dim, device=dev, seed=run.seed,
-                     train_groups=None if groups is None else torch.from_numpy(groups.astype(np.int64)))
+                     train_groups=None if groups is None else torch.from_numpy(groups.astype(np.int64)),
+                     initial_state=functools.partial(seeded_initial_state, exp, data, cls.head, run.seed))
     method = cls(method_cfg, net, opt, info).to(dev)
-    loaders = make_loaders(exp, data, run.seed + run.first_epoch, dev)
+    loaders = make_loaders(exp, data, run.seed + run.first_epoch, dev, method.sampling_weights())
     t = Training(run, fingerprint, net, opt, method, loaders, epoch=run.first_epoch)
     last = run.out_dir / LAST
     if last.is_file():
@@ -184,6 +185,14 @@ def set_up(run: RunSpec) -> Training:
             t.resume(prev)
             print(f"resuming {run.out_dir} at epoch {t.epoch}", file=sys.stderr)
     return t
+
+
+def seeded_initial_state(exp: ExperimentConfig, data: PreparedData, head: Head, seed: int) -> dict[str, torch.Tensor]:
+    """The network's state as :func:`set_up` initialises it for ``seed`` before any checkpoint is
+    loaded (built on the CPU, as there; the process's random state is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_net(exp, data, torch.device("cpu"), head).state_dict()
 
 
 def train_one_epoch(t: Training, epoch: int) -> dict[str, float]:

@@ -35,6 +35,10 @@ class TrainInfo:
     device: torch.device
     seed: int = 0
     train_groups: torch.Tensor | None = None  # int64 [num_train], group of each training row (subpop)
+    # The network's state as the run's seeded random initialisation gives it (the scratch
+    # protocol's start), built on each call; for a method that trains a fresh network (JTT's
+    # stage 2). None where the trainer does not provide it.
+    initial_state: Callable[[], dict[str, torch.Tensor]] | None = None
 
 
 @dataclass
@@ -90,6 +94,14 @@ class Method(nn.Module):
         sample in batches (:meth:`pipeline.data.loader.BatchLoader.sweep`, augmented unless the
         class sets ``start_augmented = False``); e.g. to fill per-sample buffers. Nothing by
         default: the batches are not even drawn."""
+
+    def sampling_weights(self) -> torch.Tensor | None:
+        """How the training loader draws its batches: per-sample weights w [num_train] for a
+        weighted sampler (each epoch num_train draws with replacement, sample i with probability
+        w_i / Σ_j w_j, seeded by the run's seed and the epoch, as the shuffle, so a resumed run
+        draws the same batches; e.g. GroupDRO's group-balanced sampler), or None (default) for
+        every sample once per epoch in a shuffled order. Read once, when the run is set up."""
+        return None
 
     def epoch_metrics(self) -> dict[str, float]:
         """Metrics to log at the end of an epoch (e.g. statistics of epsilon)."""

@@ -124,15 +124,21 @@ def ldam_margins(counts: torch.Tensor, max_m: float) -> torch.Tensor:
     return raw * (max_m / raw.max())
 
 
+def margin_logits(logits: torch.Tensor, labels: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+    """LDAM's margin on the true class: z_ij − m_{y_i}·[j = y_i] [B, C] for logits z [B, C],
+    labels y [B] and class margins m [C]."""
+    m_y = margins.to(logits.dtype)[labels]  # [B]
+    return logits - F.one_hot(labels, logits.shape[1]).to(logits.dtype) * m_y[:, None]
+
+
 def ldam_loss(cos: torch.Tensor, labels: torch.Tensor, margins: torch.Tensor, s: float,
               weight: torch.Tensor | None = None) -> torch.Tensor:
-    """LDAM loss (Cao et al., 2019): CE on s·(cos θ_ij − m_{y_i}·[j = y_i]).
+    """LDAM loss (Cao et al., 2019): CE on s·(cos θ_ij − m_{y_i}·[j = y_i]) (:func:`margin_logits`).
 
     cos [B, C], labels y [B], margins m [C], scale s; ``weight`` [C] (None: plain mean) gives the
     weighted mean Σ_i w_{y_i} L_i / Σ_i w_{y_i} of ``F.cross_entropy(weight=w)``, as LDAM-DRW.
     """
-    m_y = margins.to(cos.dtype)[labels]  # [B]
-    adjusted = cos - F.one_hot(labels, cos.shape[1]).to(cos.dtype) * m_y[:, None]
+    adjusted = margin_logits(cos, labels, margins)
     return F.cross_entropy(s * adjusted, labels, weight=None if weight is None else weight.to(cos.dtype))
 
 

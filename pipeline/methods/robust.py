@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -84,6 +85,12 @@ class GroupDROConfig:
     step_size: float = bounded(0.01, gt=0)
     # C of the generalisation adjustment C/√n_g: run_expt.py --generalization_adjustment default 0.
     adjustment: float = bounded(0.0, ge=0)
+    # Draw the training batches group-balanced: a weighted sampler with w_i = 1/n_{g_i}, N draws
+    # with replacement per epoch (:meth:`GroupDRO.sampling_weights`), as group_DRO's
+    # --reweight_groups (data/dro_dataset.py:57-61, WeightedRandomSampler(len/group_counts[g],
+    # len, replacement=True)), which every command of its README sets (README.md:62, 76, 105).
+    # false: a plain shuffle, what the reference runs did.
+    group_sampler: bool = bounded(False, added=True)
 
 
 @register
@@ -128,15 +135,32 @@ class GroupDRO(Method):
         self.q.copy_(groupdro_update(self.q, loss_g.to(self.q.dtype), count > 0, self.cfg.step_size, adjustment))
         return (self.q.to(loss_g.dtype) * loss_g).sum(), logits
 
+    def sampling_weights(self) -> torch.Tensor | None:
+        """With ``group_sampler``: w_i = 1/n_{g_i} [N] (n_g the training count of group g), so that
+        every group is drawn with probability 1/G; otherwise None (a shuffle)."""
+        if not self.cfg.group_sampler:
+            return None
+        counts = torch.bincount(self.train_groups, minlength=self.num_groups).to(torch.float64)
+        return (1.0 / counts)[self.train_groups]
+
     def epoch_metrics(self) -> dict[str, float]:
         """The group weights q_g (a state, not an average over the epoch)."""
         return {f"groupdro_q/{g}": float(v) for g, v in enumerate(self.q.tolist())}
+
+
+Stage2Init = Literal["continue", "fresh"]
 
 
 @dataclass
 class JTTConfig:
     # λ_up: SubpopBench's default jtt_lambda (10); the JTT paper tunes it in {20, 50, 100}.
     lambda_up: float = bounded(10.0, ge=1)
+    # Stage 2's network. continue: the stage-1 weights and optimizer state (what the reference
+    # runs did); fresh: the run's seeded random initialisation and a new optimizer state, as JTT
+    # (anniesch/jtt run_expt.py:148-155: the stage-2 run builds a new model with get_model,
+    # ImageNet-pretrained there, from scratch here) and SubpopBench
+    # (subpopbench/learning/algorithms.py:681: JTT_Stage2, a second ERM network beside stage 1's).
+    stage2_init: Stage2Init = bounded("continue", added=True)
 
 
 @register
@@ -145,9 +169,15 @@ class JTT(Method):
 
     Stage 1 is the CE pretraining: the ERM model after T = ``pretrain_epochs`` epochs (the run's
     starting checkpoint). Its error set E is the training samples it misclassifies, found once
-    when the run starts (eval mode, no augmentation; a buffer, so kept on resume). Stage 2
-    trains with cross-entropy weighted λ_up on E and 1 elsewhere, L = Σ_i w_i ℓ_i / Σ_i w_i: the
-    expectation of upsampling E λ_up times, which is what JTT's and SubpopBench's samplers do.
+    when the run starts (eval mode, no augmentation; a buffer, so kept on resume). Stage 2 starts
+    from the stage-1 network (``stage2_init: continue``) or from the run's seeded random
+    initialisation with a cleared optimizer state (``fresh``, the authors' recipe) and trains with
+    cross-entropy weighted λ_up on E and 1 elsewhere, L = Σ_i w_i ℓ_i / Σ_i w_i: the expectation
+    of upsampling E λ_up times. The peers do it otherwise: JTT's code appends λ_up copies of E
+    to the training set (run_expt.py:80-106, so E is drawn 1 + λ_up times as often, in plain
+    shuffled batches); SubpopBench uses no sampler and no fixed error set: each stage-2 batch
+    weighs λ_up the samples that the frozen stage-1 model misclassifies in that batch, and the
+    loss is the plain batch mean Σ_i w_i ℓ_i / B (algorithms.py:660-672).
     Under ``protocol: scratch`` stage 1 is the random initialisation: use ``deferred``.
     """
 
@@ -162,12 +192,20 @@ class JTT(Method):
 
     @torch.no_grad()
     def start(self, batches: Iterable[Batch]) -> None:
+        """The error set E of the stage-1 network; then, with ``stage2_init: fresh``, the network
+        takes ``info.initial_state()`` and the optimizer's state (momentum) is cleared."""
         net = self.network
         was_training = net.training
         net.eval()
         for batch in batches:
             self.error_set[batch.index] = net(batch.x).argmax(1) != batch.y
         net.train(was_training)
+        if self.cfg.stage2_init == "fresh":
+            if self.info.initial_state is None:
+                raise RuntimeError("jtt stage2_init: fresh needs TrainInfo.initial_state (the trainer's seeded "
+                                   "initialisation)")
+            net.load_state_dict(self.info.initial_state())
+            self.optimizer.state.clear()
 
     def loss(self, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.network(batch.x)

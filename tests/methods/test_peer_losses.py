@@ -349,8 +349,9 @@ def test_defaults_are_the_peers_recipes():
     assert defaults == {
         "focal": {"gamma": 1.0}, "cb_ce": {"beta": 0.9999}, "cb_focal": {"beta": 0.9999, "gamma": 1.0},
         "ldam_drw": {"max_m": 0.5, "s": 30.0, "drw_epoch": 160, "drw_beta": 0.9999},
-        "balanced_softmax": {}, "gce": {"q": 0.7}, "groupdro": {"step_size": 0.01, "adjustment": 0.0},
-        "jtt": {"lambda_up": 10.0}}
+        "balanced_softmax": {}, "gce": {"q": 0.7},
+        "groupdro": {"step_size": 0.01, "adjustment": 0.0, "group_sampler": False},
+        "jtt": {"lambda_up": 10.0, "stage2_init": "continue"}}
 
 
 @pytest.mark.parametrize("name", NAMES)
