@@ -34,14 +34,20 @@ import torch
 
 BENCH_KEYS = ("model_img_per_s", "input_pipeline_ratio", "meta_head_over_ce", "meta_full_over_ce",
               "meta_full_shared_over_ce", "mwn_full_over_ce", "metasaug_full_over_ce", "meta_full_over_peer_style",
-              "ce_step_median_s", "meta_full_step_median_s", "ce_peak_mb", "meta_full_peak_mb")
+              "ce_step_median_s", "meta_full_step_median_s", "ce_peak_mb", "meta_full_peak_mb",
+              # under bf16 autocast (network.precision: bf16): the issue-29 goals are read from these
+              "bf16_model_img_per_s", "bf16_input_pipeline_ratio", "bf16_ce_speedup", "bf16_meta_full_over_ce",
+              "bf16_meta_head_over_ce", "bf16_ce_step_median_s", "bf16_meta_full_peak_mb")
+
+
+DEVICE_TESTS = ("tests/methods/test_meta_gradient_device.py", "tests/data/test_loader_device.py")
 
 
 def run_tests(device: str) -> dict[str, Any]:
     """``pytest -m device`` on ``device``: the counts of its summary line and the exit status."""
     env = {**os.environ, "META_IADA_TEST_DEVICE": device}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "device", "-p", "no:cacheprovider",
-                           "tests/methods/test_meta_gradient_device.py"], env=env, capture_output=True, text=True)
+                           *DEVICE_TESTS], env=env, capture_output=True, text=True)
     sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-2000:])
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|error|errors|skipped)", proc.stdout)}
     return {"rc": proc.returncode, "passed": counts.get("passed", 0),

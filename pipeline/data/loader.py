@@ -1,9 +1,12 @@
 """In-memory batch loading with whole-batch augmentation in torch.
 
-Images stay uint8 [N, C, H, W] in memory; a batch is gathered by index, randomly cropped
-(zero padding ``pad`` pixels, as torchvision's ``RandomCrop(32, padding=4)``), flipped
-horizontally with probability 1/2, converted to float and normalised, all as tensor ops on the
-whole batch: no per-image PIL work in the training loop. Each batch carries its sample indices.
+Images stay uint8 [N, C, H, W] in memory, on the loader's device (copied there once: on a GPU no
+batch of images crosses from the host); a batch is gathered by index, randomly cropped (zero
+padding ``pad`` pixels, as torchvision's ``RandomCrop(32, padding=4)``), flipped horizontally with
+probability 1/2, converted to float and normalised, all as tensor ops on the whole batch on that
+device: no per-image PIL work in the training loop. The random draws (order, offsets, flips) are
+made on the host from a seeded generator, so every device sees the same batches. Each batch
+carries its sample indices.
 """
 
 from __future__ import annotations
@@ -53,21 +56,23 @@ def channel_stats(x: np.ndarray, chunk: int = 1024) -> tuple[list[float], list[f
 def random_crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Random crop after zero padding, and random horizontal flip, for a whole batch.
 
-    x: uint8 or float [B, C, H, W]. Each sample gets its own offset (oy, ox) in [0, 2*pad] and
-    its own flip bit, drawn from ``generator``.
+    x: uint8 or float [B, C, H, W] on any device. Each sample gets its own offset (oy, ox) in
+    [0, 2*pad] and its own flip bit, drawn from ``generator`` (a host generator: the draws are the
+    same whatever the device; only these 3B small numbers are copied to it).
     """
     b, _, h, w = x.shape
+    dev = x.device
     if pad > 0:
         padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-        ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-        rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # [B, 1, H, 1]
-        cols = (ox[:, None] + torch.arange(w))[:, None, None, :]  # [B, 1, 1, W]
-        bidx = torch.arange(b)[:, None, None, None]
-        cidx = torch.arange(x.shape[1])[None, :, None, None]
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
+        rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # [B, 1, H, 1]
+        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # [B, 1, 1, W]
+        bidx = torch.arange(b, device=dev)[:, None, None, None]
+        cidx = torch.arange(x.shape[1], device=dev)[None, :, None, None]
         x = padded[bidx, cidx, rows, cols]
     if flip:
-        mask = torch.rand(b, generator=generator) < 0.5
+        mask = (torch.rand(b, generator=generator) < 0.5).to(dev)
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
 
@@ -110,11 +115,13 @@ class BatchLoader:
                  augment: Augmentation | None = None, order: Order = Order(),
                  device: torch.device | str = "cpu", channels_last: bool = False) -> None:
         mean, std = stats
-        self.x = to_tensor_images(split.x)
-        self.y = torch.from_numpy(split.y.astype(np.int64))
+        self.device = torch.device(device)
+        # the split lives on the device once: uint8 images [N, C, H, W], labels, normalisation
+        self.x = to_tensor_images(split.x).to(self.device)
+        self.y = torch.from_numpy(split.y.astype(np.int64)).to(self.device)
         self.n = len(self.y)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.batch_size = batch_size
         self.augment = augment is not None
         self.pad, self.flip = (augment.pad, augment.flip) if augment is not None else (0, False)
@@ -124,7 +131,6 @@ class BatchLoader:
                                          or not self.weights.sum() > 0):
             raise ValueError(f"Order.weights must be {self.n} non-negative weights with a positive sum, "
                              f"got shape {tuple(self.weights.shape)}")
-        self.device = torch.device(device)
         self.channels_last = channels_last
 
     def __len__(self) -> int:
@@ -136,13 +142,14 @@ class BatchLoader:
               augment: bool | None = None) -> Batch:
         """The batch of the given sample indices (augmented when the loader augments, unless
         ``augment`` is False)."""
+        idx = idx.to(self.device)  # host indices (B int64) are all that is copied per batch
         x = self.x[idx]
         if self.augment and augment is not False:
             x = random_crop_flip(x, self.pad, self.flip, generator or torch.Generator())
-        x = (x.to(self.device, torch.float32) - self.mean.to(self.device)) / self.std.to(self.device)
+        x = (x.to(torch.float32) - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return Batch(x, self.y[idx].to(self.device), idx.to(self.device))
+        return Batch(x, self.y[idx], idx)
 
     def epoch(self, epoch: int = 0, *, drop_last: bool | None = None, augment: bool | None = None,
               weighted: bool = True) -> Iterator[Batch]:
