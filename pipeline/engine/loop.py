@@ -125,6 +125,8 @@ def fit(run: RunSpec, *, tracker: Tracker | None = None, on_epoch: EpochCallback
         for epoch in progress.epochs:
             metrics = train_one_epoch(t, epoch)
             metrics.update({f"val_{k}": v for k, v in validate(t.net, t.loaders, run.data).items()})
+            if records_test_curve(run.exp, epoch):
+                metrics["calibration_test_acc"] = calibration_test_accuracy(t.net, t.loaders, run.data)
             if not all(math.isfinite(v) for k, v in metrics.items() if k.startswith("train_loss")):
                 raise FloatingPointError(f"training diverged at epoch {epoch} (loss {metrics.get('train_loss')}): "
                                          "lower optim.lr or the method's alpha/beta")
@@ -229,6 +231,18 @@ def validate(net: FeatureClassifier, loaders: Loaders, data: PreparedData) -> di
     """Metrics of the validation split (accuracy, and worst-group accuracy where it has groups)."""
     split = data.splits["val"]
     return split_metrics(predict(net, loaders.eval["val"]), split.y, data.num_classes, split.extras.get("group"))
+
+
+def records_test_curve(exp: ExperimentConfig, epoch: int) -> bool:
+    """Whether ``epoch`` records ``calibration_test_acc`` (``calibration_test_curve``: from the first
+    lr milestone on, where the best epoch on test of the published numbers lies)."""
+    return exp.calibration_test_curve and epoch >= (exp.optim.milestones[0] if exp.optim.milestones else 0)
+
+
+def calibration_test_accuracy(net: FeatureClassifier, loaders: Loaders, data: PreparedData) -> float:
+    """Accuracy on the test split, for the calibration curve only (never for selection)."""
+    split = data.splits["test"]
+    return split_metrics(predict(net, loaders.eval["test"]), split.y, data.num_classes)["acc"]
 
 
 def end_epoch(t: Training, epoch: int, metrics: dict[str, float]) -> None:

@@ -187,7 +187,7 @@ def load_finished_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str
 
 
 SHOT_KEYS = ("many_acc", "medium_acc", "few_acc")
-CURVE_KEYS = ("epoch", "train_loss", "val_acc", "val_worst_group_acc", "epoch_seconds")
+CURVE_KEYS = ("epoch", "train_loss", "val_acc", "val_worst_group_acc", "epoch_seconds", "calibration_test_acc")
 EPSILON_KEYS = ("mean", "adversarial_share", "auroc_noisy_lower_eps")
 
 

@@ -92,6 +92,11 @@ class ExperimentConfig:
     # MetaSAug / Meta-IADA protocol); scratch: every method trains all pretrain_epochs +
     # train_epochs from a seeded random initialisation (LDAM-DRW's, LA's, the CB papers' own).
     protocol: Literal["deferred", "scratch"] = "deferred"
+    # Record the test accuracy of every epoch from the first lr milestone on, as
+    # ``calibration_test_acc``: the published long-tail numbers report the best epoch on test, and
+    # the paper-scale calibration (issue 31) compares with them that way. Never used to select or
+    # to tune anything; off by default (an evaluation of the test split per epoch costs time).
+    calibration_test_curve: bool = bounded(False, added=True)
     # Method name -> its Config (read as a mapping of overrides of the code defaults).
     methods: dict[str, Any] = field(default_factory=dict)
     # Dotted key -> ParamSpace: the Optuna search space (read as mappings).

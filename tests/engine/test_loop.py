@@ -172,6 +172,32 @@ def test_a_starting_checkpoint_of_another_length_is_refused_before_any_work(tmp_
     assert not (tmp_path / "run" / LAST).exists()
 
 
+def test_the_calibration_test_curve_records_test_accuracy_from_the_first_lr_step_and_selects_nothing(tmp_path):
+    """``calibration_test_curve``: every epoch from the first milestone (3) records the test
+    accuracy of that epoch's weights; earlier epochs do not; selection stays on validation and
+    the weights are those of a run without it."""
+    from pipeline.engine.build import eval_loaders
+    from pipeline.evaluation.metrics import predict, split_metrics
+
+    data = tiny_data()
+    plain = fit(RunSpec(tiny_experiment(), data, "ce", 0, tmp_path / "plain", first_epoch=0, last_epoch=4,
+                        device="cpu"))
+    exp = tiny_experiment(calibration_test_curve=True)
+    summary = fit(RunSpec(exp, data, "ce", 0, tmp_path / "calib", first_epoch=0, last_epoch=4, device="cpu"))
+    assert [("calibration_test_acc" in h) for h in summary["history"]] == [False, False, False, True]
+    assert summary["selected_epoch"] == plain["selected_epoch"]
+    last = weights(tmp_path / "calib" / LAST)
+    assert all(torch.equal(last[k], v) for k, v in weights(tmp_path / "plain" / LAST).items())
+    method = REGISTRY["ce"]  # the final weights' test accuracy, computed apart
+    from pipeline.engine.build import build_net
+    model = build_net(exp, data, torch.device("cpu"), method.head)
+    model.load_state_dict(last)
+    test = data.splits["test"]
+    acc = split_metrics(predict(model, eval_loaders(exp, data, torch.device("cpu"))["test"]), test.y,
+                        data.num_classes)["acc"]
+    assert summary["history"][-1]["calibration_test_acc"] == acc
+
+
 def test_checkpoint_of_another_network_is_refused(tmp_path):
     data = tiny_data()
     fit(RunSpec(tiny_experiment(), data, "ce", 0, tmp_path / "pre", first_epoch=0, last_epoch=1, device="cpu"))
