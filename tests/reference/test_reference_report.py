@@ -263,3 +263,52 @@ def test_the_noisy_page_says_whether_ce_went_below_the_noise_bound(last_loss, ve
     assert f"is {last_loss:.2f} (seeds: {last_loss:.2f}, {last_loss:.2f}), {verdict}" in page
     assert ("CE did not memorise" in page) == (last_loss > 1.55)
     assert f"{verdict}" in report.headline("exp", s)
+
+
+def test_a_precision_twin_is_compared_with_its_fp32_run_and_ranks_nowhere():
+    """A variant that changes only network.precision is paired with its method's own label seed by
+    seed (selected, final, validation), and stays out of the ranking, the ablations and the choice
+    of the best baseline, even when it would win them."""
+    def twin(label, method, seed, test, val):
+        r = record(label, seed, test, val, method=method)
+        r["changed"] = {"network.precision": "bf16"}
+        return r
+
+    recs = [r for s in range(3) for r in (
+        record("ce", s, 0.50, 0.50), record("la", s, 0.60 + 0.01 * s, 0.60, method="la"),
+        record("meta_iada", s, 0.55, 0.55), twin("la-bf16", "la", s, 0.58 + 0.02 * s, 0.99),
+        twin("meta_iada-bf16", "meta_iada", s, 0.54, 0.98))]
+    s = summarise(labels_of(*recs), "meta_iada")
+    assert s["precision"] == ["la-bf16", "meta_iada-bf16"]
+    assert s["ranking"] == ["la", "meta_iada", "ce"] and s["ablations"] == [] and s["best_baseline"] == "la"
+    la16 = s["labels"]["la-bf16"]
+    assert la16["fp32_label"] == "la"
+    assert la16["selected"]["vs_fp32"]["mean"] == pytest.approx(-0.01)  # d_s = -0.02 + 0.01 s
+    assert la16["selected"]["vs_fp32"]["low"] < -0.01 < la16["selected"]["vs_fp32"]["high"]
+    assert la16["val_vs_fp32"]["mean"] == pytest.approx(0.39)
+    page = report.experiment_markdown("exp", s, None, [])
+    assert "## Precision parity" in page and "| la-bf16 |" in page.split("## Precision parity")[1]
+
+
+def test_the_calibration_column_is_the_best_test_epoch_and_only_there():
+    """The published-vs-ours table gets the best epoch on test (the papers' rule) where the runs
+    recorded a calibration curve, labelled as calibration only; a published row finds our
+    from-scratch variant when the method itself did not run."""
+    recs = []
+    for s in range(2):
+        for label, method, curve in (("ce", "ce", [0.60, 0.64 + 0.02 * s, 0.62]),
+                                     ("ldam_drw-scratch", "ldam_drw", [0.70, 0.71, 0.75])):
+            r = record(label, s, 0.6, 0.6, method=method)
+            r["curve"]["calibration_test_acc"] = [None, *curve]  # none before the first lr step
+            recs.append(r)
+    s = summarise(labels_of(*recs), "meta_iada")
+    assert s["labels"]["ce"]["best_epoch_on_test"]["mean"] == pytest.approx(0.65)
+    published = {"common": {"data": "d", "network": "n", "epochs": "e", "selection": "best epoch on test"},
+                 "metric": "acc", "rows": [{"label": "ce", "value": 70.4, "source": "x"},
+                                           {"label": "ldam_drw", "value": 77.0, "source": "y"}]}
+    page = report.experiment_markdown("exp", s, published, [])
+    table = page.split("## Published vs ours")[1]
+    assert "for calibration only" in table
+    assert "| ce | 70.4 | x | 60.00 ± 0.00 | 60.00 ± 0.00 | 65.00 ± 1.41 |" in table
+    assert "| ldam_drw | 77.0 | y | 60.00 ± 0.00 | 60.00 ± 0.00 | 75.00 ± 0.00 |" in table
+    assert "calibration" not in page.split("## Published vs ours")[0]
