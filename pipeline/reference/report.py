@@ -324,7 +324,7 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
              f" AVX-512, torch threads: {machine.get('threads', '?')})."), ""]
     if s["scenario"] in SCENARIO_NOTES:
         lines += [SCENARIO_NOTES[s["scenario"]], ""]
-    keys = sorted((k for k in next(iter(labels.values()))["selected"] if k not in ("vs_ce", "vs_best")),
+    keys = sorted((k for k in next(iter(labels.values()))["selected"] if not k.startswith("vs_")),
                   key=lambda k: (k != primary, ORDER.index(k) if k in ORDER else len(ORDER), k))
     lines += ["## Headline metrics", "",
               "Ranked by the selected " + primary + ". Per seed: the selected " + primary + " of seeds "
