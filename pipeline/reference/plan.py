@@ -5,18 +5,46 @@ metrics against ``params.yaml`` without importing the training code."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.layout import PRETRAIN, Tree, reference_metrics_file, reference_tree
+from pipeline.errors import UserError
+from pipeline.layout import PRETRAIN, Tree, json_safe, reference_metrics_file, reference_tree, write_json
 from pipeline.params.experiment import ExperimentConfig, config_hash
 from pipeline.params.file import Params
 from pipeline.params.reference import variant_experiment
 from pipeline.params.schema import ParamError
 
 RECORD_FORMAT = 1
+
+
+def record_digest(record: dict[str, Any]) -> str:
+    """sha256 of a metrics record's content without its ``digest`` (keys sorted, as JSON reads it
+    back): what the sweep wrote, so that a later edit of any number shows."""
+    body = json.loads(json.dumps(json_safe({k: v for k, v in record.items() if k != "digest"}), default=float))
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_record(record: dict[str, Any], path: Path) -> None:
+    """Write a run's metrics record with its digest (atomically)."""
+    write_json({**record, "digest": record_digest(record)}, path)
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """A committed metrics record, checked: a file that is not JSON (truncated) or whose content
+    no longer matches its digest (a number edited by hand) is one :class:`UserError` saying how to
+    get it back, never a traceback, a silent "todo" or a number in the report."""
+    restore = f"restore it with `git checkout -- {path}`, or delete it and rerun its run"
+    try:
+        record = json.loads(path.read_text())
+    except ValueError as err:
+        raise UserError(f"{path} is damaged (not valid JSON: {err}): {restore}") from None
+    if not isinstance(record, dict) or record.get("digest") != record_digest(record):
+        raise UserError(f"{path} does not match the digest its run wrote (edited since?): {restore}")
+    return record
 
 
 @dataclass
@@ -65,10 +93,7 @@ class Job:
         f = self.metrics_file
         if not f.is_file():
             return False
-        try:
-            record = json.loads(f.read_text())
-        except ValueError:
-            return False
+        record = read_record(f)  # a damaged file stops the sweep: it is never overwritten unannounced
         return record.get("config") == self.config and record.get("format") == RECORD_FORMAT
 
 

@@ -99,9 +99,11 @@ class Label:
 
 def load_records(root: Path = METRICS_DIR / REFERENCE) -> dict[str, dict[str, Label]]:
     """``{experiment: {label: Label}}`` from ``metrics/reference/<experiment>/*.json``."""
+    from pipeline.reference.plan import read_record
+
     out: dict[str, dict[str, Label]] = {}
     for path in sorted(root.glob("*/*.json")):
-        r = json.loads(path.read_text())
+        r = read_record(path)
         labels = out.setdefault(r["experiment"], {})
         labels.setdefault(r["label"], Label(r["label"])).records[int(r["seed"])] = r
     return out
@@ -111,13 +113,13 @@ def outdated_records(params: Params, root: Path = METRICS_DIR / REFERENCE) -> li
     """Metrics files of a sweep in ``params.reference`` that its params no longer produce: a run
     whose configuration changed since (a default, a hyperparameter, the profile), or a label or
     seed the sweep no longer has. Their numbers would be reported under today's params."""
-    from pipeline.reference.plan import RECORD_FORMAT, plan
+    from pipeline.reference.plan import RECORD_FORMAT, plan, read_record
 
     sweeps = params.reference.experiments
     expected = {(j.exp.name, j.label, j.seed): j.config for j in plan(params, list(sweeps))} if sweeps else {}
     out = []
     for path in sorted(root.glob("*/*.json")):
-        r = json.loads(path.read_text())
+        r = read_record(path)
         if r["experiment"] not in sweeps:
             continue  # an experiment given up: its page says so
         key = (r["experiment"], r["label"], int(r["seed"]))

@@ -18,12 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.layout import PRETRAIN, Tree, plots_dir, write_json
+from pipeline.layout import PRETRAIN, Tree, plots_dir
 from pipeline.params.experiment import ExperimentConfig
 from pipeline.params.file import Params
 from pipeline.params.reference import Variant, variant_experiment
 from pipeline.params.schema import to_dict
-from pipeline.reference.plan import RECORD_FORMAT, Job, plan
+from pipeline.reference.plan import RECORD_FORMAT, Job, plan, write_record
 
 __all__ = ["RECORD_FORMAT", "Job", "ensure_prepared", "machine", "plan", "run", "run_job"]
 
@@ -71,7 +71,7 @@ def run_job(job: Job, *, device: str, track: bool, pretrain_label: str = PRETRAI
     result = evaluate_run(job.exp, data, run_dir, plots, device)
     record = {"format": RECORD_FORMAT, "config": job.config, "experiment": job.exp.name, "label": job.label,
               "changed": job.changed, "split_seed": job.split_seed, **result, "machine": machine()}
-    write_json(record, job.metrics_file)
+    write_record(record, job.metrics_file)
     if track:
         from pipeline import tracking
 

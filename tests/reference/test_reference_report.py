@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.layout import write_json
+from pipeline.reference.plan import write_record
 from pipeline.params.file import load_params
 from pipeline.reference import report
 from pipeline.reference.report import Label, best_baseline, build_reports, paired, summarise
@@ -113,7 +113,7 @@ def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for r in [record(lab, s, acc + 0.01 * s, val, epsilon=lab == "meta_iada")
               for lab, acc, val in (("ce", 0.5, 0.5), ("la", 0.6, 0.62), ("meta_iada", 0.55, 0.6)) for s in range(2)]:
-        write_json(r, Path("metrics/reference/exp") / f"{r['label']}-s{r['seed']}.json")
+        write_record(r, Path("metrics/reference/exp") / f"{r['label']}-s{r['seed']}.json")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs/published.yaml").write_text((ROOT / "docs/published.yaml").read_text())
     Path("README.md").write_text(f"# Title\n\nbefore\n\n{report.BEGIN}\nold numbers\n{report.END}\n\nafter\n")
@@ -157,7 +157,7 @@ def test_check_finds_a_report_older_than_its_metrics(project):
     f = Path("metrics/reference/exp/la-s1.json")
     r = json.loads(f.read_text())
     r["selected"]["headline"]["acc"] = 0.9
-    write_json(r, f)
+    write_record(r, f)
     assert {p.as_posix() for p in build_reports(project, check=True)} >= {"reports/reference/exp.md", "README.md"}
 
 
@@ -178,15 +178,15 @@ def test_metrics_that_params_yaml_no_longer_produces_stop_the_report(project):
     r = record("ce", 0, 0.6, 0.6)
     r.update(experiment="lt_ref", config=job.config)
     f = Path("metrics/reference/lt_ref/ce-s0.json")
-    write_json(r, f)
+    write_record(r, f)
     build_reports(project)  # today's configuration: reported
     assert "lt_ref" in json.loads(Path("reports/reference/summary.json").read_text())
 
-    write_json({**r, "config": "an older default"}, f)
+    write_record({**r, "config": "an older default"}, f)
     with pytest.raises(UserError, match=r"lt_ref/ce-s0.json \(its configuration changed: rerun .*--seed 0 --label ce"):
         build_reports(project)
-    write_json(r, f)
-    write_json({**r, "label": "meta_iada-dropped"}, Path("metrics/reference/lt_ref/meta_iada-dropped-s0.json"))
+    write_record(r, f)
+    write_record({**r, "label": "meta_iada-dropped"}, Path("metrics/reference/lt_ref/meta_iada-dropped-s0.json"))
     with pytest.raises(UserError, match="meta_iada-dropped-s0.json .label 'meta_iada-dropped', seed 0 is no run"):
         build_reports(project)
 
@@ -312,3 +312,42 @@ def test_the_calibration_column_is_the_best_test_epoch_and_only_there():
     assert "| ce | 70.4 | x | 60.00 ± 0.00 | 60.00 ± 0.00 | 65.00 ± 1.41 |" in table
     assert "| ldam_drw | 77.0 | y | 60.00 ± 0.00 | 60.00 ± 0.00 | 75.00 ± 0.00 |" in table
     assert "calibration" not in page.split("## Published vs ours")[0]
+
+
+def test_a_hand_edited_or_truncated_metrics_file_is_one_error_naming_it(project, capsys):
+    """A committed record whose number was edited by hand (the README once showed such an edit
+    with every check passing) no longer matches its digest; a truncated one is not JSON. Both stop
+    the report, the --check and the sweep's plan with one line naming the file and how to restore
+    it, instead of a reported number, a traceback or a silent rerun that overwrites it."""
+    from pipeline.errors import UserError
+    from pipeline.stages.reference_report import main
+
+    build_reports(project)
+    f = Path("metrics/reference/exp/la-s1.json")
+    good = f.read_text()
+    f.write_text(good.replace('"acc": 0.61', '"acc": 0.91', 1))
+    assert f.read_text() != good
+    for check in (False, True):
+        with pytest.raises(UserError, match=r"exp/la-s1.json does not match the digest its run wrote .*git checkout"):
+            build_reports(project, check=check)
+    f.write_text(good[:len(good) // 2])
+    with pytest.raises(UserError, match=r"exp/la-s1.json is damaged \(not valid JSON"):
+        build_reports(project)
+    assert main(["--check", "--params", str(ROOT / "params.yaml")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "la-s1.json is damaged" in err[0]
+    f.write_text(good)
+    assert build_reports(project, check=True) == []
+
+
+def test_the_sweep_refuses_a_damaged_record_of_its_own_run_instead_of_calling_it_todo(tmp_path, monkeypatch):
+    from pipeline.errors import UserError
+    from pipeline.reference.plan import plan
+
+    monkeypatch.chdir(tmp_path)
+    params = load_params(ROOT / "params.yaml")
+    job = plan(params, ["lt_ref"], [0], ["ce"])[0]
+    job.metrics_file.parent.mkdir(parents=True)
+    job.metrics_file.write_text('{"format": 1, "config": "')
+    with pytest.raises(UserError, match="lt_ref/ce-s0.json is damaged"):
+        job.done()
