@@ -80,6 +80,7 @@ def test_a_read_only_store_is_one_tracking_error(tmp_path, monkeypatch):
 
     from pipeline import tracking
 
+    monkeypatch.chdir(tmp_path)  # MLflow makes a folder "file:" for this URI in the working directory
     monkeypatch.setattr(tracking, "artifact_root", lambda: tmp_path / "mlartifacts")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     tracking.setup("long-tail")  # a real, migrated store

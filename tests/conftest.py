@@ -1,0 +1,46 @@
+"""Suite-wide check: the tests write only under their temporary folders, never into the work tree.
+
+Before the session and after it, the work tree's untracked, ignored and modified paths are listed
+(``git status --porcelain --ignored``); any path that appeared fails the run and is named. Byte
+code caches and pytest's own cache are not counted.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_COUNTED = (".pytest_cache/", ".ruff_cache/")
+
+
+def work_tree_paths() -> set[str] | None:
+    """Paths of ``git status --porcelain --ignored`` (None outside a git work tree)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {line[3:] for line in out.splitlines()
+            if not line[3:].endswith("__pycache__/") and not line[3:].startswith(NOT_COUNTED)}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[BEFORE] = work_tree_paths()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before, after = session.config.stash.get(BEFORE, None), work_tree_paths()
+    if before is None or after is None or session.config.option.collectonly:
+        return
+    left = sorted(after - before)
+    if left:
+        session.config.get_terminal_writer().line(
+            f"error: the tests left {len(left)} path(s) in the work tree (write under tmp_path instead): "
+            + ", ".join(left), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+BEFORE = pytest.StashKey[set[str] | None]()
