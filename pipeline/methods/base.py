@@ -86,8 +86,7 @@ class Method(nn.Module):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        acc = (logits.argmax(1) == batch.y).float().mean()
-        return {"loss": loss.item(), "acc": acc.item()}
+        return step_metrics(loss, logits, batch.y)
 
     def start(self, batches: Iterable[Batch]) -> None:
         """Called once before the first epoch of a fresh (not resumed) run with every training
@@ -141,6 +140,18 @@ class PerSampleLoss(Method):
         per_sample = self.per_sample(logits, batch.y)
         w = self.sample_weights(batch.y)
         return (per_sample if w is None else w.to(per_sample.dtype) * per_sample).mean(), logits
+
+
+def step_metrics(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """What every method's step reports: its own training loss (``loss``: what it minimises, not
+    comparable between methods), the batch accuracy (``acc``) and the plain cross-entropy of the
+    network's logits on the batch, CE(z, y) (``ce``: the same quantity for every method, so that
+    one curve compares them; for a cosine head z is cos θ, as evaluation predicts from it)."""
+    with torch.no_grad():
+        z = logits.detach().float()
+        acc = (z.argmax(1) == labels).float().mean()
+        ce = F.cross_entropy(z, labels)
+    return {"loss": loss.item(), "acc": acc.item(), "ce": ce.item()}
 
 
 REGISTRY: dict[str, type[Method]] = {}

@@ -35,7 +35,7 @@ from pipeline.methods.covariance import ClassCovariance, CovarianceMode
 from pipeline.methods.losses import Direction, alpha_at, class_balanced_weights, iada_loss
 from pipeline.methods.meta_gradient import (ForwardPrimals, MetaInputs, MetaScope, PseudoStep, PseudoUpdate,
                                             TrainForward, TrainLoss, meta_features, meta_step)
-from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register
+from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register, step_metrics
 from pipeline.networks import FeatureClassifier
 from pipeline.methods.perturbation import EpsilonSign, PerturbationNet
 
@@ -163,8 +163,7 @@ class FeatureAugmentation(Method):
         self.optimizer.step()
         self.class_covariance.update(features.detach(), batch.y)
         self.record(batch, logits.detach(), epsilon)
-        acc = (logits.detach().argmax(1) == batch.y).float().mean()
-        return {"loss": loss.item(), "acc": acc.item()}
+        return step_metrics(loss, logits, batch.y)
 
     def _per_sample_loss(self, logits: torch.Tensor, weight: torch.Tensor,
                          epsilon: torch.Tensor | None, *, features: torch.Tensor, labels: torch.Tensor,

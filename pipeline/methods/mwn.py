@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register
+from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register, step_metrics
 from pipeline.methods.meta_gradient import (ForwardPrimals, MetaInputs, MetaScope, PseudoUpdate, TrainForward,
                                             meta_features, meta_step)
 from pipeline.networks import FeatureClassifier
@@ -146,8 +146,7 @@ class MetaWeightNet(Method):
             self.last_weight[batch.index] = w.float()
             self.epoch_sums[0] += len(w)
             self.epoch_sums[1] += w.double().sum()
-        acc = (logits.argmax(1) == batch.y).float().mean()
-        return {"loss": loss.item(), "acc": acc.item()}
+        return step_metrics(loss, logits, batch.y)
 
     def epoch_metrics(self) -> dict[str, float]:
         """The mean weight ``mwn_weight_mean`` and the mean ``meta_loss`` of the epoch."""

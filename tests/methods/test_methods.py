@@ -499,3 +499,17 @@ def test_a_shared_real_step_is_the_step_with_the_old_epsilon_and_the_same_meta_s
     for a, b in zip(shared.perturbation_net.parameters(), exact.perturbation_net.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert any(not torch.allclose(a, b) for a, b in zip(shared.network.parameters(), exact.network.parameters()))
+
+
+@pytest.mark.parametrize("name", sorted(set(REGISTRY) - {"groupdro", "jtt"}))
+def test_every_method_reports_the_plain_cross_entropy_of_its_batch(name):
+    """``ce`` of a step is CE(z, y) of the network's logits on the step's batch, before the step
+    (what evaluation would predict from), whatever the method minimises (``loss``), so that one
+    curve compares methods. (groupdro and jtt need group labels; their step is the base class's.)"""
+    method, net, _ = make(name, {})
+    x, y, meta = data()
+    index = torch.arange(BATCH)
+    with torch.no_grad():  # training mode as in the step: the batch's own BatchNorm statistics
+        expected = F.cross_entropy(copy.deepcopy(net).train()(x[index]), y[index]).item()
+    metrics = step(method, x, y, meta, 0)
+    assert metrics["ce"] == pytest.approx(expected, rel=1e-4)
