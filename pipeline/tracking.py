@@ -137,11 +137,20 @@ def run_tags(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 @contextmanager
 def start_run(experiment: str, run_name: str, *, run_id: str | None = None, nested: bool = False,
               tags: Mapping[str, str] | None = None) -> Iterator[mlflow.ActiveRun]:
-    """Start (or, with ``run_id``, resume) a run in the scenario's experiment."""
+    """Start (or, with ``run_id``, resume) a run in the scenario's experiment; inside ``dvc exp run``
+    a new run's name carries the DVC experiment's (:func:`display_name`)."""
     setup(experiment)
-    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name, nested=nested,
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else display_name(run_name), nested=nested,
                           tags=run_tags(tags)) as run:
         yield run
+
+
+def display_name(run_name: str) -> str:
+    """``run_name``, or inside ``dvc exp run`` (which exports ``DVC_EXP_NAME``) ``<run_name>
+    (<DVC experiment>)``: a variant's run is then told apart from the workspace's run of the same
+    experiment, method and seed in MLflow's run list (the ``dvc_exp_name`` tag holds the same)."""
+    exp = os.environ.get("DVC_EXP_NAME")
+    return f"{run_name} ({exp})" if exp else run_name
 
 
 def log_params(params: Mapping[str, Any]) -> None:

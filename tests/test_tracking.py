@@ -107,3 +107,24 @@ def test_a_tracking_server_that_does_not_answer_stops_the_stage_in_one_line_at_o
                                                    "does not answer"), lines
     assert "make server" in lines[0] and time.monotonic() - start < 60
     assert list(tmp_path.iterdir()) == []  # no data built, no local store
+
+
+def test_a_run_of_a_dvc_experiment_is_named_after_it(tmp_path, monkeypatch):
+    """`dvc exp run` exports DVC_EXP_NAME: the variant's run of lt-meta_iada-s0 is listed under
+    another name than the workspace's, and tagged with the experiment."""
+    import mlflow
+
+    from pipeline import tracking
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tracking, "artifact_root", lambda: tmp_path / "mlartifacts")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    with tracking.start_run("long-tail", "lt-meta_iada-s0"):
+        pass
+    monkeypatch.setenv("DVC_EXP_NAME", "gaunt-sofa")
+    with tracking.start_run("long-tail", "lt-meta_iada-s0"):
+        pass
+    runs = mlflow.search_runs(experiment_names=["long-tail"], output_format="list")
+    assert sorted((r.info.run_name, r.data.tags["dvc_exp_name"]) for r in runs) == [
+        ("lt-meta_iada-s0", "workspace"), ("lt-meta_iada-s0 (gaunt-sofa)", "gaunt-sofa")]
