@@ -43,6 +43,9 @@ class Variant:
 class ReferenceExperiment:
     methods: list[str] = bounded([])
     variants: dict[str, Variant] = field(default_factory=dict)
+    # Further paired differences to report, label -> the label it is compared with seed by seed
+    # (e.g. meta_iada: isda-cb, Ω's own contribution over ISDA with the same class weights).
+    compare: dict[str, str] = field(default_factory=dict)
 
     def labels(self) -> dict[str, Variant]:
         """Every run of a seed, label -> (method, changed keys), methods first, in file order."""
@@ -96,6 +99,10 @@ def check_reference(ref: ReferenceConfig, experiments: dict[str, ExperimentConfi
                 raise ParamError(f"{vwhere}.seeds = {variant.seeds}: list some of reference.seeds {ref.seeds} "
                                  "(or leave it out for all of them)")
             variant_experiment(exp, variant, vwhere)
+        for label, other in sweep.compare.items():
+            if label not in sweep.labels() or other not in sweep.labels() or label == other:
+                raise ParamError(f"{where}.compare: {label!r}: {other!r} must pair two different labels of the sweep "
+                                 f"({', '.join(sweep.labels())})")
         if ref.subject not in {v.method for v in sweep.labels().values()}:
             raise ParamError(f"{where} does not run reference.subject = {ref.subject!r}: add it to methods")
 

@@ -171,8 +171,9 @@ def best_baseline(labels: dict[str, Label], subject: str) -> str | None:
     return max(candidates, key=lambda lab: lab.val_value()).name
 
 
-def summarise(labels: dict[str, Label], subject: str) -> dict[str, Any]:
-    """The numbers of one experiment's report."""
+def summarise(labels: dict[str, Label], subject: str, compare: dict[str, str] | None = None) -> dict[str, Any]:
+    """The numbers of one experiment's report; ``compare``: further pairs (label -> the label it
+    is compared with), reported as paired differences where both ran."""
     first = next(iter(labels.values())).first
     scenario = first["scenario"]
     primary = PRIMARY[scenario]
@@ -235,6 +236,9 @@ def summarise(labels: dict[str, Label], subject: str) -> dict[str, Any]:
     gains = {n: _val_gain(out["labels"][n]) for n in ablations}
     out["ablations"] = sorted(ablations, key=lambda n: -gains[n])
     out["best_setting"] = max(gains, key=gains.get) if gains and max(gains.values()) > 0 else subject
+    out["compare"] = [{"label": a, "other": b, **{rule: paired(labels[a].values(rule, primary),
+                                                           labels[b].values(rule, primary)) for rule in RULES}}
+                      for a, b in (compare or {}).items() if a in labels and b in labels]
     methods = [n for n in out["labels"] if n not in ablations and twins[n] is None]
     out["ranking"] = sorted(methods, key=lambda n: -(out["labels"][n]["selected"][primary]["mean"] or -1))
     return out
@@ -366,6 +370,8 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
         lines += ablation_markdown(s)
     if s.get("precision"):
         lines += ["", "## Precision parity", "", PARITY_TEXT, "", *parity_table(s)]
+    if s.get("compare"):
+        lines += ["", "## Further paired differences", "", COMPARE_TEXT.format(p=primary), "", *compare_table(s)]
     calibrated = any("best_epoch_on_test" in e for e in labels.values())
     if published:
         lines += ["", "## Published vs ours", "",
@@ -387,6 +393,16 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+COMPARE_TEXT = ("Pairs named in `params.yaml` (`reference.experiments.<e>.compare`): the first label minus the second, "
+                "{p} in percentage points, seed by seed, with 95 % intervals over the seeds both ran.")
+
+
+def compare_table(s: dict[str, Any]) -> list[str]:
+    return _table(["difference", "selected", "final", "seeds"],
+                  [[f"{c['label']} − {c['other']}", diff(c["selected"]), diff(c["final"]), str(c["selected"]["n"])]
+                   for c in s["compare"]])
 
 
 PARITY_TEXT = ("Each method trained with `network.precision: bf16` (the backbone under bfloat16 autocast, weights, "
@@ -596,6 +612,8 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
                                for label, e in _rows(s, s["ablations"])])]
         if s.get("precision"):
             lines += ["", f"Precision parity on {name}: {PARITY_TEXT}", "", *parity_table(s)]
+        if s.get("compare"):
+            lines += ["", f"Further paired differences on {name}: {COMPARE_TEXT.format(p=p)}", "", *compare_table(s)]
         lines.append("")
     for name, sweep in params.reference.experiments.items():
         if name not in summaries:
@@ -625,7 +643,9 @@ def build_reports(params: Params, *, check: bool = False, track: bool = False, r
     records = load_records()
     published = yaml.safe_load(PUBLISHED.read_text()) if PUBLISHED.is_file() else {}
     subject = params.reference.subject
-    summaries = {name: summarise(labels, subject) for name, labels in records.items()}
+    sweeps = params.reference.experiments
+    summaries = {name: summarise(labels, subject, sweeps[name].compare if name in sweeps else None)
+                 for name, labels in records.items()}
     for name, s in summaries.items():
         noisy = params.experiments[name].data.noisy if name in params.experiments else None
         if s["scenario"] == "noisy" and noisy is not None:

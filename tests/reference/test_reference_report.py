@@ -351,3 +351,29 @@ def test_the_sweep_refuses_a_damaged_record_of_its_own_run_instead_of_calling_it
     job.metrics_file.write_text('{"format": 1, "config": "')
     with pytest.raises(UserError, match="lt_ref/ce-s0.json is damaged"):
         job.done()
+
+
+def test_a_compare_pair_is_reported_as_its_paired_difference():
+    """``compare: {meta_iada: isda-cb}``: meta_iada minus isda-cb seed by seed (Ω's share over ISDA
+    with the same class weights), on the page; a pair of which one side has not run is left out."""
+    recs = [record("ce", s, 0.50, 0.5) for s in range(3)]
+    recs += [record("isda-cb", s, 0.60 + 0.01 * s, 0.6, method="isda") for s in range(3)]
+    recs += [record("meta_iada", s, 0.62, 0.6) for s in range(3)]
+    s = summarise(labels_of(*recs), "meta_iada", {"meta_iada": "isda-cb", "cb_ce": "ce"})
+    assert [(c["label"], c["other"]) for c in s["compare"]] == [("meta_iada", "isda-cb")]
+    d = s["compare"][0]["selected"]
+    assert d["mean"] == pytest.approx(0.01) and d["n"] == 3 and d["low"] < 0.01 < d["high"]
+    page = report.experiment_markdown("exp", s, None, [])
+    assert "| meta_iada − isda-cb | +1.00 [" in page.split("## Further paired differences")[1]
+
+
+def test_a_compare_pair_must_name_two_labels_of_the_sweep():
+    from pipeline.params.file import parse_params
+    from pipeline.params.schema import ParamError
+
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["reference"]["experiments"]["lt_ref"]["compare"] = {"meta_iada": "isda-nope"}
+    with pytest.raises(ParamError, match=r"compare: 'meta_iada': 'isda-nope' must pair two different labels"):
+        parse_params(raw)
