@@ -90,12 +90,6 @@ def check_server(uri: str) -> None:
                             "MLFLOW_TRACKING_URI to use the local store") from None
 
 
-# MLflow 3's UI opens an experiment in its GenAI view unless the experiment says it is a model
-# development one: this tag (the UI's "Machine learning" kind) makes it open with the run table
-# and the metric charts.
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
-
-
 def setup(experiment: str) -> str:
     """Point MLflow at the project store and make sure ``experiment`` exists; returns its id.
 
@@ -112,7 +106,7 @@ def setup(experiment: str) -> str:
     if exp is None:
         location = None if is_server(uri) else (artifact_root() / experiment).as_uri()
         try:
-            exp_id = client.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_TAGS)
+            exp_id = client.create_experiment(experiment, artifact_location=location)
         except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel worker?
             exp = client.get_experiment_by_name(experiment)
             if exp is None:  # no: the store refused the write (read-only, broken)

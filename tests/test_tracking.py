@@ -128,18 +128,3 @@ def test_a_run_of_a_dvc_experiment_is_named_after_it(tmp_path, monkeypatch):
     runs = mlflow.search_runs(experiment_names=["long-tail"], output_format="list")
     assert sorted((r.info.run_name, r.data.tags["dvc_exp_name"]) for r in runs) == [
         ("lt-meta_iada-s0", "workspace"), ("lt-meta_iada-s0 (gaunt-sofa)", "gaunt-sofa")]
-
-
-def test_the_project_experiments_are_marked_as_machine_learning_ones(tmp_path, monkeypatch):
-    """MLflow 3's UI picks an experiment's view by its ``mlflow.experimentKind`` tag; without it
-    the project's experiments opened in the GenAI view."""
-    import mlflow
-
-    from pipeline import tracking
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(tracking, "artifact_root", lambda: tmp_path / "mlartifacts")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    tracking.setup("long-tail")
-    exp = mlflow.MlflowClient().get_experiment_by_name("long-tail")
-    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
