@@ -116,6 +116,14 @@ def command(kind: str, port: int, storage: str | None,
     return [str(bin_dir / "optuna-dashboard"), url, "--host", HOST, "--port", str(port)], env
 
 
+def ui_url(port: int) -> str:
+    """The MLflow UI's experiment list in its machine-learning view: MLflow 3's UI starts in its
+    GenAI view (traces, judges, an overview of token usage) unless the URL asks for
+    ``workflowType=machine_learning`` (its "Model training" toggle), which experiment pages then
+    keep in their links."""
+    return f"http://{HOST}:{port}/#/experiments?workflowType=machine_learning"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("kind", choices=sorted(DEFAULT_PORTS))
@@ -137,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"serving on http://{HOST}:{port} ({' '.join(cmd[:2])})", file=sys.stderr, flush=True)
+    if args.kind in ("ui", "server"):
+        print(f"open {ui_url(port)} (the runs and charts; MLflow opens its GenAI view without workflowType)",
+              file=sys.stderr, flush=True)
     if args.kind == "server":
         print(f"backend: {masked(env[BACKEND_ENV])}", file=sys.stderr, flush=True)
         print(f"log to it with: export MLFLOW_TRACKING_URI=http://{HOST}:{port}", file=sys.stderr, flush=True)

@@ -181,3 +181,6 @@ def test_ui_serves_the_store_on_loopback(tmp_path):
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
+    # the URL it prints opens the machine-learning view (MLflow 3 starts in its GenAI view)
+    said = proc.stderr.read().decode()
+    assert f"open http://127.0.0.1:{port}/#/experiments?workflowType=machine_learning" in said, said
