@@ -20,6 +20,7 @@ PEERS = {name: REGISTRY[name] for name in NAMES}
 
 CLASSES = 4
 COUNTS = [20, 8, 3, 1]  # unequal training counts
+PAPER_MILESTONES = [160, 180]  # LDAM-DRW's CIFAR schedule: lr x0.01 from epoch 160 and 180 of 200
 
 
 class TinyNet(FeatureClassifier):
@@ -42,7 +43,10 @@ def make(name: str, params: dict, net: FeatureClassifier, counts: list[int] = CO
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     cls = PEERS[name]
     net.head = cls.head  # as the engine builds the network for the method
-    return cls(build(cls.Config, params, f"methods.{name}"), net, opt, info)
+    cfg = build(cls.Config, params, f"methods.{name}")
+    if isinstance(cfg, longtail.LDAMDRWConfig):  # as ExperimentConfig.method_config, on the paper's schedule
+        cfg = cfg.for_schedule(PAPER_MILESTONES)
+    return cls(cfg, net, opt, info)
 
 
 def ctx(epoch: int = 0) -> StepContext:
@@ -348,7 +352,7 @@ def test_defaults_are_the_peers_recipes():
     defaults = {name: vars(build(PEERS[name].Config, {}, f"methods.{name}")) for name in NAMES}
     assert defaults == {
         "focal": {"gamma": 1.0}, "cb_ce": {"beta": 0.9999}, "cb_focal": {"beta": 0.9999, "gamma": 1.0},
-        "ldam_drw": {"max_m": 0.5, "s": 30.0, "drw_epoch": 160, "drw_beta": 0.9999},
+        "ldam_drw": {"max_m": 0.5, "s": 30.0, "drw_epoch": None, "drw_beta": 0.9999},
         "balanced_softmax": {}, "gce": {"q": 0.7},
         "groupdro": {"step_size": 0.01, "adjustment": 0.0, "group_sampler": False},
         "jtt": {"lambda_up": 10.0, "stage2_init": "continue"}}
