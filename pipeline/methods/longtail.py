@@ -17,6 +17,7 @@ Normalisation of the weighted means (they differ between the peers, each follows
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -146,10 +147,19 @@ def ldam_loss(cos: torch.Tensor, labels: torch.Tensor, margins: torch.Tensor, s:
 class LDAMDRWConfig:
     max_m: float = bounded(0.5, gt=0)  # largest margin; LDAM-DRW cifar_train.py: LDAMLoss(max_m=0.5)
     s: float = bounded(30.0, gt=0)  # logit scale; cifar_train.py: LDAMLoss(s=30)
-    # Global epoch (pretraining epochs count) from which DRW re-weights; cifar_train.py: idx =
-    # epoch // 160 of 200 epochs (the first lr step, 160 of the paper's schedule).
-    drw_epoch: int = bounded(160, ge=0)
+    # Global epoch (pretraining epochs count) from which DRW re-weights: LDAM-DRW's first lr step
+    # (cifar_train.py: idx = epoch // 160 of 200 epochs, lr x0.01 from 160). None (the default,
+    # empty in params.yaml): derived from the experiment's schedule by :meth:`for_schedule`.
+    drw_epoch: int | None = bounded(None, ge=0)
     drw_beta: float = bounded(0.9999, ge=0, lt=1)  # cifar_train.py: betas = [0, 0.9999]
+
+    def for_schedule(self, milestones: list[int]) -> LDAMDRWConfig:
+        """This config with ``drw_epoch`` resolved: as set, else the first lr milestone
+        ``milestones[0]``; without milestones the lr never steps and there is no deferred phase, so
+        0 (class-balanced from the first epoch of the method: LDAM with re-weighting throughout)."""
+        if self.drw_epoch is not None:
+            return self
+        return dataclasses.replace(self, drw_epoch=milestones[0] if milestones else 0)
 
 
 @register
@@ -158,7 +168,8 @@ class LDAMDRW(Method):
 
     Logits s·(cos θ_ij − m_{y_i}·[j = y_i]) with cos θ_ij from the normalised features and the
     normalised rows of the classifier's W (its bias is not used: it gets no gradient), margins
-    m_c ∝ n_c^{−1/4} with max m_c = max_m (:func:`ldam_margins`). DRW: before ``drw_epoch`` every
+    m_c ∝ n_c^{−1/4} with max m_c = max_m (:func:`ldam_margins`). DRW: before ``drw_epoch`` (the
+    experiment's first lr milestone unless set, :meth:`LDAMDRWConfig.for_schedule`) every
     class weighs 1 (LDAM-DRW's β = 0), from it on w_c = class-balanced weights with β = drw_beta,
     and the loss is the weighted mean Σ_i w_{y_i} L_i / Σ_i w_{y_i}.
 
@@ -173,6 +184,9 @@ class LDAMDRW(Method):
     def __init__(self, cfg: LDAMDRWConfig, net: FeatureClassifier, optimizer: torch.optim.Optimizer,
                  info: TrainInfo) -> None:
         super().__init__(cfg, net, optimizer, info)
+        if cfg.drw_epoch is None:
+            raise ValueError("ldam_drw's drw_epoch is unresolved: build its config with "
+                             "ExperimentConfig.method_config, or LDAMDRWConfig.for_schedule(milestones)")
         # Plain attributes, not buffers: functions of the config and the class counts.
         self.margins = ldam_margins(info.class_counts, cfg.max_m).to(info.device)  # m [C]
         self.drw = class_balanced_weights(info.class_counts, cfg.drw_beta).to(info.device)  # [C]

@@ -149,10 +149,19 @@ class ExperimentConfig:
         return MLFLOW_EXPERIMENT[self.scenario]
 
     def method_config(self, name: str) -> Any:
-        """The method's Config: its block of params.yaml, or the code defaults without one."""
+        """The method's Config as it runs: its block of params.yaml (the code defaults without one)
+        with the values that follow from this experiment's schedule filled in by the Config's
+        ``for_schedule(milestones)``, where it has one (LDAM-DRW's ``drw_epoch``: the first lr
+        milestone unless set). The one place where they are resolved: the trainer, run
+        fingerprints, MLflow params, studies and the reference sweep's configuration hashes all
+        read a method's config here; ``methods`` keeps the blocks as written (None: derived), so
+        that an experiment rebuilt with other milestones (a variant, a trial) derives them anew."""
         if name in self.methods:
-            return self.methods[name]
-        return build(method_class(name, "--method").Config, {}, f"methods.{name}")
+            cfg = self.methods[name]
+        else:
+            cfg = build(method_class(name, "--method").Config, {}, f"methods.{name}")
+        for_schedule = getattr(cfg, "for_schedule", None)
+        return for_schedule(self.optim.milestones) if callable(for_schedule) else cfg
 
 
 def run_params(exp: ExperimentConfig, method_cfg: Any) -> dict[str, Any]:

@@ -22,11 +22,14 @@ from pipeline.params.reference import Variant, variant_experiment
 
 
 def doubled(exp: ExperimentConfig, factor: int, data_seed: int) -> ExperimentConfig:
-    """``exp`` with its epochs, milestones and LDAM-DRW's re-weighting epoch times ``factor``."""
-    values: dict[str, Any] = {"pretrain_epochs": exp.pretrain_epochs * factor, "train_epochs": exp.train_epochs * factor,
+    """``exp`` with its epochs, milestones and LDAM-DRW's re-weighting epoch times ``factor`` (its
+    resolved value: the first milestone times ``factor`` when derived, as set times ``factor``
+    when set)."""
+    values: dict[str, Any] = {"pretrain_epochs": exp.pretrain_epochs * factor,
+                              "train_epochs": exp.train_epochs * factor,
                               "optim.milestones": [m * factor for m in exp.optim.milestones]}
     if "ldam_drw" in exp.methods:
-        values["methods.ldam_drw.drw_epoch"] = exp.methods["ldam_drw"].drw_epoch * factor
+        values["methods.ldam_drw.drw_epoch"] = exp.method_config("ldam_drw").drw_epoch * factor
     return variant_experiment(exp, Variant("ce", values), f"plateau x{factor}", data_seed=data_seed)
 
 

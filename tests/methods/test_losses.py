@@ -157,10 +157,17 @@ def test_gradient_direction_is_a_constant():
     torch.testing.assert_close(logits.grad, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_alpha_ramp():
-    assert alpha_at(0.5, 0, 200) == 0.0
-    assert alpha_at(0.5, 100, 200) == 0.25
-    assert alpha_at(0.5, 200, 200) == 0.5
+def test_alpha_ramp_is_isdas_linear_schedule():
+    """ISDA's train.py (blackfeather-wang/ISDA-for-Deep-Networks): ratio = λ_0 · epoch / epochs, with
+    the 0-based epoch of its loop. α = 0.5 over 200 epochs, worked out: epoch 0 -> 0, 1 -> 0.0025,
+    50 -> 0.125, 160 -> 0.4, 199 (the last) -> 0.4975; it climbs by the same 0.0025 every epoch
+    (linear, so never down) and reaches α only at epoch = total."""
+    by_hand = {0: 0.0, 1: 0.0025, 50: 0.125, 160: 0.4, 199: 0.4975, 200: 0.5}
+    for epoch, value in by_hand.items():
+        assert alpha_at(0.5, epoch, 200) == pytest.approx(value, abs=1e-15), epoch
+    ramp = [alpha_at(0.5, e, 200) for e in range(201)]
+    assert all(b - a == pytest.approx(0.0025, abs=1e-15) for a, b in zip(ramp, ramp[1:]))
+    assert alpha_at(0.0, 120, 200) == 0.0 and alpha_at(0.75, 3, 4) == pytest.approx(0.5625, abs=1e-15)
 
 
 def shifted_ce_stats(h, y, weight, bias, shifts, cov, alpha, noise):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from collections.abc import Callable
 from functools import partial
 
@@ -255,7 +256,8 @@ def test_batch_norm_tangent_is_the_derivative_of_batch_norm(which, channels_last
     g = torch.Generator().manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = (3 * torch.randn(5, 4, 3, 3, generator=g, dtype=torch.float64) + 1).contiguous(memory_format=fmt)
-    weight, bias = torch.rand(4, generator=g, dtype=torch.float64) + 0.5, torch.randn(4, generator=g, dtype=torch.float64)
+    weight = torch.rand(4, generator=g, dtype=torch.float64) + 0.5
+    bias = torch.randn(4, generator=g, dtype=torch.float64)
     dots = [torch.randn(x.shape, generator=g, dtype=x.dtype).contiguous(memory_format=fmt),
             torch.randn(4, generator=g, dtype=x.dtype), torch.randn(4, generator=g, dtype=x.dtype)]
     if which == "input":
@@ -391,14 +393,38 @@ def test_mwn_meta_gradient_matches_finite_differences(scope, normalise):
     assert_matches_finite_differences(grads, vnet, objective)
 
 
-def test_mwn_weighted_loss_is_the_normalised_or_plain_weighted_mean():
+def test_mwn_weighted_loss_is_each_codes_weighted_mean():
+    """MWN's two losses, whose batch mean is the training loss. Class-imbalance code
+    (meta-weight-net-class-imbalance.py:161-168): w / Σw, so scaling w changes nothing, and
+    w = 1 on a subset S, 0 elsewhere, gives the mean CE over S (a weight-0 sample gets no
+    gradient). Noisy-label code (MW-Net.py:207): mean of w·ℓ, linear in w, CE at w = 1. Both pass
+    the gradient on to w (V's update). CE by hand: ℓ_i = log Σ_j e^{z_ij} − z_{iy_i}."""
     from pipeline.methods.mwn import weighted_loss
 
-    z, y = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]), torch.tensor([0, 0, 1])
-    w = torch.tensor([0.2, 0.5, 0.9])
-    ce = F.cross_entropy(z, y, reduction="none")
-    assert weighted_loss(z, y, w, True).mean().item() == pytest.approx(((w * ce).sum() / w.sum()).item())
-    assert weighted_loss(z, y, w, False).mean().item() == pytest.approx((w * ce).mean().item())
+    rows, labels = [[2.0, 0.0, -1.0], [0.0, 1.0, 0.5], [1.0, 1.0, 0.0], [-0.5, 0.3, 2.0]], [0, 0, 1, 2]
+    ell = [math.log(sum(math.exp(v) for v in z)) - z[y] for z, y in zip(rows, labels)]
+    z, y = torch.tensor(rows, dtype=torch.float64, requires_grad=True), torch.tensor(labels)
+    w = torch.tensor([0.2, 0.5, 0.9, 0.4], dtype=torch.float64)
+
+    def mean(weights: torch.Tensor, normalise: bool) -> float:
+        return weighted_loss(z, y, weights, normalise).mean().item()
+
+    assert mean(w, True) == pytest.approx(mean(7 * w, True), rel=1e-12)
+    subset = torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    assert mean(subset, True) == pytest.approx((ell[1] + ell[2]) / 2, rel=1e-12)
+    (grad,) = torch.autograd.grad(weighted_loss(z, y, subset, True).mean(), z)
+    assert grad[0].abs().max() == 0 and grad[3].abs().max() == 0 and grad[1].abs().max() > 0
+    assert mean(w, True) == pytest.approx(sum(a * b for a, b in zip(w.tolist(), ell)) / float(w.sum()), rel=1e-12)
+    assert mean(torch.ones(4, dtype=torch.float64), False) == pytest.approx(sum(ell) / 4, rel=1e-12)
+    assert mean(2 * w, False) == pytest.approx(2 * mean(w, False), rel=1e-12)
+    assert mean(w, False) == pytest.approx(sum(a * b for a, b in zip(w.tolist(), ell)) / 4, rel=1e-12)
+    # V learns through w: ∂L/∂w_i = (ℓ_i − L)/Σw normalised, ℓ_i / B plain (by hand from the means)
+    leaf = w.clone().requires_grad_()
+    (grad_w,) = torch.autograd.grad(weighted_loss(z.detach(), y, leaf, True).mean(), leaf)
+    total = sum(a * b for a, b in zip(w.tolist(), ell)) / float(w.sum())
+    assert grad_w.tolist() == pytest.approx([(e - total) / float(w.sum()) for e in ell], rel=1e-10)
+    (grad_w,) = torch.autograd.grad(weighted_loss(z.detach(), y, leaf, False).mean(), leaf)
+    assert grad_w.tolist() == pytest.approx([e / 4 for e in ell], rel=1e-12)
 
 
 @pytest.mark.parametrize("scope", ["head", "full"])

@@ -20,6 +20,7 @@ PEERS = {name: REGISTRY[name] for name in NAMES}
 
 CLASSES = 4
 COUNTS = [20, 8, 3, 1]  # unequal training counts
+PAPER_MILESTONES = [160, 180]  # LDAM-DRW's CIFAR schedule: lr x0.01 from epoch 160 and 180 of 200
 
 
 class TinyNet(FeatureClassifier):
@@ -42,7 +43,10 @@ def make(name: str, params: dict, net: FeatureClassifier, counts: list[int] = CO
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
     cls = PEERS[name]
     net.head = cls.head  # as the engine builds the network for the method
-    return cls(build(cls.Config, params, f"methods.{name}"), net, opt, info)
+    cfg = build(cls.Config, params, f"methods.{name}")
+    if isinstance(cfg, longtail.LDAMDRWConfig):  # as ExperimentConfig.method_config, on the paper's schedule
+        cfg = cfg.for_schedule(PAPER_MILESTONES)
+    return cls(cfg, net, opt, info)
 
 
 def ctx(epoch: int = 0) -> StepContext:
@@ -343,15 +347,46 @@ def test_groupdro_without_group_labels_is_refused():
 
 # ----------------------------------------------------------------------------- every method
 
-def test_defaults_are_the_peers_recipes():
-    """The values of the papers' CIFAR recipes (sources in the Config comments)."""
-    defaults = {name: vars(build(PEERS[name].Config, {}, f"methods.{name}")) for name in NAMES}
-    assert defaults == {
-        "focal": {"gamma": 1.0}, "cb_ce": {"beta": 0.9999}, "cb_focal": {"beta": 0.9999, "gamma": 1.0},
-        "ldam_drw": {"max_m": 0.5, "s": 30.0, "drw_epoch": 160, "drw_beta": 0.9999},
-        "balanced_softmax": {}, "gce": {"q": 0.7},
-        "groupdro": {"step_size": 0.01, "adjustment": 0.0, "group_sampler": False},
-        "jtt": {"lambda_up": 10.0, "stage2_init": "continue"}}
+# Each default of a peer, from its authors' code (repository, file:line at the commits read).
+AUTHORS = {
+    # kaidic/LDAM-DRW@2536330 cifar_train.py:215 FocalLoss(weight=per_cls_weights, gamma=1);
+    # richardaecn/class-balanced-loss@1d78572 cifar_im_trainval_cb.sh:16 GAMMA=1.0
+    ("focal", "gamma"): 1.0,
+    ("cb_ce", "beta"): 0.9999,  # class-balanced-loss cifar_im_trainval_cb.sh:7 BETA=0.9999
+    ("cb_focal", "beta"): 0.9999,  # cifar_im_trainval_cb.sh:7
+    ("cb_focal", "gamma"): 1.0,  # cifar_im_trainval_cb.sh:16
+    ("ldam_drw", "max_m"): 0.5,  # LDAM-DRW cifar_train.py:213 LDAMLoss(..., max_m=0.5, s=30, ...)
+    ("ldam_drw", "s"): 30.0,  # cifar_train.py:213
+    ("ldam_drw", "drw_beta"): 0.9999,  # cifar_train.py:202 betas = [0, 0.9999]
+    ("gce", "q"): 0.7,  # AlanChou/Truncated-Loss@fef5908 TruncatedLoss.py:9 __init__(self, q=0.7, k=0.5, ...)
+    ("groupdro", "step_size"): 0.01,  # kohpangwei/group_DRO@cbbc1c5 run_expt.py:39 --robust_step_size 0.01
+    ("groupdro", "adjustment"): 0.0,  # run_expt.py:37 --generalization_adjustment "0.0"
+    ("jtt", "lambda_up"): 10.0,  # YyzHarry/SubpopBench@4d3dbbe hparams_registry.py:78 jtt_lambda 10
+}
+# From the experiment's schedule (LDAMDRWConfig.for_schedule): cifar_train.py:201 idx = epoch // 160,
+# the epoch of its first lr step (cifar_train.py:368-374: lr x0.01 once epoch + 1 > 160).
+DERIVED = {("ldam_drw", "drw_epoch")}
+
+
+def test_defaults_are_the_authors_values_and_every_other_field_is_a_switch_that_keeps_recorded_runs():
+    """Every default equals the authors' value cited in AUTHORS; LDAM-DRW's drw_epoch resolves to
+    160 on the authors' schedule; any other field is a project switch added after the recorded
+    runs (``added``: at its default it reproduces them and stays out of their hashes). A field
+    that is none of these (a new default without a source) fails here."""
+    import dataclasses
+
+    for name in NAMES:
+        cfg = build(PEERS[name].Config, {}, f"methods.{name}")
+        for f in dataclasses.fields(cfg):
+            key = (name, f.name)
+            if key in AUTHORS:
+                assert getattr(cfg, f.name) == AUTHORS[key], key
+            elif key in DERIVED:
+                assert getattr(cfg, f.name) is None, key
+            else:
+                assert f.metadata.get("added") is True, f"{key}: neither the authors' value nor an added switch"
+    assert longtail.LDAMDRWConfig().for_schedule([160, 180]).drw_epoch == 160
+    assert {k[0] for k in AUTHORS} | {k[0] for k in DERIVED} >= set(NAMES) - {"balanced_softmax"}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -364,6 +399,7 @@ def test_method_steps_on_a_resnet(name):
     before = [p.detach().clone() for p in net.parameters()]
     g = torch.Generator().manual_seed(0)
     batch = Batch(torch.randn(8, 3, 8, 8, generator=g), torch.tensor([0, 0, 0, 1, 1, 2, 3, 0]), torch.arange(8))
+    method.start([batch])  # as the engine does before the first epoch (jtt: its error set)
     out = method.update(batch, ctx())
     assert math.isfinite(out["loss"]) and 0 <= out["acc"] <= 1
     assert any(not torch.equal(a, p) for a, p in zip(before, net.parameters()))
@@ -375,6 +411,7 @@ def test_loss_decreases_on_a_separable_problem(name):
     net = TinyNet()
     method = make(name, {}, net, counts=[8, 8, 8, 8], groups=torch.arange(32) % 2, lr=0.1)
     batch = separable(32)
+    method.start([batch])  # as the engine does before the first epoch (jtt: its error set)
     losses = [method.update(batch, ctx())["loss"] for _ in range(20)]
     assert 0 < losses[-1] < 0.5 * losses[0], losses  # every loss here is positive
 
@@ -401,3 +438,42 @@ def test_jtt_error_set_is_exactly_what_its_first_stage_misclassifies_and_is_up_w
     w = torch.tensor([7.0 if e else 1.0 for e in wrong])
     by_hand = (w * F.cross_entropy(logits.detach(), y, reduction="none")).sum() / w.sum()
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-6)
+
+
+def labelled_by_coordinates() -> tuple[TinyNet, torch.Tensor, torch.Tensor, list[int]]:
+    """A stage-1 network whose mistakes are known in advance: h = tanh(x) (first 8 of 16 features),
+    z_c = h_c, so x = 3·e_c + noise is predicted c; the labels of rows 1, 6 and 10 name another
+    class, so exactly those are misclassified. Returns (net, x [12, 8], labels [12], those rows)."""
+    net = TinyNet()
+    with torch.no_grad():
+        net.body.weight.copy_(torch.eye(16, 8))
+        net.body.bias.zero_()
+        net.classifier.weight.copy_(torch.eye(CLASSES, 16))
+        net.classifier.bias.zero_()
+    g = torch.Generator().manual_seed(4)
+    true = torch.tensor([0, 1, 2, 3] * 3)
+    x = 3 * F.one_hot(true, 8).float() + 0.1 * torch.randn(12, 8, generator=g)
+    wrong = [1, 6, 10]
+    labels = true.clone()
+    labels[wrong] = (true[wrong] + 1) % CLASSES
+    return net, x, labels, wrong
+
+
+@pytest.mark.parametrize("lambda_up", [5.0, 20.0])
+def test_jtt_stage_two_up_weights_exactly_the_samples_stage_one_got_wrong(lambda_up):
+    """JTT (Liu et al., 2021; anniesch/jtt): the error set is the training samples the stage-1 model
+    misclassifies, and stage 2 weighs them λ_up. On a network whose mistakes are rows 1, 6, 10 by
+    construction: after start() the error set is those rows, and the stage-2 loss is
+    Σ_i w_i ℓ_i / Σ_i w_i with w = λ_up on them, ℓ_i = log Σ_j e^{z_ij} − z_{iy_i} from
+    z_ij = tanh(x_ij) computed here with math, not with the network."""
+    net, x, labels, wrong = labelled_by_coordinates()
+    method = make("jtt", {"lambda_up": lambda_up, "stage2_init": "continue"}, net)
+    method.start([Batch(x[i:i + 5], labels[i:i + 5], torch.arange(i, min(i + 5, 12))) for i in range(0, 12, 5)])
+    assert method.error_set.nonzero().flatten().tolist() == wrong
+    rows = [[math.tanh(v) for v in row[:CLASSES]] for row in x.tolist()]
+    ell = [math.log(sum(math.exp(v) for v in z)) - z[y] for z, y in zip(rows, labels.tolist())]
+    w = [lambda_up if i in wrong else 1.0 for i in range(12)]
+    by_hand = sum(wi * li for wi, li in zip(w, ell)) / sum(w)
+    loss, _ = method.loss(Batch(x, labels, torch.arange(12)), ctx())
+    assert loss.item() == pytest.approx(by_hand, rel=1e-5)
+    assert abs(loss.item() - sum(ell) / 12) > 0.1  # the up-weighting is visible: not CE

@@ -208,6 +208,7 @@ OVERRIDES = {
     "experiments.subpop_paper.methods.isda.alpha": 0.75,
     "experiments.glt.methods.meta_iada.direction": "gradient",
     "experiments.glt_paper.pretrain_epochs": 150,
+    "experiments.noisy_ref.methods.ldam_drw.drw_epoch": 12,  # an empty (derived) value in params.yaml
 }
 
 
@@ -241,6 +242,7 @@ def test_dvc_exp_run_set_param_lands_in_the_queued_params_for_every_experiment(t
     (tmp_path / "queued.yaml").write_text(queued_text)
     params = load_params(tmp_path / "queued.yaml")
     assert params.experiment("lt").method_config("meta_iada").alpha == 0.25
+    assert params.experiment("noisy_ref").method_config("ldam_drw").drw_epoch == 12  # set: wins over milestone 20
     assert params.experiment("lt_paper").data.longtail.imbalance_ratio == 50
     assert params.experiment("lt").data.longtail.imbalance_ratio == 100  # the others keep theirs
     # A key that does not exist is refused by DVC itself (nothing queued), never dropped.
@@ -275,3 +277,50 @@ def test_a_switch_added_at_its_default_keeps_the_config_hash_of_recorded_runs(na
     assert config_hash(cfg, 7) == config_hash(before, 7)
     assert config_hash(dataclasses.replace(cfg, cb_epoch=96), 7) != config_hash(cfg, 7)
     assert config_hash(dataclasses.replace(cfg, alpha=0.25), 7) != config_hash(cfg, 7)  # others count
+
+
+# ----------------------------------------------------------------------------- LDAM-DRW's drw_epoch
+
+
+def test_every_ldam_drw_of_params_yaml_starts_re_weighting_at_its_first_lr_milestone(raw):
+    """LDAM-DRW's DRW starts at the first lr step (cifar_train.py:201 idx = epoch // 160 with the
+    lr x0.01 from epoch 160, cifar_train.py:368-374): no experiment writes drw_epoch by hand (an
+    empty key, so that -S can still set it), and each resolves it to its own first milestone."""
+    params = parse_params(raw)
+    blocks = {name: e for name, e in params.experiments.items() if "ldam_drw" in e.methods}
+    assert {"lt_ref", "glt_ref", "noisy_ref", "subpop_ref", "lt_paper"} <= set(blocks)
+    for name, exp in blocks.items():
+        assert "drw_epoch" in raw["experiments"][name]["methods"]["ldam_drw"], name
+        assert raw["experiments"][name]["methods"]["ldam_drw"]["drw_epoch"] is None, name
+        assert exp.method_config("ldam_drw").drw_epoch == exp.optim.milestones[0], name
+    assert params.experiment("noisy_ref").method_config("ldam_drw").drw_epoch == 20  # was 7 by hand
+    assert params.experiment("subpop_ref").method_config("ldam_drw").drw_epoch == 20  # was 6 by hand
+
+
+def test_drw_epoch_set_wins_derived_follows_the_milestones_and_every_consumer_sees_the_integer(raw):
+    """Set: its value. Derived: the first milestone of the experiment as built, so a variant that
+    moves the milestones moves it; no milestone: 0. The run's MLflow params and the configuration
+    hash (the reference sweep's and the resume fingerprint's) see the integer: derived 96 on
+    lt_ref hashes as the 96 the committed runs were recorded with."""
+    from pipeline.methods.longtail import LDAMDRWConfig
+    from pipeline.params.experiment import apply_values, config_hash, run_params
+    from pipeline.params.schema import build, to_dict
+
+    lt_ref = parse_params(raw).experiment("lt_ref")
+    base = to_dict(lt_ref)
+    where = "experiments.lt_ref"
+    assert lt_ref.methods["ldam_drw"].drw_epoch is None  # the block as written
+    assert apply_values(base, {"methods.ldam_drw.drw_epoch": 3}, where).method_config("ldam_drw").drw_epoch == 3
+    moved = apply_values(base, {"optim.milestones": [50, 104]}, where)
+    assert moved.method_config("ldam_drw").drw_epoch == 50
+    assert apply_values(base, {"optim.milestones": []}, where).method_config("ldam_drw").drw_epoch == 0
+    without_block = apply_values({**base, "methods": {}}, {}, where)  # the code defaults resolve too
+    assert without_block.method_config("ldam_drw").drw_epoch == 96
+
+    resolved = lt_ref.method_config("ldam_drw")
+    assert run_params(lt_ref, resolved)["method.drw_epoch"] == 96
+    written = build(LDAMDRWConfig, {"max_m": 0.5, "s": 30.0, "drw_epoch": 96, "drw_beta": 0.9999}, "m")
+    assert config_hash(resolved) == config_hash(written)
+    assert config_hash(moved.method_config("ldam_drw")) != config_hash(written)
+    with pytest.raises(ParamError, match=r"experiments.lt_ref.methods.ldam_drw.drw_epoch = -1 is out of range"):
+        apply_values(base, {"methods.ldam_drw.drw_epoch": -1}, where)

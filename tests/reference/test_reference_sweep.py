@@ -224,6 +224,23 @@ def test_the_plateau_check_runs_the_schedule_and_its_double(tmp_path, monkeypatc
     assert Path("models/plateau/tiny/s1/x2/ce/last.pt").is_file()
 
 
+@pytest.mark.parametrize("factor", [2, 4])
+def test_the_plateau_schedules_move_ldam_drws_re_weighting_with_the_first_milestone(factor):
+    """The doubled schedule's drw_epoch is factor x the experiment's: its first milestone x factor
+    when derived (lt_ref: 96, doubled 192), the value set x factor when set (10 -> 10·factor)."""
+    from pipeline.params.experiment import apply_values
+    from pipeline.params.schema import to_dict
+    from pipeline.reference.plateau import doubled
+
+    lt_ref = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text())).experiment("lt_ref")
+    long = doubled(lt_ref, factor, data_seed=0)
+    assert long.optim.milestones == [96 * factor, 104 * factor]
+    assert long.method_config("ldam_drw").drw_epoch == 96 * factor == long.optim.milestones[0]
+    set_ten = apply_values(to_dict(lt_ref), {"methods.ldam_drw.drw_epoch": 10}, "experiments.lt_ref")
+    set_ten.name = "lt_ref"
+    assert doubled(set_ten, factor, data_seed=0).method_config("ldam_drw").drw_epoch == 10 * factor
+
+
 def test_the_plateau_ladder_doubles_until_a_schedule_is_within_a_point_of_its_double(tmp_path, monkeypatch):
     """--doublings n: schedules x1, x2, x4, ... compared pairwise, stopping at the first pair within 1
     point; plateau_factor is the shorter schedule of that pair (CE's validation accuracy at the end

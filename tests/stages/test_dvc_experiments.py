@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.engine.build import resolve_device
 from pipeline.params.file import RunConfig
@@ -75,6 +74,7 @@ def assert_only_the_value_changed(before: str, after: str, key: str, value: str)
     ("experiments.lt.optim.lr", "0.05"),
     ("experiments.subpop.data.subpop.correlation", "0.8"),  # beside null values
     ("experiments.lt.network.arch", "resnet32"),  # inside an inline {...}
+    ("experiments.lt.methods.ldam_drw.drw_epoch", "12"),  # an empty (derived) value
 ])
 def test_set_param_rewrites_only_its_own_line_of_params_yaml(tmp_path, key, value):
     """DVC's -S writer replaces every list and drops ``null`` (block lists, empty values) and wraps
