@@ -50,7 +50,7 @@ def bench_data(path: Path) -> PreparedData:
 
 
 def time_ce_steps(arch: str, batches, steps: int, warmup: int, channels_last: bool, num_classes: int,
-                  device: torch.device = torch.device("cpu"), precision: Precision = "fp32") -> float:
+                  device: torch.device = torch.device("cpu"), *, precision: Precision = "fp32") -> float:
     """Images per second of CE train steps over ``batches`` (an iterator of (x, y) on ``device``)."""
     torch.manual_seed(0)
     net = build_network(arch, num_classes, precision=precision).to(device)
@@ -74,7 +74,7 @@ def time_ce_steps(arch: str, batches, steps: int, warmup: int, channels_last: bo
 
 
 def input_pipeline(arch: str, batch: int, steps: int, warmup: int, channels_last: bool, data_dir: Path,
-                   device: torch.device = torch.device("cpu"), precision: Precision = "fp32") -> dict:
+                   device: torch.device = torch.device("cpu"), *, precision: Precision = "fp32") -> dict:
     """Images per second of CE steps on the model alone (synthetic tensors), through the real
     loader, and of the loader alone; their ratio ``input_pipeline_ratio`` (1: the loader costs
     nothing)."""
@@ -99,8 +99,8 @@ def input_pipeline(arch: str, batch: int, steps: int, warmup: int, channels_last
         while True:
             yield xs, ys
 
-    model = time_ce_steps(arch, synthetic(), steps, warmup, channels_last, data.num_classes, device, precision)
-    pipe = time_ce_steps(arch, real(), steps, warmup, channels_last, data.num_classes, device, precision)
+    model = time_ce_steps(arch, synthetic(), steps, warmup, channels_last, data.num_classes, device, precision=precision)
+    pipe = time_ce_steps(arch, real(), steps, warmup, channels_last, data.num_classes, device, precision=precision)
     t0 = time.perf_counter()
     n = 0
     for b in loader.epoch(1):
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     result["precisions"] = list(precisions)
     for precision in precisions:
         prefix = "" if precision == "fp32" else f"{precision}_"
-        pipe = input_pipeline(args.arch, args.batch, args.steps, args.warmup, cl, args.data, device, precision)
+        pipe = input_pipeline(args.arch, args.batch, args.steps, args.warmup, cl, args.data, device, precision=precision)
         result.update({prefix + k: v for k, v in pipe.items()})
         print(f"input pipeline ({precision}): model alone {pipe['model_img_per_s']:.0f} img/s, real pipeline "
               f"{pipe['pipeline_img_per_s']:.0f} img/s, ratio {pipe['input_pipeline_ratio']:.3f} (goal >= 0.9); "
