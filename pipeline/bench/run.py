@@ -99,8 +99,9 @@ def input_pipeline(arch: str, batch: int, steps: int, warmup: int, channels_last
         while True:
             yield xs, ys
 
-    model = time_ce_steps(arch, synthetic(), steps, warmup, channels_last, data.num_classes, device, precision=precision)
-    pipe = time_ce_steps(arch, real(), steps, warmup, channels_last, data.num_classes, device, precision=precision)
+    n = data.num_classes
+    model = time_ce_steps(arch, synthetic(), steps, warmup, channels_last, n, device, precision=precision)
+    pipe = time_ce_steps(arch, real(), steps, warmup, channels_last, n, device, precision=precision)
     t0 = time.perf_counter()
     n = 0
     for b in loader.epoch(1):
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     result["precisions"] = list(precisions)
     for precision in precisions:
         prefix = "" if precision == "fp32" else f"{precision}_"
-        pipe = input_pipeline(args.arch, args.batch, args.steps, args.warmup, cl, args.data, device, precision=precision)
+        pipe = input_pipeline(args.arch, args.batch, args.steps, args.warmup, cl, args.data, device,
+                              precision=precision)
         result.update({prefix + k: v for k, v in pipe.items()})
         print(f"input pipeline ({precision}): model alone {pipe['model_img_per_s']:.0f} img/s, real pipeline "
               f"{pipe['pipeline_img_per_s']:.0f} img/s, ratio {pipe['input_pipeline_ratio']:.3f} (goal >= 0.9); "
