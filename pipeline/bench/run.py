@@ -99,9 +99,9 @@ def input_pipeline(arch: str, batch: int, steps: int, warmup: int, channels_last
         while True:
             yield xs, ys
 
-    n = data.num_classes
-    model = time_ce_steps(arch, synthetic(), steps, warmup, channels_last, n, device, precision=precision)
-    pipe = time_ce_steps(arch, real(), steps, warmup, channels_last, n, device, precision=precision)
+    classes = data.num_classes
+    model = time_ce_steps(arch, synthetic(), steps, warmup, channels_last, classes, device, precision=precision)
+    pipe = time_ce_steps(arch, real(), steps, warmup, channels_last, classes, device, precision=precision)
     t0 = time.perf_counter()
     n = 0
     for b in loader.epoch(1):
