@@ -53,4 +53,7 @@ def test_the_whole_check_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
     assert epoch["ce_epoch_s"] > 0 and epoch["meta_iada_epoch_s"] > 0
     assert epoch["meta_iada_over_ce_epoch"] == epoch["meta_iada_epoch_s"] / epoch["ce_epoch_s"]
     bench = result["bench"]
-    assert bench["rc"] == 0 and bench["meta_full_over_ce"] > 1 and bench["ce_peak_mb"] > 0
+    # one timed round on a shared CPU: the ratios are checked for what they are, not for a speed
+    assert bench["rc"] == 0 and bench["ce_peak_mb"] > 0
+    assert bench["meta_full_over_ce"] == bench["meta_full_step_median_s"] / bench["ce_step_median_s"]
+    assert bench["bf16_ce_speedup"] > 0 and bench["bf16_meta_full_over_ce"] > 0  # the bf16 keys reach the line
