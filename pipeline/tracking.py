@@ -202,7 +202,7 @@ class RunTracker:
                 client.get_run(run_id)
             except mlflow.exceptions.MlflowException:
                 run_id = None  # the store was reset: start a new run
-        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else self.run_name,
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else display_name(self.run_name),
                                tags=run_tags({**self.tags, "fingerprint": fingerprint}))
         self.run_id = run.info.run_id
         if run_id is None:

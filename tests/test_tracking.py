@@ -125,6 +125,10 @@ def test_a_run_of_a_dvc_experiment_is_named_after_it(tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_EXP_NAME", "gaunt-sofa")
     with tracking.start_run("long-tail", "lt-meta_iada-s0"):
         pass
+    tracker = tracking.RunTracker("long-tail", "lt-meta_iada-s0")  # the training runs' way in
+    tracker.start(None, fingerprint="f", params={})
+    tracker.close("FINISHED")
     runs = mlflow.search_runs(experiment_names=["long-tail"], output_format="list")
     assert sorted((r.info.run_name, r.data.tags["dvc_exp_name"]) for r in runs) == [
-        ("lt-meta_iada-s0", "workspace"), ("lt-meta_iada-s0 (gaunt-sofa)", "gaunt-sofa")]
+        ("lt-meta_iada-s0", "workspace"), ("lt-meta_iada-s0 (gaunt-sofa)", "gaunt-sofa"),
+        ("lt-meta_iada-s0 (gaunt-sofa)", "gaunt-sofa")]

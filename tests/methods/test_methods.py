@@ -506,7 +506,7 @@ def test_every_method_reports_the_plain_cross_entropy_of_its_batch(name):
     """``ce`` of a step is CE(z, y) of the network's logits on the step's batch, before the step
     (what evaluation would predict from), whatever the method minimises (``loss``), so that one
     curve compares methods. (groupdro and jtt need group labels; their step is the base class's.)"""
-    method, net, _ = make(name, {})
+    method, net, _ = make(name, {"drw_epoch": 0} if name == "ldam_drw" else {})  # drw_epoch: no schedule here
     x, y, meta = data()
     index = torch.arange(BATCH)
     with torch.no_grad():  # training mode as in the step: the batch's own BatchNorm statistics
