@@ -332,6 +332,9 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
         lines += [SCENARIO_NOTES[s["scenario"]], ""]
     keys = sorted((k for k in next(iter(labels.values()))["selected"] if not k.startswith("vs_")),
                   key=lambda k: (k != primary, ORDER.index(k) if k in ORDER else len(ORDER), k))
+    # a metric undefined for every run (few-shot accuracy where no class has under 20 images) is
+    # no column: it would be "—" throughout
+    keys = [k for k in keys if k == primary or any(e["selected"][k]["mean"] is not None for e in labels.values())]
     lines += ["## Headline metrics", "",
               "Ranked by the selected " + primary + ". Per seed: the selected " + primary + " of seeds "
               + ", ".join(map(str, seeds)) + ". Train min: the training time of one seed (the pretraining not "

@@ -136,6 +136,7 @@ def test_report_rebuilds_tables_figures_and_the_readme_section_from_metrics_alon
     assert {p.as_posix() for p in stale} == {"reports/reference/exp.md", "reports/reference/summary.json", "README.md"}
     page = Path("reports/reference/exp.md").read_text()
     assert "| la | deferred | 2 | 60.50 ± 0.71 |" in page  # mean ± std over the two seeds
+    assert "medium_acc selected" in page and "few_acc selected" not in page  # no column of "—" only
     assert "| meta_iada | −" not in page and "-5.00 [" in page  # meta_iada − la, with an interval
     assert "| ce | 70.4 |" in page  # published vs ours
     for kind in ("results", "per_class", "curves", "epsilon"):
