@@ -54,20 +54,28 @@ def _results(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -
     primary, order = s["primary"], s["ranking"]
     fig, ax = plt.subplots(figsize=(max(6.0, 0.75 * len(order) + 2), 4.2))
     x = np.arange(len(order))
-    for offset, rule, color in ((-0.18, "selected", "tab:blue"), (0.18, "final", "tab:gray")):
+    subject = s["subject"]
+    for offset, rule, color, highlight in ((-0.18, "selected", "tab:blue", "tab:orange"),
+                                           (0.18, "final", "tab:gray", "navajowhite")):
         stats = [s["labels"][label][rule][primary] for label in order]
         means = [100 * (st["mean"] or np.nan) for st in stats]
         stds = [100 * (st["std"] or 0) for st in stats]
-        ax.bar(x + offset, means, width=0.34, yerr=stds, capsize=3, color=color, alpha=0.75, label=rule)
+        # the method under study (reference.subject) in its own colour
+        colors = [highlight if s["labels"][label]["method"] == subject else color for label in order]
+        ax.bar(x + offset, means, width=0.34, yerr=stds, capsize=3, color=colors, alpha=0.75, label=rule)
         for i, st in enumerate(stats):
             seeds = [100 * v for v in st["per_seed"].values()]
             ax.scatter(np.full(len(seeds), x[i] + offset), seeds, s=9, color="black", zorder=3)
     low = min(100 * (st["mean"] or 0) - 100 * (st["std"] or 0) for st in (s["labels"][lab]["selected"][primary]
                                                                           for lab in order))
-    ax.set_ylim(max(0.0, 5 * np.floor(low / 5) - 5), None)  # the differences, not the bars' common base
+    bottom = max(0.0, 5 * np.floor(low / 5) - 5)
+    ax.set_ylim(bottom, None)  # the differences, not the bars' common base: said on the axis
     ax.set_xticks(x, order, rotation=35, ha="right")
-    ax.set_ylabel(f"test {primary} (%)")
-    ax.set_title(f"{name}: {primary} by method (bars: mean ± std over seeds; dots: seeds)")
+    for tick in ax.get_xticklabels():
+        if s["labels"][tick.get_text()]["method"] == subject:
+            tick.set_fontweight("bold")
+    ax.set_ylabel(f"test {primary} (%; axis from {bottom:.0f})")
+    ax.set_title(f"{name}: {primary} by method ({subject} in orange; bars: mean ± std over seeds; dots: seeds)")
     ax.legend(loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     return fig
