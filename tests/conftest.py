@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-NOT_COUNTED = (".pytest_cache/", ".ruff_cache/")
+# pytest's and ruff's caches, and DVC's scratch folder (ignored by .dvc/.gitignore), which a
+# read-only `dvc status` of the repository itself creates (tests/stages/test_dvc_deps.py)
+NOT_COUNTED = (".pytest_cache/", ".ruff_cache/", ".dvc/tmp/")
 
 
 def work_tree_paths() -> set[str] | None:
