@@ -47,6 +47,12 @@ def read_record(path: Path) -> dict[str, Any]:
     return record
 
 
+def pretraining_hash(exp: ExperimentConfig, seed: int) -> str:
+    """The hash of what the CE pretraining of a deferred run depends on: its data, network
+    (precision included), optimizer, augmentation, meta batch and length, and the seed."""
+    return config_hash(exp.data, exp.network, exp.optim, exp.augment, exp.meta_batch_size, exp.pretrain_epochs, seed)
+
+
 @dataclass
 class Job:
     """One run of the sweep: a label of an experiment, for one seed."""
@@ -74,20 +80,13 @@ class Job:
         return config_hash(e.data, e.network, e.optim, e.augment, e.pretrain_epochs, e.train_epochs,
                            e.meta_batch_size, e.protocol, self.method, e.method_config(self.method), self.seed)
 
-    @property
-    def pretraining(self) -> str:
-        """The hash of what the CE pretraining of a deferred run depends on: its data, network
-        (precision included), optimizer, augmentation, meta batch and length, and the seed."""
-        e = self.exp
-        return config_hash(e.data, e.network, e.optim, e.augment, e.meta_batch_size, e.pretrain_epochs, self.seed)
-
     def pretrain_label(self, base: ExperimentConfig) -> str:
         """The run folder of the pretraining this deferred run starts from: ``pretrain``, shared by
         every label of the seed whose pretraining is the base experiment's, or ``pretrain-<hash>``
         for a variant that changes it (e.g. ``network.precision``), so that the variant never
         starts from a pretraining of another configuration."""
-        base_job = Job(base, "ce", "ce", self.seed, self.split_seed, {})
-        return PRETRAIN if self.pretraining == base_job.pretraining else f"{PRETRAIN}-{self.pretraining[:8]}"
+        mine = pretraining_hash(self.exp, self.seed)
+        return PRETRAIN if mine == pretraining_hash(base, self.seed) else f"{PRETRAIN}-{mine[:8]}"
 
     def done(self) -> bool:
         f = self.metrics_file
