@@ -42,10 +42,22 @@ def test_the_peer_style_step_computes_the_same_step_as_the_projects():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_time_steps_reports_the_bf16_keys_beside_the_fp32_ones():
+def test_time_steps_reports_the_bf16_keys_beside_the_fp32_ones(monkeypatch):
     """With both precisions: every variant under bf16 with its own ratios to the bf16 CE step, and
-    the speed-ups of bf16 over fp32 (fp32 median over bf16 median, from the same rounds)."""
+    the speed-ups of bf16 over fp32 (fp32 median over bf16 median, from the same rounds); the bf16
+    steps run on networks built in bf16 (a bench that timed fp32 twice would report a speed-up of 1)."""
+    import pipeline.bench.steps as steps
+
+    built: list[str] = []
+    real_build = steps.build_network
+
+    def recording_build(*args, precision="fp32", **kwargs):
+        built.append(precision)
+        return real_build(*args, precision=precision, **kwargs)
+
+    monkeypatch.setattr(steps, "build_network", recording_build)
     result = time_steps(arch="resnet8", batch=10, repeats=1, warmup=0, memory=False, precisions=("fp32", "bf16"))
+    assert built.count("bf16") == built.count("fp32") >= 5, built  # every variant built once per precision
     for variant in ("ce", "meta_head", "meta_full", "mwn_full", "metasaug_full"):
         assert result[f"bf16_{variant}_step_median_s"] > 0, variant
         assert result[f"bf16_{variant}_speedup"] == (result[f"{variant}_step_median_s"]
