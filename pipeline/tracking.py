@@ -12,11 +12,9 @@ the DVC experiment name.
 
 from __future__ import annotations
 
-import math
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -34,11 +32,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 import mlflow  # noqa: E402  (after the telemetry switches)
-from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from pipeline.tracking_models import (CHAMPION, log_dataset, log_network, promote,  # noqa: E402,F401
-                                     registered_model_name)
+from pipeline.tracking_models import (CHAMPION, describe_version, linked_metrics, log_classifier,  # noqa: E402,F401
+                                     log_dataset, log_network, promote, registered_model_name)
+from pipeline.tracking_names import evaluation_metrics, metric_name  # noqa: E402
 
 
 class TrackingError(UserError, RuntimeError):
@@ -167,16 +165,20 @@ class RunTracker:
     """MLflow side of one training run (used by :func:`pipeline.engine.loop.fit`).
 
     Starts the run (or resumes the one recorded in the checkpoint), logs params once, metrics
-    per epoch in one batched call, and at the end the checkpoints, the history, the data card
-    and the method's learned networks (logged as MLflow models and registered).
+    per epoch in one batched call (named by :func:`metric_name`), and at the end the checkpoints,
+    the history, and as MLflow models the classifier (validation-selected weights) and the
+    method's learned networks (registered, each version described and tagged).
     """
 
     def __init__(self, experiment: str, run_name: str, *, card: Mapping[str, Any] | None = None,
                  data_dir: Path | None = None, tags: Mapping[str, str] | None = None,
-                 register_as: str | None = None, log_models: bool = True) -> None:
-        """``tags`` may hold ``mlflow.parentRunId`` (a child run, e.g. an Optuna trial's)."""
+                 register_as: str | None = None, log_models: bool = True,
+                 input_shape: tuple[int, int, int] | None = None) -> None:
+        """``tags`` may hold ``mlflow.parentRunId`` (a child run, e.g. an Optuna trial's);
+        ``input_shape`` (C, H, W): the classifier's input, for its logged model's signature."""
         self.experiment, self.run_name = experiment, run_name
-        self.card, self.data_dir = card, data_dir
+        self.card, self.data_dir, self.input_shape = card, data_dir, input_shape
+        self.params: dict[str, Any] = {}
         self.tags = dict(tags or {})
         self.register_as = register_as
         self.log_models = log_models  # Optuna trials skip the MLflow-model logging (seconds per trial)
@@ -197,6 +199,7 @@ class RunTracker:
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else display_name(self.run_name),
                                tags=run_tags({**self.tags, "fingerprint": fingerprint}))
         self.run_id = run.info.run_id
+        self.params = dict(params)
         if run_id is None:
             log_params(params)
             if self.card is not None:
@@ -207,7 +210,7 @@ class RunTracker:
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         with store_errors():
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+            mlflow.log_metrics({metric_name(k): float(v) for k, v in metrics.items()}, step=epoch)
 
     def finish(self, out_dir: Path, method: Any, summary: Mapping[str, Any]) -> None:
         """Log the run's files (checkpoints, history, the method's learned networks as saved by
@@ -222,9 +225,12 @@ class RunTracker:
             if (out_dir / name).is_file():
                 mlflow.log_artifact(str(out_dir / name), artifact_path="checkpoint")
         if self.log_models:
+            if self.input_shape is not None and (out_dir / BEST).is_file():
+                log_classifier(method.network, out_dir / BEST, self.input_shape, params=self.params)
             for name, module in networks.items():
-                version = log_network(module, name, self.register_as)
+                _, version = log_network(module, name, self.register_as, params=self.params)
                 if version is not None:
+                    describe_version(self.register_as, version, self.run_name, self.tags)
                     promote(self.register_as, version, summary["selection_metric"], summary["selected_value"])
         mlflow.end_run()
 
@@ -263,16 +269,20 @@ def log_prepared(mlflow_experiment: str, experiment: str, *, data_params: Mappin
         mlflow.log_dict(dict(card), "data_card.json")
 
 
-def log_evaluation(result: Mapping[str, Any], plots: Path, experiment: str, run_name: str) -> None:
-    """Add the test metrics and plots to the MLflow run that trained the weights, through the
-    client: the finished run is not reopened, so its status and duration stay the training's.
-    If the store no longer holds that run (a reset store, checkpoints from another machine),
-    log to a new run ``<run_name>-evaluation`` tagged with the missing id, and say so.
+def log_evaluation(result: Mapping[str, Any], plots: Path, experiment: str, run_name: str, *,
+                   card: Mapping[str, Any] | None = None, data_dir: Path | None = None) -> None:
+    """Add the test metrics (:func:`evaluation_metrics`, each logged once) and plots to the MLflow
+    run that trained the weights, through the client: the finished run is not reopened, so its
+    status and duration stay the training's. If the store no longer holds that run (a reset
+    store, checkpoints from another machine), log to a new run ``<run_name>-evaluation`` tagged
+    with the missing id, and say so.
 
-    The metrics go to the run only: MLflow 3's fluent ``log_metrics`` would also attach them to
-    the run's logged model at the same step (the perturbation network, logged at step 0), and
-    its model page would show the classifier's test accuracy as the network's metrics. Undefined
-    (NaN) metrics, e.g. many-shot accuracy without a many-shot class, are left out."""
+    Each metric is linked to what it measures: ``<split>/selected/*`` to the run's logged
+    ``classifier`` model (the selected weights), ``epsilon/last/*`` to its perturbation network,
+    and, given the prepared data's ``card`` and ``data_dir``, every split metric to that split's
+    dataset (logged as a run input), so that a model's page lists its metrics and datasets.
+    Through the client, not MLflow's fluent ``log_metrics``, which would attach every metric to
+    every model the run logged at the same step."""
     with store_errors():
         run_id = result.get("run_id")
         client = MlflowClient(tracking_uri())
@@ -284,10 +294,7 @@ def log_evaluation(result: Mapping[str, Any], plots: Path, experiment: str, run_
             run_id = client.create_run(exp_id, run_name=f"{run_name}-evaluation", tags=run_tags(
                 {"stage": "evaluate", "training_run_id": str(missing)})).info.run_id
             client.set_terminated(run_id)
-        flat = flatten({k: result[k] for k in ("final", "selected", "epsilon") if k in result})
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in flat.items() if isinstance(v, (int, float))
-                   and math.isfinite(v) and "per_class" not in k and "per_group" not in k]
+        metrics = linked_metrics(client, run_id, evaluation_metrics(result), card, data_dir)
         for i in range(0, len(metrics), 500):
             client.log_batch(run_id, metrics=metrics[i:i + 500])
         client.log_artifacts(run_id, str(plots), artifact_path="plots")
