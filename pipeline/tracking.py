@@ -12,12 +12,9 @@ the DVC experiment name.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -28,15 +25,18 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.errors import UserError, masked
-from pipeline.layout import BEST, HISTORY, LAST, artifact_file, json_safe, project_root, workdir
+from pipeline.layout import BEST, HISTORY, LAST, artifact_file, json_safe, project_root
 from pipeline.params.schema import flatten
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
 
 import mlflow  # noqa: E402  (after the telemetry switches)
-from mlflow.entities import Metric  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
+
+from pipeline.tracking_models import (CHAMPION, describe_version, linked_metrics, log_classifier,  # noqa: E402,F401
+                                     log_dataset, log_network, promote, registered_model_name)
+from pipeline.tracking_names import evaluation_metrics, metric_name  # noqa: E402
 
 
 class TrackingError(UserError, RuntimeError):
@@ -161,30 +161,24 @@ def log_params(params: Mapping[str, Any]) -> None:
         mlflow.log_params(dict(items[i:i + 100]))
 
 
-PIP_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1"]
-
-
-def registered_model_name(experiment: str) -> str:
-    """Registry name of a learned perturbation network: says the experiment of params.yaml
-    (``lt`` and ``lt_paper`` differ, and runs of a small test experiment do not add versions to
-    the real experiment's model)."""
-    return f"perturbation_net-{experiment}"
-
-
 class RunTracker:
     """MLflow side of one training run (used by :func:`pipeline.engine.loop.fit`).
 
     Starts the run (or resumes the one recorded in the checkpoint), logs params once, metrics
-    per epoch in one batched call, and at the end the checkpoints, the history, the data card
-    and the method's learned networks (logged as MLflow models and registered).
+    per epoch in one batched call (named by :func:`metric_name`), and at the end the checkpoints,
+    the history, and as MLflow models the classifier (validation-selected weights) and the
+    method's learned networks (registered, each version described and tagged).
     """
 
     def __init__(self, experiment: str, run_name: str, *, card: Mapping[str, Any] | None = None,
                  data_dir: Path | None = None, tags: Mapping[str, str] | None = None,
-                 register_as: str | None = None, log_models: bool = True) -> None:
-        """``tags`` may hold ``mlflow.parentRunId`` (a child run, e.g. an Optuna trial's)."""
+                 register_as: str | None = None, log_models: bool = True,
+                 input_shape: tuple[int, int, int] | None = None) -> None:
+        """``tags`` may hold ``mlflow.parentRunId`` (a child run, e.g. an Optuna trial's);
+        ``input_shape`` (C, H, W): the classifier's input, for its logged model's signature."""
         self.experiment, self.run_name = experiment, run_name
-        self.card, self.data_dir = card, data_dir
+        self.card, self.data_dir, self.input_shape = card, data_dir, input_shape
+        self.params: dict[str, Any] = {}
         self.tags = dict(tags or {})
         self.register_as = register_as
         self.log_models = log_models  # Optuna trials skip the MLflow-model logging (seconds per trial)
@@ -205,6 +199,7 @@ class RunTracker:
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else display_name(self.run_name),
                                tags=run_tags({**self.tags, "fingerprint": fingerprint}))
         self.run_id = run.info.run_id
+        self.params = dict(params)
         if run_id is None:
             log_params(params)
             if self.card is not None:
@@ -215,7 +210,7 @@ class RunTracker:
 
     def log_epoch(self, epoch: int, metrics: Mapping[str, float]) -> None:
         with store_errors():
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+            mlflow.log_metrics({metric_name(k): float(v) for k, v in metrics.items()}, step=epoch)
 
     def finish(self, out_dir: Path, method: Any, summary: Mapping[str, Any]) -> None:
         """Log the run's files (checkpoints, history, the method's learned networks as saved by
@@ -230,9 +225,12 @@ class RunTracker:
             if (out_dir / name).is_file():
                 mlflow.log_artifact(str(out_dir / name), artifact_path="checkpoint")
         if self.log_models:
+            if self.input_shape is not None and (out_dir / BEST).is_file():
+                log_classifier(method.network, out_dir / BEST, self.input_shape, params=self.params)
             for name, module in networks.items():
-                version = log_network(module, name, self.register_as)
+                _, version = log_network(module, name, self.register_as, params=self.params)
                 if version is not None:
+                    describe_version(self.register_as, version, self.run_name, self.tags)
                     promote(self.register_as, version, summary["selection_metric"], summary["selected_value"])
         mlflow.end_run()
 
@@ -254,73 +252,6 @@ def run_exists(run_id: str) -> bool:
     return True
 
 
-def log_network(module: Any, name: str, register_as: str | None) -> str | None:
-    """Log a learned network as an MLflow model (pickle format: loads as its own class) with a
-    signature and an input example, registered as ``register_as``; returns the registered
-    version (None when not registered)."""
-    import copy
-
-    import mlflow.pytorch
-    import numpy as np
-    import torch
-    from mlflow.models import infer_signature
-
-    module = copy.deepcopy(module).cpu().eval()
-    inputs = next(m for m in module.modules() if isinstance(m, torch.nn.Linear)).in_features
-    example = np.random.default_rng(0).standard_normal((4, inputs)).astype(np.float32)  # [B, K] characteristics
-    with torch.no_grad():
-        output = module(torch.from_numpy(example)).numpy()
-    info = mlflow.pytorch.log_model(module, name=name, serialization_format="pickle",
-                                    pip_requirements=PIP_REQUIREMENTS, code_paths=[str(workdir() / "pipeline")],
-                                    registered_model_name=register_as, signature=infer_signature(example, output),
-                                    input_example=example)
-    if register_as is None or info.registered_model_version is None:
-        return None
-    return str(info.registered_model_version)
-
-
-CHAMPION = "champion"  # alias of the registered version with the best validation value
-
-
-def promote(name: str, version: str, metric: str, value: float) -> None:
-    """Describe the registered model, tag the version with its validation value, and point the
-    alias ``champion`` at it when no version holds the alias or this one's value is higher."""
-    client = MlflowClient()
-    client.update_registered_model(name, description=(
-        f"Perturbation networks Ω of Meta-IADA runs of experiment {name.split('-', 1)[-1]!r} (params.yaml): "
-        "ε_i = Ω(c_i) from the 15 training characteristics; input [B, K] float32 characteristics, "
-        "output [B] ε. Alias 'champion': the version whose run has the best validation-selected "
-        f"{metric}."))
-    if not math.isfinite(value):
-        return
-    client.set_model_version_tag(name, version, metric, str(value))
-    try:
-        best = client.get_model_version_by_alias(name, CHAMPION)
-        current = float(best.tags.get(metric, "-inf"))
-    except mlflow.exceptions.MlflowException:
-        current = -math.inf
-    if value > current:
-        client.set_registered_model_alias(name, CHAMPION, version)
-
-
-def log_dataset(card: Mapping[str, Any], data_dir: Path) -> None:
-    """The prepared data set as the run's MLflow input: its folder as source, and as digest a
-    hash of its data card (source checksums, config, counts), so runs on the same data share it."""
-    import hashlib
-    import warnings
-
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.meta_dataset import MetaDataset
-
-    digest = hashlib.sha256(json.dumps(json_safe(dict(card)), sort_keys=True).encode()).hexdigest()[:16]
-    dataset = card.get("source", {}).get("dataset", "data")
-    name = f"{dataset} {card.get('scenario', '')}".strip()
-    with warnings.catch_warnings():  # MLflow 3.17 registers the local source twice and says so
-        warnings.simplefilter("ignore", UserWarning)
-        source = resolve_dataset_source(str(data_dir.resolve()))  # a LocalArtifactDatasetSource
-    mlflow.log_input(MetaDataset(source, name=name, digest=digest), context="training")
-
-
 def check_store(experiment: str) -> None:
     """Fail early (one :class:`TrackingError`) when the store cannot be used."""
     with store_errors():
@@ -338,16 +269,20 @@ def log_prepared(mlflow_experiment: str, experiment: str, *, data_params: Mappin
         mlflow.log_dict(dict(card), "data_card.json")
 
 
-def log_evaluation(result: Mapping[str, Any], plots: Path, experiment: str, run_name: str) -> None:
-    """Add the test metrics and plots to the MLflow run that trained the weights, through the
-    client: the finished run is not reopened, so its status and duration stay the training's.
-    If the store no longer holds that run (a reset store, checkpoints from another machine),
-    log to a new run ``<run_name>-evaluation`` tagged with the missing id, and say so.
+def log_evaluation(result: Mapping[str, Any], plots: Path, experiment: str, run_name: str, *,
+                   card: Mapping[str, Any] | None = None, data_dir: Path | None = None) -> None:
+    """Add the test metrics (:func:`evaluation_metrics`, each logged once) and plots to the MLflow
+    run that trained the weights, through the client: the finished run is not reopened, so its
+    status and duration stay the training's. If the store no longer holds that run (a reset
+    store, checkpoints from another machine), log to a new run ``<run_name>-evaluation`` tagged
+    with the missing id, and say so.
 
-    The metrics go to the run only: MLflow 3's fluent ``log_metrics`` would also attach them to
-    the run's logged model at the same step (the perturbation network, logged at step 0), and
-    its model page would show the classifier's test accuracy as the network's metrics. Undefined
-    (NaN) metrics, e.g. many-shot accuracy without a many-shot class, are left out."""
+    Each metric is linked to what it measures: ``<split>/selected/*`` to the run's logged
+    ``classifier`` model (the selected weights), ``epsilon/last/*`` to its perturbation network,
+    and, given the prepared data's ``card`` and ``data_dir``, every split metric to that split's
+    dataset (logged as a run input), so that a model's page lists its metrics and datasets.
+    Through the client, not MLflow's fluent ``log_metrics``, which would attach every metric to
+    every model the run logged at the same step."""
     with store_errors():
         run_id = result.get("run_id")
         client = MlflowClient(tracking_uri())
@@ -359,10 +294,7 @@ def log_evaluation(result: Mapping[str, Any], plots: Path, experiment: str, run_
             run_id = client.create_run(exp_id, run_name=f"{run_name}-evaluation", tags=run_tags(
                 {"stage": "evaluate", "training_run_id": str(missing)})).info.run_id
             client.set_terminated(run_id)
-        flat = flatten({k: result[k] for k in ("final", "selected", "epsilon") if k in result})
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in flat.items() if isinstance(v, (int, float))
-                   and math.isfinite(v) and "per_class" not in k and "per_group" not in k]
+        metrics = linked_metrics(client, run_id, evaluation_metrics(result), card, data_dir)
         for i in range(0, len(metrics), 500):
             client.log_batch(run_id, metrics=metrics[i:i + 500])
         client.log_artifacts(run_id, str(plots), artifact_path="plots")
@@ -430,28 +362,3 @@ def end_orphan_trial_runs(experiment: str, study_name: str, finished: Mapping[in
                 client.set_terminated(r.info.run_id, "FAILED")
                 ended.append(r.info.run_id)
         return ended
-
-
-
-def log_reference_report(name: str, summary: Mapping[str, Any], report_dir: Path) -> str:
-    """The reference report of experiment ``name`` as one run ``<name>-reference-report`` of the
-    scenario's MLflow experiment (reused when the report is rebuilt): each label's primary
-    metric (validation-selected mean over seeds), the figures and the markdown page."""
-    from pipeline.params.experiment import MLFLOW_EXPERIMENT
-
-    experiment = MLFLOW_EXPERIMENT[summary["scenario"]]
-    with store_errors():
-        exp_id = setup(experiment)
-        found = MlflowClient(tracking_uri()).search_runs(
-            [exp_id], filter_string=f"tags.reference_report = '{name}'", max_results=1)
-        run_id = found[0].info.run_id if found else None
-        with start_run(experiment, f"{name}-reference-report", run_id=run_id,
-                       tags={"stage": "reference_report", "reference_report": name}) as run:
-            primary = summary["primary"]
-            mlflow.log_metrics({f"{label}.{primary}": e["selected"][primary]["mean"]
-                                for label, e in summary["labels"].items()
-                                if e["selected"][primary]["mean"] is not None})
-            for path in sorted(report_dir.glob(f"{name}-*.png")) + [report_dir / f"{name}.md"]:
-                if path.is_file():
-                    mlflow.log_artifact(str(path), artifact_path="reference")
-        return run.info.run_id

@@ -194,14 +194,16 @@ out["_description"] = c.get_registered_model(name).description
 info = mlflow.models.get_model_info(f"models:/{{name}}/1")
 out["_signature"] = [str(info.signature.inputs), str(info.signature.outputs), info.saved_input_example_info is not None]
 meta_run = c.get_run(out["tiny-meta_iada-s0"]["id"])
-out["_inputs"] = [[d.dataset.name, d.dataset.digest, d.dataset.source] for d in meta_run.inputs.dataset_inputs]
+out["_inputs"] = [[d.dataset.name, d.dataset.digest, d.dataset.source] for d in meta_run.inputs.dataset_inputs
+                 if d.dataset.name.endswith("longtail")]  # the training split (val and test are inputs too)
 print(json.dumps(out))
 """
     runs = json.loads(sh([sys.executable, "-c", code], dst, env).stdout.strip().splitlines()[-1])
     assert {"tiny-prepare", "tiny-pretrain-s0", "tiny-ce-s0", "tiny-meta_iada-s0"} <= set(runs)
     meta = runs["tiny-meta_iada-s0"]
     assert meta["status"] == "FINISHED"
-    assert {"val_acc", "train_loss", "eps_mean", "eps_adv_share", "selected.test.acc"} <= set(meta["metrics"])
+    assert {"curves/val/acc", "curves/train/loss", "epsilon/mean", "epsilon/adv_share", "test/selected/acc"} <= set(
+        meta["metrics"])
     assert {"checkpoint", "plots", "data_card.json", "metrics.json"} <= set(meta["artifacts"])
     assert meta["tags"]["dvc_exp_name"] == "workspace" and len(meta["tags"]["git_commit"]) == 40
     assert runs["_versions"] == [meta["id"]]  # registered from the Meta-IADA run

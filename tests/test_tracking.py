@@ -45,7 +45,7 @@ def test_evaluation_of_a_run_missing_from_the_store_logs_to_a_new_run(tmp_path, 
     runs = mlflow.search_runs(experiment_names=["long-tail"], output_format="list")
     assert len(runs) == 1 and runs[0].info.run_name == "lt-ce-s0-evaluation"
     assert runs[0].data.tags["training_run_id"] == missing
-    assert runs[0].data.metrics == {"final.test.acc": 0.5, "selected.test.acc": 0.25}  # NaN is not logged
+    assert runs[0].data.metrics == {"test/final/acc": 0.5, "test/selected/acc": 0.25}  # NaN is not logged
 
 
 def test_evaluation_does_not_reopen_the_training_run(tmp_path, monkeypatch):
@@ -69,7 +69,7 @@ def test_evaluation_does_not_reopen_the_training_run(tmp_path, monkeypatch):
                "lt-ce-s0")
     after = mlflow.get_run(run.info.run_id)
     assert after.info.status == "FINISHED" and after.info.end_time == before.end_time
-    assert after.data.metrics == {"final.test.acc": 0.5}
+    assert after.data.metrics == {"test/final/acc": 0.5}
     assert {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)} == {"plots", "metrics.json"}
 
 

@@ -57,8 +57,8 @@ def _run(exp: ExperimentConfig, method: str, seed: int, label: str, *, device: s
                          data_dir=tree.data,
                          tags={"stage": "pretrain" if pretraining else "train", "experiment": exp.name,
                                "method": PRETRAIN if pretraining else method, "label": label, "seed": str(seed),
-                               **(tags or {})},
-                         register_as=registered_model_name(exp.name))
+                               "precision": exp.network.precision, **(tags or {})},
+                         register_as=registered_model_name(exp.name), input_shape=data.image_shape)
     try:
         return fit(spec, tracker=tracker)
     finally:

@@ -669,9 +669,10 @@ def build_reports(params: Params, *, check: bool = False, track: bool = False, r
         for p in stale:
             p.write_text(files[p])
         if track and summaries:
-            from pipeline import tracking
+            from pipeline.tracking_reference import log_reference_records, log_reference_report
 
             for name, s in summaries.items():
-                tracking.log_reference_report(name, s, REPORT_DIR)
+                log_reference_report(name, s, REPORT_DIR)
+                log_reference_records(name, [r for label in records[name].values() for r in label.records.values()])
     return stale
 

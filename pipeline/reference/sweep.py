@@ -75,7 +75,8 @@ def run_job(job: Job, *, device: str, track: bool, pretrain_label: str = PRETRAI
     if track:
         from pipeline import tracking
 
-        tracking.log_evaluation(result, plots, job.exp.mlflow_experiment, f"{job.exp.name}-{job.label}-s{job.seed}")
+        tracking.log_evaluation(result, plots, job.exp.mlflow_experiment, f"{job.exp.name}-{job.label}-s{job.seed}",
+                                card=data.card, data_dir=job.tree.data)
     h = result["selected"]["headline"]
     print(f"[reference {job.exp.name} {job.label} s{job.seed}] selected: "
           + ", ".join(f"{k} {v:.4f}" for k, v in h.items() if v is not None)

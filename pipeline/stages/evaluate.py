@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_mlflow:
         from pipeline import tracking
 
-        tracking.log_evaluation(result, plots, exp.mlflow_experiment, run_name(exp.name, args.method, args.seed))
+        tracking.log_evaluation(result, plots, exp.mlflow_experiment, run_name(exp.name, args.method, args.seed),
+                                card=data.card, data_dir=data_dir(exp.name))
 
 
 if __name__ == "__main__":

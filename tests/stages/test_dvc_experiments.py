@@ -254,7 +254,7 @@ def test_queued_variants_run_two_at_a_time_and_each_lands_in_mlflow_and_exp_show
     for r in queued_runs:
         assert r["name"] == f"tiny-meta_iada-s0 ({r['exp']})" and r["status"] == "FINISHED", r  # told apart
         assert float(r["alpha"]) == VARIANTS[r["exp"]], r
-        assert "selected.test.acc" in r["metrics"] and "val_acc" in r["metrics"], r
+        assert "test/selected/acc" in r["metrics"] and "curves/val/acc" in r["metrics"], r
     assert len(versions["versions"]) == 1 + len(VARIANTS)  # the workspace run's network and one per variant
 
 
