@@ -9,7 +9,7 @@ Layout::
     experiments:  # named experiments (scenario + data + network + schedule + method params)
       lt: {data: {...}, network: {...}, optim: {...}, pretrain_epochs: .., train_epochs: ..,
            methods: {meta_iada: {alpha: 0.5, ...}}, search: {...}}
-    tune: {...}   # Optuna studies (pipeline.params.tune)
+    tune: {...}   # Optuna studies (pipeline.params.tune) and tuning budgets (pipeline.params.budget)
     reference: {...}  # the committed reference sweep (pipeline.params.reference)
 
 :func:`load_params` gives a :class:`Params` whose experiments hold their method configs and
@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from pipeline.methods import method_class
+from pipeline.params.budget import add_tuned_variants, check_budgets
 from pipeline.params.experiment import ExperimentConfig
 from pipeline.params.reference import ReferenceConfig, check_reference
 from pipeline.params.schema import ParamError, bounded, build, check_name
@@ -109,6 +110,8 @@ def parse_params(raw: Any) -> Params:
     tune = build(TuneConfig, raw.get("tune"), "tune")
     check_tune(tune, experiments)
     reference = build(ReferenceConfig, raw.get("reference"), "reference")
+    check_budgets(tune, experiments, reference)
+    add_tuned_variants(tune, reference)
     check_reference(reference, experiments)
     return Params(build(RunConfig, raw.get("run"), "run"), experiments, tune, reference)
 

@@ -51,5 +51,15 @@ class ParamSpace:
         return [self.low, self.high]
 
 
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` is a point of the entry: one of its choices (a bool only as a bool),
+        or a number within its range."""
+        if self.type == "categorical":
+            return any(isinstance(c, bool) == isinstance(value, bool) and c == value for c in self.choices or [])
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        return self.low <= value <= self.high
+
+
 def is_categorical_value(value: Any) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pipeline.layout import project_root, study_dir
+from pipeline.layout import Tree, pipeline_tree, project_root, study_dir
 from pipeline.methods import method_class
 from pipeline.params.experiment import ExperimentConfig, apply_values, check_tunable
 from pipeline.params.schema import ParamError, bounded, build, check_name, flatten, to_dict
@@ -72,9 +72,32 @@ class StudyConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """One entry of ``tune.budgets``: the same tuning budget for every listed method (DomainBed's
+    rule), expanded into one study per method (:mod:`pipeline.params.budget`): that method's paper
+    space (:mod:`pipeline.params.spaces`), ``n_trials`` trials of which the first is the method's
+    default config, one sampler and pruner, on a tuning ``seed`` that is none of
+    ``reference.seeds`` and its own split, selected on validation."""
+
+    experiment: str
+    seed: int = bounded(dataclasses.MISSING, ge=0)  # the tuning seed: trains every trial and (reference.split: per_seed) draws the split
+    n_trials: int = bounded(dataclasses.MISSING, ge=8)  # COMPLETE + PRUNED trials of every method's study, the default one included
+    methods: list[str] = bounded([])
+    train_epochs: int | None = bounded(None, ge=1)  # null: the experiment's own, so the chosen values transfer
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    pruner: PrunerConfig = field(default_factory=lambda: PrunerConfig(name="none"))
+    storage: str | None = None
+    workers: int = bounded(1, ge=1)
+    # Method -> dotted key -> the value its study selected (written by ``python -m
+    # pipeline.stages.tune_report --budget NAME``): each becomes the reference variant <method>-tuned.
+    chosen: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
 class TuneConfig:
     run: list[str] = bounded([])  # the studies `dvc repro` (and `make tune`) runs
     studies: dict[str, StudyConfig] = field(default_factory=dict)
+    budgets: dict[str, BudgetConfig] = field(default_factory=dict)
 
 
 # --- plan: one study, validated --------------------------------------------------------------
@@ -92,6 +115,12 @@ class Plan:
     storage: str
     device: str
     parent_run_id: str | None = None
+    tree: Tree | None = None  # where its data and pretraining live (None: the DVC pipeline's)
+    default_values: dict[str, Any] | None = None  # a budget's first trial: the experiment's own values
+
+    @property
+    def data_tree(self) -> Tree:
+        return self.tree or pipeline_tree(self.cfg.experiment)
 
     @property
     def sweep(self) -> bool:
@@ -129,6 +158,8 @@ class Plan:
                "space": {k: to_dict(s) for k, s in self.space.items()},
                "param": self.cfg.param, "values": self.cfg.values,
                "settings": {k: v for k, v in settings.items() if k not in searched}}
+        if self.default_values is not None:
+            out["default"] = self.default_values
         return json.loads(json.dumps(out))
 
 
@@ -163,9 +194,11 @@ def default_storage() -> str:
     return f"sqlite:///{project_root() / 'optuna.db'}"
 
 
-def check_study(cfg: StudyConfig, experiments: Mapping[str, ExperimentConfig],
-                where: str) -> tuple[ExperimentConfig, dict[str, ParamSpace]]:
-    """Cross-key rules of one study; returns its experiment and searched space."""
+def check_study(cfg: StudyConfig, experiments: Mapping[str, ExperimentConfig], where: str, *,
+                space: dict[str, ParamSpace] | None = None, data_seed: int | None = None
+                ) -> tuple[ExperimentConfig, dict[str, ParamSpace]]:
+    """Cross-key rules of one study; returns its experiment and searched space (``space``, a
+    budget's, instead of the experiment's ``search:`` block; ``data_seed``: the split it trains on)."""
     if cfg.experiment not in experiments:
         raise ParamError(f"{where}.experiment = {cfg.experiment!r} is not declared: use one of "
                          f"{', '.join(experiments)}")
@@ -174,6 +207,8 @@ def check_study(cfg: StudyConfig, experiments: Mapping[str, ExperimentConfig],
     raw = to_dict(base)
     if cfg.train_epochs is not None:
         raw["train_epochs"] = cfg.train_epochs
+    if data_seed is not None:
+        raw["data"]["seed"] = data_seed
     exp = build(ExperimentConfig, raw, f"experiments.{cfg.experiment}")
     exp.name = base.name
     exp.method_config(cfg.method)
@@ -186,7 +221,7 @@ def check_study(cfg: StudyConfig, experiments: Mapping[str, ExperimentConfig],
         raise ParamError(f"missing key {where}.n_trials: the number of COMPLETE + PRUNED trials")
     if cfg.param is not None or cfg.values:
         raise ParamError(f"{where}.param and {where}.values are for mode: sweep")
-    space = exp.search
+    space = exp.search if space is None else space
     for i, key in enumerate(cfg.params or []):
         if key not in space:
             raise ParamError(f"{where}.params[{i}] = {key!r} is not in experiments.{cfg.experiment}.search: "
@@ -241,9 +276,16 @@ def make_plan(params: Params, name: str, *, n_trials: int | None = None,
     cfg = tune.studies[name]
     if n_trials is not None and cfg.mode == "sweep":
         raise ParamError(f"--n-trials: study {name!r} is a sweep, which runs exactly its grid")
+    cfg = dataclasses.replace(cfg, n_trials=n_trials or cfg.n_trials, workers=workers or cfg.workers)
+    return plan_of(params, name, cfg, f"tune.studies.{name}", storage=storage)
+
+
+def plan_of(params: Params, name: str, cfg: StudyConfig, where: str, *, storage: str | None = None,
+            space: dict[str, ParamSpace] | None = None, data_seed: int | None = None) -> Plan:
+    """The validated plan of study ``name`` declared as ``cfg`` at ``where``; ``storage``: the
+    command line's URL; ``space`` and ``data_seed``: a budget's (:func:`check_study`)."""
     url = storage_url(storage, "--storage") if storage else None
-    cfg = dataclasses.replace(cfg, n_trials=n_trials or cfg.n_trials, storage=url or cfg.storage,
-                              workers=workers or cfg.workers)
-    exp, space = check_study(cfg, params.experiments, f"tune.studies.{name}")
-    url = url or (storage_url(cfg.storage, f"tune.studies.{name}.storage") if cfg.storage else default_storage())
+    cfg = dataclasses.replace(cfg, storage=url or cfg.storage)
+    exp, space = check_study(cfg, params.experiments, where, space=space, data_seed=data_seed)
+    url = url or (storage_url(cfg.storage, f"{where}.storage") if cfg.storage else default_storage())
     return Plan(name, cfg, to_dict(exp), exp, space, url, params.run.device)

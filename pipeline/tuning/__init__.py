@@ -3,7 +3,11 @@
 Modules: :mod:`~pipeline.tuning.study` (one study end to end), :mod:`~pipeline.tuning.objective`
 (a trial), :mod:`~pipeline.tuning.budget` (trial budget), :mod:`~pipeline.tuning.workers`
 (processes), :mod:`~pipeline.tuning.storage` (Optuna storages), :mod:`~pipeline.tuning.analysis`
-(importances, figures, sweeps, best values); the CLI is the ``tune`` stage.
+(importances, figures, sweeps, best values), :mod:`~pipeline.tuning.budget_report` (a tuning
+budget's default-vs-tuned table), :mod:`~pipeline.tuning.cost` (its CPU estimate); the CLIs are
+the ``tune`` and ``tune_report`` stages. A tuning budget (``tune.budgets``,
+:mod:`pipeline.params.budget`) is one study per method with the same trials, over each method's
+paper space (:mod:`pipeline.params.spaces`), its first trial the method's default.
 
     python -m pipeline.stages.tune --study lt_meta_iada [--workers 2] [--n-trials 20] [--storage URL]
     python -m pipeline.stages.tune            # every study listed in tune.run

@@ -14,6 +14,7 @@ from pipeline.tuning.storage import grace_s
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 GRID_ATTR = "grid_point"  # trial user attr of an enqueued sweep point
+DEFAULT_ATTR = "default"  # trial user attr of a tuning budget's default-config trial (tune.budgets)
 MAX_FAILURES_IN_A_ROW = 5
 
 

@@ -16,10 +16,12 @@ from pipeline.data.prepared import PreparedData, load_prepared
 from pipeline.engine.checkpoint import load_checkpoint
 from pipeline.engine.loop import EpochCallback, RunSpec, fit
 from pipeline.engine.runs import pretrain
-from pipeline.layout import LAST, PRETRAIN, data_dir, run_dir
-from pipeline.params.experiment import apply_values
+from pipeline.layout import LAST, PRETRAIN
+from pipeline.params.experiment import ExperimentConfig, apply_values
 from pipeline.params.file import Params
+from pipeline.params.reference import Variant, variant_experiment
 from pipeline.params.tune import SEED_PARAM, Plan
+from pipeline.reference.sweep import ensure_prepared
 from pipeline.tracking import RunTracker, end_trial_run
 from pipeline.tuning.budget import Budget, SurplusTrial
 from pipeline.tuning.storage import WORKER_ATTR, this_worker
@@ -30,24 +32,39 @@ KILL_WORKER_ENV = "PIPELINE_TUNE_TEST_KILL_WORKER"
 
 def training_data(plan: Plan) -> PreparedData:
     """The prepared data without its test splits: a study never sees them."""
-    data = load_prepared(data_dir(plan.cfg.experiment))
+    data = load_prepared(plan.data_tree.data)
     return PreparedData({k: v for k, v in data.splits.items() if k in ("train", "meta", "val")}, data.card)
 
 
 def pretrain_checkpoint(plan: Plan, seed: int) -> Path:
-    return run_dir(plan.cfg.experiment, seed, PRETRAIN) / LAST
+    return plan.data_tree.run_dir(seed, PRETRAIN) / LAST
+
+
+def base_experiment(params: Params, plan: Plan) -> ExperimentConfig:
+    """The experiment its pretraining and data come from: the declared one, on the plan's split."""
+    base = params.experiment(plan.cfg.experiment)
+    if plan.tree is None:
+        return base
+    return variant_experiment(base, Variant("ce"), plan.where(), data_seed=plan.exp.data.seed)
+
+
+def ensure_data(params: Params, plan: Plan) -> None:
+    """A budget's split (in the reference sweep's tree), prepared unless it is there; the DVC
+    pipeline's data is the ``prepare`` stage's (``training_data`` says when it is missing)."""
+    if plan.tree is not None:
+        ensure_prepared(base_experiment(params, plan), plan.tree)
 
 
 def ensure_pretrain(params: Params, plan: Plan) -> None:
     """Train the pretraining of every seed whose finished checkpoint is missing (as the
     ``pretrain`` stage does), so that all trials start from it."""
-    base = params.experiment(plan.cfg.experiment)
+    base = base_experiment(params, plan)
     for seed in plan.seeds:
         path = pretrain_checkpoint(plan, seed)
         if path.is_file() and load_checkpoint(path)["epoch"] == base.pretrain_epochs:
             continue
         print(f"[{plan.name}] no finished pretraining at {path}: training it ({base.pretrain_epochs} epochs)")
-        pretrain(base, seed, device=plan.device, track=True)
+        pretrain(base, seed, device=plan.device, track=True, tree=plan.tree)
 
 
 def suggest(trial: optuna.Trial, plan: Plan) -> tuple[dict[str, Any], int]:

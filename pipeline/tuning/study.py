@@ -16,8 +16,8 @@ from pipeline.params.schema import ParamError, flatten
 from pipeline.params.tune import Plan, journal_path, storage_kind
 from pipeline.tracking import create_run, delete_run, end_orphan_trial_runs, is_active_run
 from pipeline.tuning.analysis import analyse
-from pipeline.tuning.budget import GRID_ATTR, Budget, IncompleteStudy, shortfall
-from pipeline.tuning.objective import ensure_pretrain, training_data
+from pipeline.tuning.budget import DEFAULT_ATTR, GRID_ATTR, Budget, IncompleteStudy, shortfall
+from pipeline.tuning.objective import ensure_data, ensure_pretrain, training_data
 from pipeline.tuning.storage import StudyStorage, claim_study_attr, fail_dead_trials, open_storage
 from pipeline.tuning.workers import make_pruner, open_study, run_workers, wait_for_running
 
@@ -32,6 +32,17 @@ def enqueue_grid(study: optuna.Study, plan: Plan) -> None:
     missing = [point for point in plan.grid() if point not in covered]
     for point in missing:
         study.enqueue_trial(point, user_attrs={GRID_ATTR: True})
+
+
+def enqueue_default(study: optuna.Study, plan: Plan) -> None:
+    """A budget's first trial: the experiment's own values (DomainBed's ``hparams_seed`` 0), so
+    the default's validation score is measured on the same split; enqueued again only if it
+    failed (a COMPLETE, PRUNED, RUNNING or WAITING default trial counts) and the budget has room."""
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+    if any(t.user_attrs.get(DEFAULT_ATTR) for t in study.get_trials(deepcopy=False, states=live)):
+        return
+    if Budget(plan.n_trials, plan.sweep).remaining(study) > 0:
+        study.enqueue_trial(plan.default_values, user_attrs={DEFAULT_ATTR: True})
 
 
 def check_definition(study: optuna.Study, plan: Plan) -> None:
@@ -91,6 +102,7 @@ def run_study(params: Params, plan: Plan) -> dict[str, Any]:
     failures in a row, a failed grid point): rerunning the same command runs exactly the missing
     trials.
     """
+    ensure_data(params, plan)
     training_data(plan)  # a missing data set stops here, before any study is created or trained
     storage = open_storage(plan.storage)
     study = open_study(plan, [0], storage)
@@ -100,6 +112,8 @@ def run_study(params: Params, plan: Plan) -> dict[str, Any]:
     fail_dead_trials(study, storage)
     if plan.sweep:
         enqueue_grid(study, plan)
+    elif plan.default_values is not None:
+        enqueue_default(study, plan)
     budget = Budget(plan.n_trials, plan.sweep)
     to_run = first = budget.remaining(study)
     dead: list[str] = []

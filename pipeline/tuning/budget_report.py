@@ -1,0 +1,135 @@
+"""The default-vs-tuned table of a tuning budget (``tune.budgets``), from its studies in the
+Optuna storage and the committed reference metrics.
+
+Per method: the validation value of its default config (the budget's first trial, user attr
+``default``), the best validation value over its COMPLETE trials and the values that gave it
+(:func:`select`: the arg-max of the trial values, which are validation values; the objective never
+loads a test split), and the test headline on the reported seeds of the default label
+(``<method>``) and, once the reference sweep has rerun it, of ``<method>-tuned``: mean ± std
+over seeds, from ``metrics/reference/<experiment>/`` records that match today's params.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from pipeline.params.budget import budget_study_names, find_plan, tuned_label
+from pipeline.params.file import Params
+from pipeline.reference.report import mean_std, pct, pm
+from pipeline.tuning.budget import DEFAULT_ATTR
+from pipeline.tuning.storage import open_storage
+
+TestValues = Callable[[str], list[float]]  # reference label -> its test headline per reported seed
+
+
+@dataclass
+class TunedRow:
+    method: str
+    complete: int  # COMPLETE trials of its study
+    default_val: float | None  # the default trial's validation value (None: not run or not complete)
+    best_val: float | None
+    chosen: dict[str, Any] = field(default_factory=dict)  # the best trial's values
+    default_test: list[float] = field(default_factory=list)
+    tuned_test: list[float] = field(default_factory=list)
+
+
+def select(study: optuna.Study) -> FrozenTrial | None:
+    """The selected trial: the highest value (validation) of the COMPLETE trials, the earliest on
+    a tie; None when none is complete. Nothing else of a trial (user attrs) is read."""
+    complete = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number)
+    return max(complete, key=lambda t: t.value, default=None)
+
+
+def default_trial(study: optuna.Study) -> FrozenTrial | None:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return next((t for t in sorted(complete, key=lambda t: t.number) if t.user_attrs.get(DEFAULT_ATTR)), None)
+
+
+def tuned_row(method: str, study: optuna.Study | None, test_values: TestValues) -> TunedRow:
+    row = TunedRow(method, 0, None, None, default_test=test_values(method), tuned_test=test_values(tuned_label(method)))
+    if study is None:
+        return row
+    row.complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    best, default = select(study), default_trial(study)
+    if best is not None:
+        row.best_val, row.chosen = float(best.value), dict(best.params)
+    if default is not None:
+        row.default_val = float(default.value)
+    return row
+
+
+def table(rows: list[TunedRow], metric: str, test_key: str) -> str:
+    """Markdown: one row per method, default beside tuned, validation then test."""
+    head = ["method", "trials", f"default {metric}", f"tuned {metric}", "chosen",
+            f"default test {test_key}", f"tuned test {test_key}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        chosen = ", ".join(f"`{k.rpartition('.')[2]}={v}`" for k, v in r.chosen.items()) or "—"
+        lines.append("| " + " | ".join([r.method, str(r.complete), pct(r.default_val), pct(r.best_val), chosen,
+                                        pm(mean_std(r.default_test)), pm(mean_std(r.tuned_test))]) + " |")
+    return "\n".join(lines)
+
+
+def chosen_block(rows: list[TunedRow]) -> str:
+    """The ``chosen:`` mapping of the budget (paste it under ``tune.budgets.<name>``)."""
+    chosen = {r.method: r.chosen for r in rows if r.chosen}
+    return yaml.safe_dump({"chosen": chosen}, sort_keys=False, default_flow_style=False)
+
+
+def rerun_command(experiment: str, rows: list[TunedRow]) -> str:
+    """The reference sweep's command that reruns every chosen config on the reported seeds."""
+    labels = " ".join(f"--label {tuned_label(r.method)}" for r in rows if r.chosen)
+    return f"python -m pipeline.stages.reference --experiment {experiment} {labels}"
+
+
+def reported_tests(params: Params, experiment: str) -> TestValues:
+    """Label -> the test headline (the selection metric's key) of its up-to-date committed records."""
+    from pipeline.reference.plan import plan, read_record
+
+    key = params.experiment(experiment).selection_metric.removeprefix("val_")
+    jobs = plan(params, [experiment]) if experiment in params.reference.experiments else []
+
+    def values(label: str) -> list[float]:
+        return [float(read_record(j.metrics_file)["selected"]["headline"][key])
+                for j in jobs if j.label == label and j.done()]
+    return values
+
+
+def budget_report(params: Params, budget: str, *, storage: str | None = None,
+                  studies: Mapping[str, optuna.Study] | None = None) -> tuple[list[TunedRow], str]:
+    """The rows and the markdown page of ``budget``: its studies read from their storage (or
+    ``studies``, method -> study, e.g. in memory), the test values from the committed records."""
+    names = budget_study_names(params, budget)  # an unknown budget is one error line
+    cfg = params.tune.budgets[budget]
+    exp = params.experiment(cfg.experiment)
+    test_values = reported_tests(params, cfg.experiment)
+    rows = []
+    for name, method in zip(names, cfg.methods):
+        study = studies.get(method) if studies is not None else load_study(params, name, storage)
+        rows.append(tuned_row(method, study, test_values))
+    metric, key = exp.selection_metric, exp.selection_metric.removeprefix("val_")
+    page = "\n".join([
+        f"# Tuning budget `{budget}`: {cfg.experiment}, default vs tuned", "",
+        f"{cfg.n_trials} trials per method (the first its default config), sampler {cfg.sampler.name} "
+        f"(seed {cfg.sampler.seed}), pruner {cfg.pruner.name}, tuning seed {cfg.seed} on its own split; "
+        f"selected on {metric}. Test columns: mean ± std over the reported seeds {params.reference.seeds} "
+        f"(`{key}` at the selected epoch; — until the run is done).", "",
+        table(rows, metric, key), "",
+        "Chosen configs (paste under `tune.budgets." + budget + "`), then rerun them on the reported seeds:", "",
+        "```yaml", chosen_block(rows).rstrip(), "```", "", "```bash", rerun_command(cfg.experiment, rows), "```", ""])
+    return rows, page
+
+
+def load_study(params: Params, name: str, storage: str | None) -> optuna.Study | None:
+    """The stored study, or None if it was never created."""
+    plan = find_plan(params, name, storage=storage)
+    try:
+        return optuna.load_study(study_name=name, storage=open_storage(plan.storage))
+    except KeyError:
+        return None

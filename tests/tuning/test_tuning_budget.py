@@ -1,0 +1,236 @@
+"""The same tuning budget for every method (``tune.budgets``, issue 30): the expansion into one
+study per method, the refused tuning seeds, the paper spaces against the method Configs,
+selection on validation only, the default-vs-tuned table from in-memory studies, the
+``<method>-tuned`` variants and the cost section of docs/tuning.md. Nothing here trains."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import functools
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from pipeline.methods import method_class
+from pipeline.params.budget import budget_studies, budget_study_names, find_plan, study_name
+from pipeline.params.file import load_params, parse_params
+from pipeline.params.schema import ParamError, build
+from pipeline.params.spaces import PAPER_SPACES, paper_space
+from pipeline.reference.plan import read_record
+from pipeline.tuning.budget import DEFAULT_ATTR
+from pipeline.tuning.budget_report import budget_report, select
+from pipeline.tuning.cost import DOCS_PAGE, cost_markdown, markers
+from pipeline.tuning.study import enqueue_default
+
+ROOT = Path(__file__).resolve().parents[2]
+BUDGET = "lt_ref_budget"
+
+
+@functools.cache
+def raw_params() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def params_with(budget: dict[str, Any] | None = None, **reference: Any):
+    """params.yaml with keys of the budget and of ``reference:`` changed."""
+    raw = copy.deepcopy(raw_params())
+    raw["tune"]["budgets"][BUDGET].update(budget or {})
+    raw["reference"].update(reference)
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return load_params(ROOT / "params.yaml")
+
+
+def test_a_budget_gives_every_method_the_same_trials_sampler_and_seed(params):
+    budget = params.tune.budgets[BUDGET]
+    studies = budget_studies(params.tune)
+    assert [s for s in studies if s.startswith(f"{BUDGET}-")] == [study_name(BUDGET, m) for m in budget.methods]
+    plans = [find_plan(params, name) for name in budget_study_names(params, BUDGET)]
+    assert len(plans) == len(budget.methods) >= 2
+    for plan, method in zip(plans, budget.methods):
+        assert plan.cfg.method == method
+        assert plan.space == paper_space(method) != {}
+        assert plan.n_trials == budget.n_trials >= 8
+        assert plan.cfg.sampler == budget.sampler and plan.cfg.pruner == budget.pruner
+        assert (plan.cfg.seed, plan.exp.data.seed) == (budget.seed, budget.seed)  # the tuning seed draws the split
+        assert plan.exp.train_epochs == params.experiment(budget.experiment).train_epochs
+        assert plan.data_tree.data.name == f"split{budget.seed}"
+        assert plan.cfg.storage == budget.storage and plan.cfg.workers == budget.workers
+    samplers = [p.cfg.sampler for p in plans]
+    assert len({id(s) for s in samplers}) == len(samplers)  # copies: one study cannot change another's
+
+
+def test_n_trials_of_one_method_cannot_be_overridden(params):
+    with pytest.raises(ParamError, match=r"same n_trials: change tune.budgets.lt_ref_budget.n_trials"):
+        find_plan(params, study_name(BUDGET, "la"), n_trials=20)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_reported_seed_is_refused_as_tuning_seed(seed):
+    with pytest.raises(ParamError, match=rf"seed = {seed} is one of the reported seeds reference.seeds"):
+        params_with({"seed": seed})
+
+
+def test_a_fixed_split_is_refused_and_another_seed_is_accepted():
+    with pytest.raises(ParamError, match=r"reference.split = 'fixed'.*use reference.split: per_seed"):
+        params_with(split="fixed")
+    assert params_with({"seed": 7}).tune.budgets[BUDGET].seed == 7
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"n_trials": 7}, r"n_trials = 7 is out of range: it must be >= 8"),
+    ({"methods": ["ce", "la"]}, r"'ce' has no search space in pipeline/params/spaces.py"),
+    ({"methods": ["la", "la"]}, r"list each method to tune once"),
+    ({"methods": ["groupdro"]}, r"'groupdro' has no block in experiments.lt_ref.methods"),
+    ({"chosen": {"la": {"methods.la.tau": 9.0}}}, r"chosen.la.methods.la.tau = 9.0 is outside its space"),
+    ({"chosen": {"la": {"methods.la.s": 1.0}}}, r"'methods.la.s' is not searched for la"),
+])
+def test_bad_budgets_are_refused_in_one_line(change, message):
+    with pytest.raises(ParamError, match=message):
+        params_with(change)
+
+
+def test_a_default_outside_its_paper_space_is_refused():
+    raw = copy.deepcopy(raw_params())
+    raw["experiments"]["lt_ref"]["methods"]["la"]["tau"] = 3.0
+    with pytest.raises(ParamError, match=r"the default methods.la.tau = 3.0 .* outside its paper space"):
+        parse_params(raw)
+
+
+@pytest.mark.parametrize("method", sorted(PAPER_SPACES))
+def test_every_space_key_is_a_field_of_its_methods_config_and_every_end_builds(method):
+    cls = method_class(method, "test").Config
+    fields = {f.name for f in dataclasses.fields(cls)}
+    for key, entry in PAPER_SPACES[method].items():
+        prefix, _, name = key.rpartition(".")
+        assert prefix == f"methods.{method}" and name in fields, key
+        entry.space.validate(key)
+        assert entry.source
+        for value in entry.space.ends():
+            assert getattr(build(cls, {name: value}, key), name) == value
+
+
+def study_of(values: list[tuple[float, float]], test: list[float]) -> optuna.Study:
+    """An in-memory study whose trial i suggests ``values[i]`` (tau, validation) through a fake
+    objective that also records a test accuracy as a user attr."""
+    study = optuna.create_study(direction="maximize")
+    for (tau, val), test_acc in zip(values, test):
+        study.enqueue_trial({"methods.la.tau": tau})
+
+    def objective(trial: optuna.Trial) -> float:
+        tau = trial.suggest_float("methods.la.tau", 0.5, 2.5)
+        index = [v[0] for v in values].index(tau)
+        trial.set_user_attr("test_acc", test[index])
+        trial.set_user_attr(DEFAULT_ATTR, index == 0)
+        return values[index][1]
+
+    study.optimize(objective, n_trials=len(values))
+    return study
+
+
+# tau -> validation; the test accuracies are anti-correlated, so reading them picks another trial.
+VALUES = [(1.0, 0.70), (0.5, 0.66), (1.7, 0.74), (2.5, 0.72)]
+TESTS = [0.69, 0.75, 0.60, 0.64]
+
+
+def test_selection_is_the_arg_max_of_validation_never_test():
+    study = study_of(VALUES, TESTS)
+    best = select(study)
+    assert best.params == {"methods.la.tau": 1.7} and best.value == 0.74
+    assert best.number != max(range(len(TESTS)), key=TESTS.__getitem__)  # the test arg-max is another trial
+
+
+def test_selection_ignores_pruned_and_failed_trials():
+    study = study_of(VALUES, TESTS)
+    study.add_trial(optuna.trial.create_trial(params={"methods.la.tau": 2.0}, value=0.99, state=TrialState.PRUNED,
+                                              distributions={"methods.la.tau": optuna.distributions.FloatDistribution(0.5, 2.5)},
+                                              intermediate_values={0: 0.99}))
+    assert select(study).params == {"methods.la.tau": 1.7}
+    assert select(optuna.create_study(direction="maximize")) is None
+
+
+def test_the_report_puts_default_and_tuned_side_by_side(params):
+    rows, page = budget_report(params, BUDGET, studies={"la": study_of(VALUES, TESTS)})
+    la = rows[params.tune.budgets[BUDGET].methods.index("la")]
+    assert (la.complete, la.default_val, la.best_val, la.chosen) == (4, 0.70, 0.74, {"methods.la.tau": 1.7})
+    committed = [read_record(ROOT / f"metrics/reference/lt_ref/la-s{s}.json")["selected"]["headline"]["acc"]
+                 for s in params.reference.seeds]
+    assert la.default_test == committed and len(committed) == 3
+    assert la.tuned_test == []  # la-tuned is not run yet
+    assert "| la | 4 | 70.00 | 74.00 | `tau=1.7` |" in page
+    others = [r for r in rows if r.method != "la"]
+    assert others and all(r.complete == 0 and r.best_val is None and not r.chosen for r in others)
+    assert yaml.safe_load(page.split("```yaml\n")[1].split("```")[0]) == {"chosen": {"la": {"methods.la.tau": 1.7}}}
+    assert "python -m pipeline.stages.reference --experiment lt_ref --label la-tuned\n" in page
+
+
+def test_a_chosen_config_becomes_the_tuned_reference_variant():
+    params = params_with({"chosen": {"la": {"methods.la.tau": 1.5}, "isda": {"methods.isda.class_balanced": True}}})
+    variants = params.reference.experiments["lt_ref"].variants
+    assert variants["la-tuned"].method == "la" and variants["la-tuned"].set == {"methods.la.tau": 1.5}
+    assert variants["isda-tuned"].set == {"methods.isda.class_balanced": True}
+    from pipeline.reference.plan import plan
+
+    jobs = {(j.label, j.seed): j for j in plan(params, ["lt_ref"], labels=["la-tuned"])}
+    assert sorted(jobs) == [("la-tuned", s) for s in params.reference.seeds]
+    assert jobs[("la-tuned", 0)].exp.method_config("la").tau == 1.5
+
+
+def test_the_default_config_is_the_first_trial_and_is_enqueued_once():
+    plan = SimpleNamespace(default_values={"methods.la.tau": 1.0}, n_trials=8, sweep=False)
+    study = optuna.create_study(direction="maximize")
+    enqueue_default(study, plan)
+    enqueue_default(study, plan)
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].number == 0 and waiting[0].user_attrs[DEFAULT_ATTR]
+    trial = study.ask()
+    assert trial.suggest_float("methods.la.tau", 0.5, 2.5) == 1.0
+    study.tell(trial, state=TrialState.FAIL)
+    enqueue_default(study, plan)  # a failed default is put back
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+
+
+def test_the_docs_cost_section_is_computed_from_the_committed_timings(params):
+    begin, end = markers(BUDGET)
+    text = (ROOT / DOCS_PAGE).read_text()
+    section = text.split(begin + "\n")[1].split("\n" + end)[0]
+    assert section == cost_markdown(params, BUDGET, ROOT / "metrics" / "reference")
+
+
+def test_the_cost_is_seconds_per_epoch_times_epochs_times_trials(params, tmp_path):
+    """Every method's records average 15 s an epoch (10 and 20): 15 s x 12 epochs x 8 trials =
+    0.4 h each, the pretraining 15 s x 96 epochs = 0.4 h, the reruns 15 s x 12 x 3 seeds = 0.15 h each."""
+    from pipeline.reference.plan import write_record
+
+    budget = params.tune.budgets[BUDGET]
+    for label in [*budget.methods, "ce"]:
+        for seed, seconds in ((0, [10.0, 10.0]), (1, [20.0, 20.0])):
+            write_record({"curve": {"epoch_seconds": seconds}, "machine": {"cpu": "X", "avx512": False, "threads": 2}},
+                         tmp_path / "lt_ref" / f"{label}-s{seed}.json")
+    table = cost_markdown(params, BUDGET, tmp_path)
+    assert "| la | 15.0 | 12 x 8 | 0.4 |" in table
+    assert "| CE pretraining of seed 100 (at ce's pace) | 15.0 | 96 x 1 | 0.4 |" in table
+    assert f"| **{0.4 * len(budget.methods) + 0.4:.1f}** |" in table
+    assert f"12 x 3 each | {0.15 * len(budget.methods):.1f} |" in table
+    assert "Paces measured on: X, 2 thread(s)." in table
+
+
+def test_a_budget_study_prepares_and_pretrains_on_the_tuning_seeds_split(params, monkeypatch):
+    from pipeline.tuning import objective
+
+    plan = find_plan(params, study_name(BUDGET, "la"))
+    calls = []
+    monkeypatch.setattr(objective, "ensure_prepared", lambda exp, tree: calls.append((exp.data.seed, tree)))
+    objective.ensure_data(params, plan)
+    assert calls == [(100, plan.tree)] and plan.tree.data.parts[-3:] == ("reference", "lt_ref", "split100")
+    assert objective.pretrain_checkpoint(plan, 100).parts[-4:] == ("lt_ref", "s100", "pretrain", "last.pt")
+    assert objective.base_experiment(params, plan).data.seed == 100
