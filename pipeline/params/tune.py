@@ -92,6 +92,7 @@ class Plan:
     storage: str
     device: str
     parent_run_id: str | None = None
+    written: frozenset[str] = frozenset()  # the keys params.yaml writes (Params.written: the -S form)
 
     @property
     def sweep(self) -> bool:
@@ -246,4 +247,4 @@ def make_plan(params: Params, name: str, *, n_trials: int | None = None,
                               workers=workers or cfg.workers)
     exp, space = check_study(cfg, params.experiments, f"tune.studies.{name}")
     url = url or (storage_url(cfg.storage, f"tune.studies.{name}.storage") if cfg.storage else default_storage())
-    return Plan(name, cfg, to_dict(exp), exp, space, url, params.run.device)
+    return Plan(name, cfg, to_dict(exp), exp, space, url, params.run.device, written=params.written)
