@@ -4,6 +4,8 @@ sees half a file and a killed writer leaves the old file or none).
 
 Layout of the outputs (all relative to the working copy; DVC tracks them)::
 
+    configs/<experiment>.json                    the experiment as it runs (every default, base and
+                                                 derived value resolved): the keys DVC's stages depend on
     data/prepared/<experiment>/                  prepared data set and its data card
     models/<experiment>/s<seed>/pretrain/        the CE pretraining run
     models/<experiment>/s<seed>/<method>/        one method's run: last.pt, best.pt,
@@ -39,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+CONFIGS_DIR = Path("configs")
 DATA_DIR = Path("data/prepared")
 MODELS_DIR = Path("models")
 METRICS_DIR = Path("metrics")
@@ -92,6 +95,11 @@ def run_label(method: str, seed: int) -> str:
 def run_name(experiment: str, method: str, seed: int) -> str:
     """``<experiment>-<method>-s<seed>``: a run's MLflow name and progress label."""
     return f"{experiment}-{run_label(method, seed)}"
+
+
+def config_file(experiment: str) -> Path:
+    """``configs/<experiment>.json``: the resolved configuration the ``config`` stage writes."""
+    return CONFIGS_DIR / f"{experiment}.json"
 
 
 def data_dir(experiment: str) -> Path:

@@ -6,16 +6,20 @@ Layout::
       experiments: [lt]
       methods: [ce, la, meta_iada]
       seeds: [0]
+    methods:      # each method's hyperparameters, once: every experiment's defaults
+      meta_iada: {alpha: 0.5, ...}
     experiments:  # named experiments (scenario + data + network + schedule + method params)
       lt: {data: {...}, network: {...}, optim: {...}, pretrain_epochs: .., train_epochs: ..,
-           methods: {meta_iada: {alpha: 0.5, ...}}, search: {...}}
+           search: {...}}
+      lt_ref: {base: lt, data: {val_per_class: 100}, ...}  # what differs from its base
     tune: {...}   # Optuna studies (pipeline.params.tune) and tuning budgets (pipeline.params.budget)
     reference: {...}  # the committed reference sweep (pipeline.params.reference)
 
-:func:`load_params` gives a :class:`Params` whose experiments hold their method configs and
-search spaces and whose ``tune`` holds every study, all validated: an unknown key, a value out
-of range, an unknown method, experiment or study, or an experiment or study name that is not
-:data:`~pipeline.params.schema.NAME` (names become folders) stops with one
+:func:`load_params` gives a :class:`Params` whose experiments, resolved from their bases and the
+``methods`` block (:mod:`pipeline.params.inherit`), hold their method configs and search spaces
+and whose ``tune`` holds every study, all validated: an unknown key, a value out of range, an
+unknown method, base, experiment or study, a cycle of bases, or an experiment or study name that
+is not :data:`~pipeline.params.schema.NAME` (names become folders) stops with one
 :class:`~pipeline.params.schema.ParamError` naming the key.
 """
 
@@ -31,12 +35,13 @@ import yaml
 from pipeline.methods import method_class
 from pipeline.params.budget import add_tuned_variants, check_budgets
 from pipeline.params.experiment import ExperimentConfig
+from pipeline.params.inherit import base_order, resolve_experiments
 from pipeline.params.reference import ReferenceConfig, check_reference
 from pipeline.params.schema import ParamError, bounded, build, check_name
 from pipeline.params.tune import TuneConfig, check_tune
 
 PARAMS_FILE = "params.yaml"
-TOP_LEVEL_KEYS = ("run", "experiments", "tune", "reference")
+TOP_LEVEL_KEYS = ("run", "methods", "experiments", "tune", "reference")
 DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # cuda:N: one run per GPU on a multi-device machine
 
 
@@ -69,6 +74,7 @@ class Params:
     experiments: dict[str, ExperimentConfig]
     tune: TuneConfig = field(default_factory=TuneConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    written: frozenset[str] = frozenset()  # every dotted key params.yaml writes (see set_option)
 
     def __post_init__(self) -> None:
         for i, name in enumerate(self.run.experiments):
@@ -81,7 +87,8 @@ class Params:
             for name in self.run.methods:
                 if name not in self.experiments[exp].methods:
                     raise ParamError(f"experiments.{exp}.methods has no block for method {name!r} of "
-                                     f"run.methods: add `{name}: {{}}` (code defaults) or its hyperparameters")
+                                     f"run.methods: add `{name}: {{}}` (code defaults) or its hyperparameters "
+                                     "there or under methods")
 
     def experiment(self, name: str) -> ExperimentConfig:
         """The experiment called ``name`` (e.g. a command line's ``--experiment``)."""
@@ -98,22 +105,44 @@ def parse_params(raw: Any) -> Params:
     if unknown:
         raise ParamError(f"unknown top-level key {unknown[0]!r} in params.yaml: allowed keys are "
                          f"{', '.join(TOP_LEVEL_KEYS)}")
-    exps = raw.get("experiments")
+    exps, methods = raw.get("experiments"), raw.get("methods")
     if not isinstance(exps, dict) or not exps:
         raise ParamError("experiments must be a non-empty mapping of experiment name -> settings")
-    experiments = {}
-    for name, cfg in exps.items():
+    if methods is not None and not isinstance(methods, dict):
+        raise ParamError(f"methods must be a mapping of method name -> hyperparameters, got {methods!r}")
+    for name, block in (methods or {}).items():  # a mistake here is named here, not in every experiment
+        build(method_class(name, f"methods.{name}").Config, block, f"methods.{name}")
+    for name in exps:
         check_name(name, "experiment name")
-        experiments[name] = exp = build(ExperimentConfig, cfg, f"experiments.{name}")
+    resolved = resolve_experiments(exps, methods)
+    experiments = {}
+    for name in base_order(exps):  # a mistake in a base is named there, before its heirs
+        experiments[name] = exp = build(ExperimentConfig, resolved[name], f"experiments.{name}")
         exp.name = name
         exp.check_schedule(f"experiments.{name}")
+    experiments = {name: experiments[name] for name in exps}
     tune = build(TuneConfig, raw.get("tune"), "tune")
     check_tune(tune, experiments)
     reference = build(ReferenceConfig, raw.get("reference"), "reference")
     check_budgets(tune, experiments, reference)
     add_tuned_variants(tune, reference)
     check_reference(reference, experiments)
-    return Params(build(RunConfig, raw.get("run"), "run"), experiments, tune, reference)
+    return Params(build(RunConfig, raw.get("run"), "run"), experiments, tune, reference, frozenset(written_keys(raw)))
+
+
+def set_option(written: frozenset[str], key: str, value: str) -> str:
+    """The ``dvc exp run -S`` argument that sets the dotted ``key`` (``written``: ``Params.written``):
+    ``key=value`` for a key params.yaml writes, ``+key=value`` for one that only has a default
+    (inherited from a base or the ``methods`` block, or the code's); DVC refuses the other form."""
+    return f"{'' if key in written else '+'}{key}={value}"
+
+
+def written_keys(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a mapping, inner ones included (``a``, ``a.b``, ...)."""
+    if not isinstance(node, dict):
+        return []
+    return [k for key, value in node.items()
+            for k in (f"{prefix}{key}", *written_keys(value, f"{prefix}{key}."))]
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
@@ -159,10 +188,11 @@ def reject_aliases(text: str, path: str | Path = PARAMS_FILE) -> None:
         line = event.start_mark.line + 1
         if isinstance(event, yaml.AliasEvent):
             raise ParamError(f"{path} line {line}: YAML alias *{event.anchor} is not allowed (dvc exp run -S "
-                             "drops changes made through it): write the block out in full")
+                             "drops changes made through it): write the value itself (an experiment inherits with base:)")
         if getattr(event, "anchor", None):
             raise ParamError(f"{path} line {line}: YAML anchor &{event.anchor} is not allowed (dvc exp run -S "
-                             "drops changes made through its aliases): write each block out in full")
+                             "drops changes made through its aliases): write the value itself (an experiment inherits with "
+                             "base:)")
         if isinstance(event, yaml.ScalarEvent) and event.value == "<<" and event.style is None:
             raise ParamError(f"{path} line {line}: YAML merge key << is not allowed (dvc exp run -S drops "
-                             "changes made through it): write the block out in full")
+                             "changes made through it): write the value itself (an experiment inherits with base:)")

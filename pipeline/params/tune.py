@@ -117,6 +117,7 @@ class Plan:
     parent_run_id: str | None = None
     tree: Tree | None = None  # where its data and pretraining live (None: the DVC pipeline's)
     default_values: dict[str, Any] | None = None  # a budget's first trial: the experiment's own values
+    written: frozenset[str] = frozenset()  # the keys params.yaml writes (Params.written: the -S form)
 
     @property
     def data_tree(self) -> Tree:
@@ -288,4 +289,4 @@ def plan_of(params: Params, name: str, cfg: StudyConfig, where: str, *, storage:
     cfg = dataclasses.replace(cfg, storage=url or cfg.storage)
     exp, space = check_study(cfg, params.experiments, where, space=space, data_seed=data_seed)
     url = url or (storage_url(cfg.storage, f"{where}.storage") if cfg.storage else default_storage())
-    return Plan(name, cfg, to_dict(exp), exp, space, url, params.run.device)
+    return Plan(name, cfg, to_dict(exp), exp, space, url, params.run.device, written=params.written)

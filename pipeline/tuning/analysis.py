@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from pipeline.evaluation.plots import pyplot
 from pipeline.layout import write_json
+from pipeline.params.file import set_option
 from pipeline.params.tune import SEED_PARAM, Plan
 from pipeline.tracking import log_to_run
 from pipeline.tuning.budget import FINISHED
@@ -233,7 +234,8 @@ def export_best(plan: Plan, best: Mapping[str, Any]) -> str:
     doc = {"study": plan.name, "experiment": plan.cfg.experiment, "method": plan.cfg.method,
            "metric": plan.metric, **best}
     (plan.out_dir / "best_params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    sets = " ".join(f"-S 'experiments.{plan.cfg.experiment}.{k}={yaml_scalar(v)}'" for k, v in best["params"].items())
+    sets = " ".join(f"-S '{set_option(plan.written, f'experiments.{plan.cfg.experiment}.{k}', yaml_scalar(v))}'"
+                    for k, v in best["params"].items())
     return f"dvc exp run {sets}"
 
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from pipeline.data.prepared import load_prepared
+from pipeline.params.inherit import resolve_experiments
 from pipeline.stages import evaluate, prepare, pretrain, train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ SCENARIOS = {
 
 def write_params(tmp: Path, name: str) -> Path:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    exp = params["experiments"][name if name != "subpop_cifar" else "subpop_cifar"]
+    exp = resolve_experiments(params["experiments"], params["methods"])[name]  # on its own: no base
     exp["data"] = {**TINY, **SCENARIOS[name]}
     exp.update(pretrain_epochs=1, train_epochs=1, meta_batch_size=4, eval_batch_size=200)
     exp["optim"].update(batch_size=16, warmup_epochs=0, milestones=[])

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.params.schema import ParamError
-from pipeline.params.file import load_params, parse_params
+from pipeline.params.file import load_params, parse_params, set_option
+from pipeline.params.schema import ParamError, to_dict
+from pipeline.tuning.analysis import yaml_scalar
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +38,7 @@ def mutate(raw, path, value):
     node = bad
     *parents, leaf = path.split(".")
     for p in parents:
-        node = node[p]
+        node = node.setdefault(p, {})  # a key an experiment inherits: as -S '+key=value' writes it
     node[leaf] = value
     return bad
 
@@ -70,9 +71,9 @@ def test_bad_values_name_the_key(raw, path, value, expect):
 
 @pytest.mark.parametrize("keys", [
     ("experiments", "lt", "optim", "lr"), ("experiments", "lt", "data", "longtail", "imbalance_ratio"),
-    ("experiments", "lt", "methods", "meta_iada", "alpha"),  # plain data until its method builds it
+    ("methods", "meta_iada", "alpha"),  # plain data until its method builds it
     ("experiments", "lt", "search", "optim.lr", "high"),
-    ("experiments", "subpop_ref", "data", "subpop", "environments", 1),
+    ("experiments", "subpop_irm", "data", "subpop", "environments", 1),
 ])
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 def test_a_number_that_is_not_finite_is_refused_naming_the_key(raw, keys, value):
@@ -185,31 +186,32 @@ def test_a_key_given_twice_in_one_block_is_rejected_with_its_lines(tmp_path):
 
 
 def test_a_run_method_without_a_block_in_a_run_experiment_is_rejected(raw):
-    bad = mutate(raw, "run.methods", ["ce", "la"])
-    del bad["experiments"]["lt"]["methods"]["la"]
-    del bad["reference"]["experiments"]["lt"]  # the precision-parity sweep of lt would refuse it first
-    with pytest.raises(ParamError, match=r"experiments\.lt\.methods has no block for method 'la'"):
+    bad = mutate(raw, "run.methods", ["ce", "groupdro"])  # only the subpopulation experiments add it
+    with pytest.raises(ParamError, match=r"experiments\.lt\.methods has no block for method 'groupdro'"):
         parse_params(bad)
+    parse_params(mutate(bad, "run.experiments", ["subpop"]))
 
 
-# One key per experiment, including every kind that used to be reached through a YAML alias
-# (methods: *methods) or merge (<<: *lt): DVC's writer dropped those silently.
+# One key per experiment, in both documented forms: plain for a key params.yaml writes, a leading
+# + for one that only has a default (inherited from a base or the methods block, or the code's).
 OVERRIDES = {
-    "experiments.lt.methods.meta_iada.alpha": 0.25,
-    "experiments.lt.methods.meta_iada.meta_scope": "head",
+    "methods.meta_iada.alpha": 0.25,  # the methods block: every experiment that does not set its own
+    "+experiments.lt.methods.meta_iada.perturbation_lr": 0.002,
     "experiments.lt.optim.lr": 0.05,
-    "experiments.lt_paper.data.longtail.imbalance_ratio": 50,
-    "experiments.lt_paper.methods.meta_iada.perturbation_lr": 0.003,
+    "+experiments.lt_ref.optim.lr": 0.02,
+    "+experiments.lt_paper.data.longtail.imbalance_ratio": 50,
+    "+experiments.lt_paper.methods.meta_iada.perturbation_lr": 0.003,
     "experiments.lt_paper.optim.warmup_epochs": 3,
-    "experiments.noisy.methods.meta_iada.meta_interval": 2,
-    "experiments.noisy_paper.methods.la.tau": 0.5,
-    "experiments.subpop.methods.iada.epsilon": -0.2,
-    "experiments.subpop_cifar.optim.lr": 0.02,
-    "experiments.subpop_irm.data.subpop.test_correlation": 0.2,
-    "experiments.subpop_paper.methods.isda.alpha": 0.75,
-    "experiments.glt.methods.meta_iada.direction": "gradient",
+    "+experiments.noisy.methods.meta_iada.meta_interval": 2,
+    "+experiments.noisy_paper.methods.la.tau": 0.5,
+    "+experiments.subpop.methods.iada.epsilon": -0.2,
+    "+experiments.subpop_cifar.optim.lr": 0.02,
+    "+experiments.subpop_irm.data.subpop.test_correlation": 0.2,
+    "+experiments.subpop_paper.methods.isda.alpha": 0.75,
+    "+experiments.glt.methods.meta_iada.direction": "gradient",
     "experiments.glt_paper.pretrain_epochs": 150,
-    "experiments.noisy_ref.methods.ldam_drw.drw_epoch": 12,  # an empty (derived) value in params.yaml
+    "+experiments.noisy_ref.methods.ldam_drw.drw_epoch": 12,  # derived (the first milestone) unless set
+    "+methods.meta_iada.pseudo_step": "optimizer",  # a key with the code's default only
 }
 
 
@@ -239,91 +241,46 @@ def test_dvc_exp_run_set_param_lands_in_the_queued_params_for_every_experiment(t
     queued_text = run(["git", "show", f"{stash[0]}:params.yaml"]).stdout
     queued = yaml.safe_load(queued_text)
     for key, value in OVERRIDES.items():
-        assert get(queued, key) == value, key
+        assert get(queued, key.lstrip("+")) == value, key
     (tmp_path / "queued.yaml").write_text(queued_text)
     params = load_params(tmp_path / "queued.yaml")
-    assert params.experiment("lt").method_config("meta_iada").alpha == 0.25
-    assert params.experiment("noisy_ref").method_config("ldam_drw").drw_epoch == 12  # set: wins over milestone 20
+    for key, value in OVERRIDES.items():  # each one reaches the resolved config of its experiment
+        parts = key.lstrip("+").split(".")
+        if parts[0] == "experiments":
+            assert get(to_dict(params.experiment(parts[1])), ".".join(parts[2:])) == value, key
+    lt, lt_ref, noisy_ref = (params.experiment(n) for n in ("lt", "lt_ref", "noisy_ref"))
+    assert lt.method_config("meta_iada").alpha == noisy_ref.method_config("meta_iada").alpha == 0.25
+    assert lt.method_config("meta_iada").perturbation_lr == lt_ref.method_config("meta_iada").perturbation_lr == 0.002
+    assert noisy_ref.method_config("meta_iada").meta_interval == 2  # noisy's value, inherited
+    assert lt.method_config("meta_iada").meta_interval == lt_ref.method_config("meta_iada").meta_interval == 1
+    assert lt.method_config("meta_iada").pseudo_step == noisy_ref.method_config("meta_iada").pseudo_step == "optimizer"
+    assert noisy_ref.method_config("ldam_drw").drw_epoch == 12  # set: wins over milestone 20
     assert params.experiment("lt_paper").data.longtail.imbalance_ratio == 50
-    assert params.experiment("lt").data.longtail.imbalance_ratio == 100  # the others keep theirs
-    # A key that does not exist is refused by DVC itself (nothing queued), never dropped.
-    proc = run([str(dvc), "exp", "run", "--queue", "-S", "experiments.lt.methods.meta_iada.alpah=0.25"])
-    assert proc.returncode != 0 and "alpah" in proc.stderr + proc.stdout
+    assert lt.data.longtail.imbalance_ratio == 100  # the others keep theirs
+    # A key that does not exist is refused by DVC itself (nothing queued), never dropped; so is the
+    # other form of a key (plain for an unwritten key, + for a written one).
+    for wrong in ("methods.meta_iada.alpah=0.25", "experiments.lt_ref.optim.lr=0.02", "+experiments.lt.optim.lr=0.05"):
+        proc = run([str(dvc), "exp", "run", "--queue", "-S", wrong])
+        assert proc.returncode != 0, wrong
 
 
-def test_every_searched_key_exists_so_the_printed_apply_line_lands(raw):
-    """``pipeline.tuning.study`` prints ``dvc exp run -S 'experiments.<exp>.<key>=<best>'``: DVC refuses a
-    key that is not in params.yaml, and before this layout dropped keys reached through aliases."""
-    searched = [(name, key) for name, exp in raw["experiments"].items() for key in exp.get("search", {})]
-    assert searched
-    for name, key in searched:
-        get(raw["experiments"][name], key)  # KeyError if the key is not written out
+def test_the_printed_apply_line_of_every_searched_key_lands(tmp_path, raw):
+    """``pipeline.tuning.study`` prints ``dvc exp run -S`` lines built by ``Params.set_option``: a
+    searched key of an experiment is usually inherited (plain ``-S`` is refused for it) or written
+    (``+`` is refused): DVC's own writer must take each line and the value must reach the config."""
+    from dvc.utils.hydra import apply_overrides
 
-
-@pytest.mark.parametrize("name", ["isda", "iada", "meta_iada", "metasaug"])
-def test_a_switch_added_at_its_default_keeps_the_config_hash_of_recorded_runs(name):
-    """``cb_epoch`` was added after the reference runs were recorded: at its default (0, what those
-    runs did) the method's config hash is the hash of the config without it, so their metrics stay
-    current and their checkpoints resume; another value changes the hash. It is a logged param
-    all the same."""
-    import dataclasses
-
-    from pipeline.methods import REGISTRY
-    from pipeline.params.experiment import config_hash
-    from pipeline.params.schema import build, to_dict
-
-    cfg = build(REGISTRY[name].Config, {"alpha": 0.3}, f"methods.{name}")
-    added = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("added")}  # cb_epoch and later switches
-    assert "cb_epoch" in added
-    before = {k: v for k, v in to_dict(cfg).items() if k not in added}
-    assert to_dict(cfg)["cb_epoch"] == 0
-    assert config_hash(cfg, 7) == config_hash(before, 7)
-    assert config_hash(dataclasses.replace(cfg, cb_epoch=96), 7) != config_hash(cfg, 7)
-    assert config_hash(dataclasses.replace(cfg, alpha=0.25), 7) != config_hash(cfg, 7)  # others count
-
-
-# ----------------------------------------------------------------------------- LDAM-DRW's drw_epoch
-
-
-def test_every_ldam_drw_of_params_yaml_starts_re_weighting_at_its_first_lr_milestone(raw):
-    """LDAM-DRW's DRW starts at the first lr step (cifar_train.py:201 idx = epoch // 160 with the
-    lr x0.01 from epoch 160, cifar_train.py:368-374): no experiment writes drw_epoch by hand (an
-    empty key, so that -S can still set it), and each resolves it to its own first milestone."""
     params = parse_params(raw)
-    blocks = {name: e for name, e in params.experiments.items() if "ldam_drw" in e.methods}
-    assert {"lt_ref", "glt_ref", "noisy_ref", "subpop_ref", "lt_paper"} <= set(blocks)
-    for name, exp in blocks.items():
-        assert "drw_epoch" in raw["experiments"][name]["methods"]["ldam_drw"], name
-        assert raw["experiments"][name]["methods"]["ldam_drw"]["drw_epoch"] is None, name
-        assert exp.method_config("ldam_drw").drw_epoch == exp.optim.milestones[0], name
-    assert params.experiment("noisy_ref").method_config("ldam_drw").drw_epoch == 20  # was 7 by hand
-    assert params.experiment("subpop_ref").method_config("ldam_drw").drw_epoch == 20  # was 6 by hand
-
-
-def test_drw_epoch_set_wins_derived_follows_the_milestones_and_every_consumer_sees_the_integer(raw):
-    """Set: its value. Derived: the first milestone of the experiment as built, so a variant that
-    moves the milestones moves it; no milestone: 0. The run's MLflow params and the configuration
-    hash (the reference sweep's and the resume fingerprint's) see the integer: derived 96 on
-    lt_ref hashes as the 96 the committed runs were recorded with."""
-    from pipeline.methods.longtail import LDAMDRWConfig
-    from pipeline.params.experiment import apply_values, config_hash, run_params
-    from pipeline.params.schema import build, to_dict
-
-    lt_ref = parse_params(raw).experiment("lt_ref")
-    base = to_dict(lt_ref)
-    where = "experiments.lt_ref"
-    assert lt_ref.methods["ldam_drw"].drw_epoch is None  # the block as written
-    assert apply_values(base, {"methods.ldam_drw.drw_epoch": 3}, where).method_config("ldam_drw").drw_epoch == 3
-    moved = apply_values(base, {"optim.milestones": [50, 104]}, where)
-    assert moved.method_config("ldam_drw").drw_epoch == 50
-    assert apply_values(base, {"optim.milestones": []}, where).method_config("ldam_drw").drw_epoch == 0
-    without_block = apply_values({**base, "methods": {}}, {}, where)  # the code defaults resolve too
-    assert without_block.method_config("ldam_drw").drw_epoch == 96
-
-    resolved = lt_ref.method_config("ldam_drw")
-    assert run_params(lt_ref, resolved)["method.drw_epoch"] == 96
-    written = build(LDAMDRWConfig, {"max_m": 0.5, "s": 30.0, "drw_epoch": 96, "drw_beta": 0.9999}, "m")
-    assert config_hash(resolved) == config_hash(written)
-    assert config_hash(moved.method_config("ldam_drw")) != config_hash(written)
-    with pytest.raises(ParamError, match=r"experiments.lt_ref.methods.ldam_drw.drw_epoch = -1 is out of range"):
-        apply_values(base, {"methods.ldam_drw.drw_epoch": -1}, where)
+    searched = [(name, key) for name, exp in params.experiments.items() for key in exp.search]
+    assert searched
+    forms = set()
+    for name, key in searched:
+        exp = params.experiment(name)
+        value = next(v for v in exp.search[key].ends() if v != get(to_dict(exp), key))  # a change that shows
+        option = set_option(params.written, f"experiments.{name}.{key}", yaml_scalar(value))
+        forms.add(option[0] == "+")
+        path = tmp_path / "params.yaml"
+        shutil.copy(ROOT / "params.yaml", path)
+        apply_overrides(path, [option])
+        assert get(to_dict(load_params(path).experiment(name)), key) == value, option
+    assert forms == {True, False}  # both forms are exercised

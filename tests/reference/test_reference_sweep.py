@@ -77,7 +77,7 @@ def test_a_rerun_trains_nothing_and_a_changed_hyperparameter_reruns_only_its_run
     monkeypatch.setattr(sweep, "run_job", lambda *a, **k: pytest.fail("a finished run was trained again"))
     sweep.run(params, sweep.plan(params), device="cpu", track=False)
     changed = raw_params()
-    changed["experiments"]["tiny"]["methods"]["meta_iada"]["alpha"] = 0.25
+    changed["experiments"]["tiny"].setdefault("methods", {})["meta_iada"] = {"alpha": 0.25}
     todo = [(j.label, j.seed) for j in sweep.plan(parse_params(changed)) if not j.done()]
     assert todo == [("meta_iada", 0), ("meta_iada", 1)]
 

@@ -28,11 +28,17 @@ from pipeline.params.schema import ParamError, build
 from tests.test_e2e import make_repo, sh, tiny_params
 
 ROOT = Path(__file__).resolve().parents[2]
-ALPHA = "experiments.tiny.methods.meta_iada.alpha"
+# Both documented forms of -S: plain for a key params.yaml writes (the methods block, every
+# experiment's default), a leading + for a key that only has a default (tiny's own value).
+ALPHA = "methods.meta_iada.alpha"
+OVERRIDES = {"alpha-010": f"{ALPHA}=0.1", "alpha-025": f"+experiments.tiny.{ALPHA}=0.25",
+             "alpha-075": f"{ALPHA}=0.75"}
 VARIANTS = {"alpha-010": 0.1, "alpha-025": 0.25, "alpha-075": 0.75}  # experiment name -> alpha
-# Compares the queued variants in 150 columns (docs/scaling-out.md, "DVC: a queue of experiments").
+# Compares the queued variants in 150 columns (README, "Parameters"; docs/scaling-out.md): each
+# experiment's changed values as it ran them (configs/<experiment>.json), beside its headline metrics.
 COMPARE = ["dvc", "exp", "show", "--no-pager", "--only-changed", "--drop",
-           "Created|State|Executor|models/|metrics$|.*final.acc|.*epsilon", "--keep", r".*selected\.acc"]
+           r"Created|params.yaml:|experiments\.|configs/[^:]*$|models/|data/|metrics$|.*final\.acc|.*epsilon",
+           "--keep", r".*selected\.acc"]
 
 
 # --- what -S writes back into params.yaml ---------------------------------------------------------
@@ -69,12 +75,12 @@ def assert_only_the_value_changed(before: str, after: str, key: str, value: str)
 
 
 @pytest.mark.parametrize("key, value", [
-    ("experiments.lt.methods.meta_iada.alpha", "0.25"),  # a commented scalar
+    ("methods.meta_iada.alpha", "0.25"),  # a commented scalar
     ("run.device", "cuda:1"),
     ("experiments.lt.optim.lr", "0.05"),
     ("experiments.subpop.data.subpop.correlation", "0.8"),  # beside null values
     ("experiments.lt.network.arch", "resnet32"),  # inside an inline {...}
-    ("experiments.lt.methods.ldam_drw.drw_epoch", "12"),  # an empty (derived) value
+    ("methods.ldam_drw.drw_epoch", "12"),  # an empty (derived) value
 ])
 def test_set_param_rewrites_only_its_own_line_of_params_yaml(tmp_path, key, value):
     """DVC's -S writer replaces every list and drops ``null`` (block lists, empty values) and wraps
@@ -194,8 +200,8 @@ def queued(tmp_path_factory):
     sh(["git", "add", "-A"], dst, env)
     sh(["git", "commit", "-qm", "repro"], dst, env)
     before = (dst / "params.yaml").read_bytes()
-    for name, alpha in VARIANTS.items():
-        sh(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"{ALPHA}={alpha}"], dst, env)
+    for name, override in OVERRIDES.items():
+        sh(["dvc", "exp", "run", "--queue", "-n", name, "-S", override], dst, env)
     after_queueing = (dst / "params.yaml").read_bytes()
     start, samples, stop = time.monotonic(), [0], threading.Event()
 
@@ -233,14 +239,14 @@ def test_queued_variants_run_two_at_a_time_and_each_lands_in_mlflow_and_exp_show
     logs = queue_logs(dst, env, VARIANTS)
     assert "database is locked" not in logs and "Traceback" not in logs, logs
 
-    # dvc exp show: every variant, with its alpha and its metrics.
+    # dvc exp show: every variant, with the alpha it ran (its resolved config) and its metrics.
     shown = json.loads(sh(["dvc", "exp", "show", "--no-pager", "--json"], dst, env).stdout)
     found = {}
     for baseline in shown:
         for exp in baseline.get("experiments") or []:
             for rev in exp["revs"]:
                 data = rev["data"]
-                alpha = data["params"]["params.yaml"]["data"]["experiments"]["tiny"]["methods"]["meta_iada"]["alpha"]
+                alpha = data["params"]["configs/tiny.json"]["data"]["methods"]["meta_iada"]["alpha"]
                 acc = data["metrics"]["metrics/tiny/meta_iada-s0.json"]["data"]["selected"]["acc"]
                 found[rev["name"]] = (alpha, acc)
     assert {name: alpha for name, (alpha, _) in found.items()} == VARIANTS
@@ -265,7 +271,7 @@ def test_the_compare_recipe_fits_150_columns(queued):
     table = sh(COMPARE, dst, {**env, "COLUMNS": "150"}).stdout
     lines = table.splitlines()
     assert max(map(len, lines)) <= 150 and "…" not in table, table
-    assert ALPHA in table and "selected.acc" in table, table
+    assert f"configs/tiny.json:{ALPHA}" in table and "selected.acc" in table, table
     for name, alpha in VARIANTS.items():
         row = next(line for line in lines if f"[{name}]" in line)
         assert re.search(rf"\s{alpha:g}\s*$", row), row
@@ -278,7 +284,7 @@ def test_set_param_keeps_the_users_params_yaml_whether_the_run_fails_or_not(queu
     dst, env, before_bytes, *_ = queued
     before = before_bytes.decode()
     path = dst / "params.yaml"
-    bad = "experiments.tiny.methods.meta_iada.direction"
+    bad = "methods.meta_iada.direction"
     for temp in (["--temp"], []):
         proc = subprocess.run(["dvc", "exp", "run", *temp, "-S", f"{bad}=sideways"], cwd=dst, env=env,
                               capture_output=True, text=True, timeout=300)
