@@ -12,8 +12,9 @@ Layout of the outputs (all relative to the working copy; DVC tracks them)::
                                                  history.json, sample_scores.npz, <network>.pt
     metrics/<experiment>/<method>-s<seed>.json   headline test metrics (dvc metrics show)
     metrics/<experiment>/detail/<method>-s<seed>.json   every split, per class and per group
-    plots/<experiment>/<method>-s<seed>/         plot data and figures (dvc plots show)
-    reports/                                     comparison.md, summary.json
+    plots/<experiment>/<method>-s<seed>/         a run's plot data and figures (logged to MLflow)
+    reports/                                     comparison.md, summary.json, figures/ and the
+                                                 methods side by side: <overlay>/<experiment>.csv
     studies/<study>/                             an Optuna study's analysis
 
 The reference sweep (``python -m pipeline.stages.reference``) keeps its runs apart, one split
@@ -120,6 +121,15 @@ def metrics_file(experiment: str, method: str, seed: int, *, detail: bool = Fals
 
 def plots_dir(experiment: str, method: str, seed: int, *, root: Path = PLOTS_DIR) -> Path:
     return root / experiment / run_label(method, seed)
+
+
+# The report's plot data, one folder per chart kind (a top-level plot of dvc.yaml each):
+# ``reports/<kind>/<experiment>.csv``, a column per method.
+OVERLAYS = ("curves", "per_class")
+
+
+def overlay_file(kind: str, experiment: str, *, root: Path = REPORTS_DIR) -> Path:
+    return root / kind / f"{experiment}.csv"
 
 
 @dataclass(frozen=True)

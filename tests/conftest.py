@@ -1,12 +1,14 @@
 """Suite-wide check: the tests write only under their temporary folders, never into the work tree.
 
 Before the session and after it, the work tree's untracked, ignored and modified paths are listed
-(``git status --porcelain --ignored``); any path that appeared fails the run and is named. Byte
-code caches and pytest's own cache are not counted.
+(``git status --porcelain --ignored``), with its empty folders (git lists no folder without a file:
+MLflow's ``mkdir`` of a SQLite URI's "folder" ``file:/tmp/...`` left only empty ones); any path
+that appeared fails the run and is named. Byte code caches and pytest's own cache are not counted.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -19,14 +21,24 @@ NOT_COUNTED = (".pytest_cache/", ".ruff_cache/", ".dvc/tmp/")
 
 
 def work_tree_paths() -> set[str] | None:
-    """Paths of ``git status --porcelain --ignored`` (None outside a git work tree)."""
+    """Paths of ``git status --porcelain --ignored`` and the empty folders (None outside a git work tree)."""
     try:
         out = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    return {line[3:] for line in out.splitlines()
-            if not line[3:].endswith("__pycache__/") and not line[3:].startswith(NOT_COUNTED)}
+    paths = {line[3:] for line in out.splitlines()} | empty_folders()
+    return {p for p in paths if not p.endswith("__pycache__/") and not p.startswith(NOT_COUNTED)}
+
+
+def empty_folders() -> set[str]:
+    """The work tree's folders without any entry (``a/b/``), outside ``.git`` and the virtual environment."""
+    out = set()
+    for folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [d for d in subfolders if d not in (".git", ".venv")]
+        if not subfolders and not files:
+            out.add(Path(folder).relative_to(ROOT).as_posix() + "/")
+    return out
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -80,11 +80,12 @@ def test_a_read_only_store_is_one_tracking_error(tmp_path, monkeypatch):
 
     from pipeline import tracking
 
-    monkeypatch.chdir(tmp_path)  # MLflow makes a folder "file:" for this URI in the working directory
     monkeypatch.setattr(tracking, "artifact_root", lambda: tmp_path / "mlartifacts")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     tracking.setup("long-tail")  # a real, migrated store
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///file:{tmp_path / 'mlflow.db'}?mode=ro&uri=true")
+    # SQLite's URI form with the driver named: MLflow creates the parent folder of a `sqlite:///` path
+    # and would take "file:" for a relative folder in the working directory (the work tree).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite+pysqlite:///file:{tmp_path / 'mlflow.db'}?mode=ro&uri=true")
     with pytest.raises(tracking.TrackingError, match=r"is not usable \(MlflowException: .*readonly database"):
         with tracking.store_errors():
             tracking.setup("noisy-labels")  # creating an experiment needs a write

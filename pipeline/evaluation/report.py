@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.layout import metrics_file
+from pipeline.layout import OVERLAYS, metrics_file, overlay_file
 
 
 def collect(metrics_dir: Path, experiments: list[str], methods: list[str],
@@ -109,3 +110,52 @@ def write_comparison_figures(results: dict[str, dict[str, list[dict[str, Any]]]]
     for stale in out.glob("*.png"):
         if stale.name not in kept:
             stale.unlink()
+
+
+def write_overlays(results: dict[str, dict[str, list[dict[str, Any]]]], root: Path) -> None:
+    """The data of the top-level plots of dvc.yaml, every method of an experiment on one chart
+    (a column each, the mean over seeds; empty where undefined): ``curves/<experiment>.csv``, the
+    validation selection metric per epoch, and ``per_class/<experiment>.csv``, the test accuracy
+    per class of the validation-selected weights beside the class's training images. Files of
+    experiments no longer run are removed."""
+    for kind in OVERLAYS:
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        for stale in (root / kind).glob("*.csv"):
+            if stale.stem not in results:
+                stale.unlink()
+    for exp, runs in results.items():
+        if runs:
+            write_csv(curve_rows(runs), ["epoch", *runs], overlay_file("curves", exp, root=root))
+            write_csv(per_class_rows(runs), ["class", "train_images", *runs], overlay_file("per_class", exp, root=root))
+
+
+def curve_rows(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """``{"epoch": e, <method>: mean over seeds of the selection metric at e}`` per epoch of any method."""
+    by_epoch: dict[int, dict[str, Any]] = defaultdict(dict)
+    for method, rs in runs.items():
+        values: dict[int, list[float | None]] = defaultdict(list)
+        for r in rs:
+            curve = r["curve"]
+            for epoch, v in zip(curve["epoch"], curve.get(r["selection_metric"], [])):
+                values[epoch].append(v)
+        for epoch, vs in values.items():
+            by_epoch[epoch][method] = stats(vs)["mean"]
+    return [{"epoch": e, **by_epoch[e]} for e in sorted(by_epoch)]
+
+
+def per_class_rows(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """``{"class": c, "train_images": n_c, <method>: mean over seeds of its test accuracy}`` per class."""
+    counts = next(iter(runs.values()))[0]["train_class_counts"]
+    return [{"class": c, "train_images": n,
+             **{m: stats([r["selected"]["test"]["per_class_acc"].get(str(c)) for r in rs])["mean"]
+                for m, rs in runs.items()}}
+            for c, n in enumerate(counts)]
+
+
+def write_csv(rows: list[dict[str, Any]], columns: list[str], path: Path) -> None:
+    """``rows`` as CSV; floats with 4 decimals, a missing or None value empty."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, restval="")
+        w.writeheader()
+        w.writerows({k: f"{v:.4f}" if isinstance(v, float) else "" if v is None else v for k, v in row.items()}
+                    for row in rows)

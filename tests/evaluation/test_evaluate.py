@@ -231,3 +231,42 @@ def test_the_confusion_matrix_keeps_a_class_that_is_never_predicted(tmp_path):
     data = tiny_data()
     write_plot_files(data, np.zeros_like(data.splits["test"].y), tmp_path)  # predicts class 0 only
     assert (tmp_path / "confusion.png").stat().st_size > 1000
+
+
+def test_a_rerun_writes_the_same_detail_file_without_run_id_or_epoch_times(tmp_path, monkeypatch):
+    """The evaluate stage's committed detail file holds nothing that differs between two runs of
+    the same configuration (the MLflow run id, the epochs' wall-clock times): after a rerun,
+    ``git status`` stays clean. Here the same weights with another run id and other epoch times
+    (as a rerun has) give the same file byte for byte."""
+    import yaml
+
+    from pipeline.data.prepared import save_prepared
+    from pipeline.engine.loop import RunSpec, fit
+    from pipeline.layout import HISTORY, data_dir, metrics_file, run_dir
+    from pipeline.stages import evaluate
+    from tests.tiny import tiny_data
+
+    monkeypatch.chdir(tmp_path)
+    exp = {"data": {"scenario": "longtail", "source": "cifar10"}, "network": {"arch": "resnet8", "channels_last": False},
+           "optim": {"lr": 0.05, "batch_size": 8, "warmup_epochs": 1, "milestones": [1]}, "pretrain_epochs": 0,
+           "train_epochs": 2, "meta_batch_size": 6, "eval_batch_size": 64, "methods": {"ce": {}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"run": {"experiments": ["tiny"], "methods": ["ce"], "seeds": [0], "device": "cpu"}, "experiments": {"tiny": exp}}))
+    from pipeline.params.file import load_params
+
+    data, run = tiny_data(), run_dir("tiny", 0, "ce")
+    save_prepared(data, data_dir("tiny"))
+    fit(RunSpec(load_params().experiment("tiny"), data, "ce", 0, run, first_epoch=0, last_epoch=2, device="cpu"))
+    detail = metrics_file("tiny", "ce", 0, detail=True)
+    written = []
+    for run_id, seconds in (("a" * 32, 1.5), ("b" * 32, 2.5)):
+        history = json.loads((run / HISTORY).read_text())
+        history["run_id"] = run_id
+        for epoch in history["history"]:
+            epoch["epoch_seconds"] = seconds
+        (run / HISTORY).write_text(json.dumps(history))
+        assert evaluate.main(["--experiment", "tiny", "--method", "ce", "--seed", "0", "--no-mlflow"]) == 0
+        written.append(detail.read_bytes())
+    assert written[0] == written[1]
+    saved = json.loads(written[0])
+    assert "run_id" not in saved and set(saved["curve"]) == {"epoch", "train_loss", "val_acc"}

@@ -64,3 +64,34 @@ def test_report_prints_a_dash_for_a_null_metric(tmp_path):
     summary = summarise(results)
     assert summary["lt"]["ce"]["final.few_acc"] == {"mean": None, "std": None, "seeds": 2}
     json.dumps(summary, allow_nan=False)
+
+
+def test_overlay_data_has_a_column_per_method_with_the_mean_over_seeds(tmp_path):
+    """The CSVs of dvc.yaml's top-level plots: a row per epoch (per class), a column per method of
+    the run matrix (the names of ``y: ${run.methods}``), the mean over seeds; a method that starts
+    later (scratch vs deferred) or an undefined value leaves its cell empty; the file of an
+    experiment no longer run goes."""
+    import csv
+
+    from pipeline.evaluation.report import write_overlays
+
+    def run(selection, epochs, values, per_class):
+        return {"selection_metric": selection, "curve": {"epoch": epochs, selection: values, "val_acc": [0.0] * 9},
+                "train_class_counts": [50, 5], "selected": {"test": {"per_class_acc": per_class}}}
+
+    results = {"sp": {"ce": [run("val_worst_group_acc", [0, 1, 2], [0.1, 0.2, 0.3], {"0": 0.8, "1": 0.2}),
+                             run("val_worst_group_acc", [0, 1, 2], [0.3, 0.4, None], {"0": 0.6, "1": 0.4})],
+                      "meta_iada": [run("val_worst_group_acc", [2, 3], [0.5, 0.7], {"0": 0.9, "1": None})]}}
+    (tmp_path / "curves").mkdir()
+    (tmp_path / "curves" / "gone.csv").write_text("epoch,ce\n0,0.1\n")
+    write_overlays(results, tmp_path)
+
+    def rows(path):
+        with open(path, newline="") as f:
+            return list(csv.reader(f))
+
+    assert rows(tmp_path / "curves" / "sp.csv") == [
+        ["epoch", "ce", "meta_iada"], ["0", "0.2000", ""], ["1", "0.3000", ""], ["2", "", "0.5000"], ["3", "", "0.7000"]]
+    assert rows(tmp_path / "per_class" / "sp.csv") == [
+        ["class", "train_images", "ce", "meta_iada"], ["0", "50", "0.7000", "0.9000"], ["1", "5", "0.3000", ""]]
+    assert sorted(p.name for p in (tmp_path / "curves").iterdir()) == ["sp.csv"]

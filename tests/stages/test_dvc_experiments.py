@@ -278,6 +278,40 @@ def test_the_compare_recipe_fits_150_columns(queued):
 
 
 @pytest.mark.e2e
+def test_plots_diff_draws_the_committed_run_and_a_variant_on_one_chart(queued):
+    """`dvc plots diff <rev> <exp>`: the plot data of both revisions load (they are in git, not in
+    the ignored plots/ folder), and each chart of the methods holds the lines of both."""
+    dst, env, *_ = queued
+    shown = json.loads(sh(["dvc", "plots", "diff", "HEAD", "alpha-010", "--json"], dst, env).stdout)
+    assert not shown.get("errors"), shown["errors"]
+    for path in ("reports/curves/tiny.csv", "reports/per_class/tiny.csv"):
+        rows = shown["data"][path][0]["content"]["data"]["values"]
+        revs = {r["rev"] for r in rows}
+        assert len(revs) == 2 and "HEAD" in revs and {r["field"] for r in rows} == {"meta_iada"}, (path, revs)
+
+
+@pytest.mark.e2e
+def test_a_misspelt_experiment_stops_in_one_line_and_dvc_checkout_restores_the_outputs(queued):
+    """What the README says of a misspelt name in ``run``: ``dvc exp run`` checks out the new
+    pipeline before any stage (or any code of the project) runs, so the outputs of the stages no
+    longer in it leave the workspace, and -S has written params.yaml; the run stops with one
+    error line. ``git checkout params.yaml`` and ``dvc checkout`` bring every output back from
+    the cache, with nothing to rerun."""
+    dst, env, *_ = queued
+    best = dst / "models/tiny/s0/meta_iada/best.pt"
+    proc = subprocess.run(["dvc", "exp", "run", "-S", "run.experiments=[tinyy]"], cwd=dst, env=env,
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    errors = [line for line in out.splitlines() if line.startswith("ERROR")]
+    assert proc.returncode != 0 and errors == ["ERROR: failed to reproduce 'prepare@tinyy': Parameters "
+                                               "'experiments.tinyy.data' are missing from 'params.yaml'."], out
+    assert not best.exists()
+    sh(["git", "checkout", "params.yaml"], dst, env)
+    sh(["dvc", "checkout"], dst, env)
+    assert best.is_file() and "Data and pipelines are up to date." in sh(["dvc", "status"], dst, env).stdout
+
+
+@pytest.mark.e2e
 def test_set_param_keeps_the_users_params_yaml_whether_the_run_fails_or_not(queued):
     """Failing (a value the loader rejects) and succeeding, with and without --temp: --temp leaves
     params.yaml byte for byte; a workspace run changes the one line of the value it sets."""
