@@ -19,7 +19,7 @@ from pipeline.tuning.analysis import analyse
 from pipeline.tuning.budget import GRID_ATTR, Budget, IncompleteStudy, shortfall
 from pipeline.tuning.objective import ensure_pretrain, training_data
 from pipeline.tuning.storage import StudyStorage, claim_study_attr, fail_dead_trials, open_storage
-from pipeline.tuning.workers import make_pruner, open_study, run_workers, wait_for_running
+from pipeline.tuning.workers import make_pruner, no_pruning_reason, open_study, run_workers, wait_for_running
 
 DEFINITION_ATTR = "definition"  # study user attr: what the trials were run with
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the study's MLflow parent run
@@ -100,6 +100,8 @@ def run_study(params: Params, plan: Plan) -> dict[str, Any]:
     fail_dead_trials(study, storage)
     if plan.sweep:
         enqueue_grid(study, plan)
+    if why := no_pruning_reason(plan):
+        print(f"[{plan.name}] {why}")
     budget = Budget(plan.n_trials, plan.sweep)
     to_run = first = budget.remaining(study)
     dead: list[str] = []
@@ -138,6 +140,7 @@ def create_parent_run(study: optuna.Study, plan: Plan) -> str:
             "sampler.seed": plan.cfg.sampler.seed, "pruner": make_pruner(plan).__class__.__name__,
             "pruner.n_startup_trials": plan.cfg.pruner.n_startup_trials,
             "pruner.n_warmup_steps": plan.cfg.pruner.n_warmup_steps, "storage": masked(plan.storage),
+            **({"pruner.none_because": no_pruning_reason(plan)} if no_pruning_reason(plan) else {}),
             "optuna.study_id": study._study_id,
             **flatten({"search": definition["space"]}),
             **({"sweep.param": plan.cfg.param, "sweep.values": plan.cfg.values} if plan.sweep else {})}
