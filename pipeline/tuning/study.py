@@ -21,7 +21,10 @@ from pipeline.tuning.objective import ensure_pretrain, training_data
 from pipeline.tuning.storage import StudyStorage, claim_study_attr, fail_dead_trials, open_storage
 from pipeline.tuning.workers import make_pruner, no_pruning_reason, open_study, run_workers, wait_for_running
 
-DEFINITION_ATTR = "definition"  # study user attr: what the trials were run with
+# Study system attr: what the trials were run with (a few KB of JSON: kept out of the user attrs,
+# which optuna-dashboard shows; the parent run has it as study_definition.json). Studies created
+# before it was moved hold it in the user attr of the same name.
+DEFINITION_ATTR = "definition"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the study's MLflow parent run
 
 
@@ -37,9 +40,10 @@ def enqueue_grid(study: optuna.Study, plan: Plan) -> None:
 def check_definition(study: optuna.Study, plan: Plan) -> None:
     """Store the study's definition, or refuse to resume a study defined differently."""
     current = plan.definition()
-    stored = study.user_attrs.get(DEFINITION_ATTR)
+    stored = study._storage.get_study_system_attrs(study._study_id).get(DEFINITION_ATTR,
+                                                                        study.user_attrs.get(DEFINITION_ATTR))
     if stored is None:
-        study.set_user_attr(DEFINITION_ATTR, current)
+        study._storage.set_study_system_attr(study._study_id, DEFINITION_ATTR, current)
         return
     old, new = flatten(stored), flatten(current)
     for key in sorted(old.keys() | new.keys()):

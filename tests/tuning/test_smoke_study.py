@@ -1,6 +1,7 @@
 """What a small study shows, on in-memory Optuna studies with fake objectives (no training): no
 trial pruned after its last epoch, no pruner where no epoch could be pruned, lt_smoke's trials
-at different values."""
+at different values, nothing attributed (no importances, no surface plots) to tied trials, and
+the study definition kept out of the user attributes the dashboard shows."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ import optuna
 import pytest
 
 from pipeline.params.file import load_params
+from pipeline.params.schema import ParamError
 from pipeline.params.tune import make_plan
+from pipeline.tuning import analysis
+from pipeline.tuning import study as tuning_study
 from pipeline.tuning.objective import reporter, suggest
 from pipeline.tuning.workers import make_pruner, make_sampler, no_pruning_reason
 
@@ -72,3 +76,63 @@ def test_lt_smoke_trials_take_different_values_and_are_not_pruned():
     assert len(set(alphas)) == 4
     space = plan.space[LR]
     assert math.log(max(lrs) / min(lrs)) / math.log(space.high / space.low) > 0.8
+
+
+def tied_study(values: list[float]) -> optuna.Study:
+    """Two varying parameters, the trials' values given (a fake objective)."""
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    it = iter(values)
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.suggest_float(LR, 0.02, 0.2, log=True)
+        trial.suggest_categorical(ALPHA, [0.1, 0.5, 1.0])
+        return next(it)
+
+    study.optimize(objective, n_trials=len(values))
+    return study
+
+
+def plan_in(out: Path) -> Any:
+    return SimpleNamespace(cfg=SimpleNamespace(sampler=SimpleNamespace(seed=0)), metric="val_acc", out_dir=out)
+
+
+def test_trials_within_the_tolerance_get_no_importances_and_no_surface_plots(tmp_path):
+    # the lt_smoke of the walkthrough: rounding noise between equal accuracies; an earlier contour stays no more
+    (tmp_path / "contour.png").write_bytes(b"an earlier analysis's figure")
+    study = tied_study([0.53, 0.53 + 1e-13, 0.53, 0.53 - 1e-13])
+    imp = analysis.importances(study, plan_in(tmp_path))
+    why = "all 4 complete trials within 1e-06 of each other (val_acc 0.5300): nothing to attribute"
+    assert imp["not_computed"] == why and imp["importances"] == {}
+    skipped = analysis.write_plots(study, plan_in(tmp_path), imp)
+    assert skipped == dict.fromkeys(("slice.png", "parallel_coordinate.png", "contour.png",
+                                     "param_importances.png"), why)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["optimization_history.png"]
+
+
+def test_trials_one_validation_image_apart_are_attributed(tmp_path):
+    study = tied_study([0.53, 0.535, 0.53, 0.54])
+    imp = analysis.importances(study, plan_in(tmp_path))
+    assert imp["not_computed"] is None and set(imp["importances"]) == {LR, ALPHA}
+    assert analysis.write_plots(study, plan_in(tmp_path), imp) == {}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["optimization_history.png", "slice.png", "parallel_coordinate.png", "contour.png", "param_importances.png"])
+
+
+def definition_plan(definition: dict[str, Any]) -> Any:
+    return SimpleNamespace(name="s", storage="sqlite:///x.db", definition=lambda: definition)
+
+
+def test_the_definition_is_stored_out_of_the_user_attrs_and_still_checked():
+    study = optuna.create_study(direction="maximize")
+    tuning_study.check_definition(study, definition_plan({"settings": {"optim.momentum": 0.9}}))
+    assert tuning_study.DEFINITION_ATTR not in study.user_attrs  # the dashboard shows user attrs
+    tuning_study.check_definition(study, definition_plan({"settings": {"optim.momentum": 0.9}}))
+    with pytest.raises(ParamError, match=r"created with settings.optim.momentum = 0.9, now 0.5"):
+        tuning_study.check_definition(study, definition_plan({"settings": {"optim.momentum": 0.5}}))
+
+
+def test_a_study_stored_with_the_definition_in_its_user_attrs_is_still_checked():
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(tuning_study.DEFINITION_ATTR, {"settings": {"optim.momentum": 0.9}})
+    with pytest.raises(ParamError, match=r"created with settings.optim.momentum = 0.9, now 0.5"):
+        tuning_study.check_definition(study, definition_plan({"settings": {"optim.momentum": 0.5}}))
