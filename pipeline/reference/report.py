@@ -31,9 +31,10 @@ from pipeline.layout import REFERENCE, REPORTS_DIR, json_safe
 from pipeline.params.file import Params
 from pipeline.params.reference import ReferenceExperiment
 from pipeline.reference.summary import load_records, noise_fit, outdated_records, summarise
-from pipeline.reference.tables import (COMPARE_TEXT, PARITY_TEXT, _noise_fit_text, _rows, _setting,
+from pipeline.reference.tables import (COMPARE_TEXT, PARITY_TEXT, _noise_fit_text, _rows, setting_text,
                                        _setting_verdict, _table, compare_table, diff, experiment_markdown,
                                        parity_table, pct, pm)
+from pipeline.reference.verdict import verdict
 
 REPORT_DIR = REPORTS_DIR / REFERENCE
 
@@ -62,8 +63,8 @@ def coverage(name: str, s: dict[str, Any], params: Params) -> str:
 
 
 def headline(name: str, s: dict[str, Any]) -> str:
-    """Where the subject ranks among the methods of ``name`` and its paired differences to CE
-    and to the best baseline ('' when the subject did not run)."""
+    """Where the subject ranks among the methods of ``name``, and its best setting ('' when the
+    subject did not run; its differences to CE and the best baseline are the verdict's)."""
     subject, p, ranking = s["subject"], s["primary"], s["ranking"]
     if subject not in ranking:
         return ""
@@ -74,10 +75,6 @@ def headline(name: str, s: dict[str, Any]) -> str:
     ahead = ranking[:ranking.index(subject)]
     if ahead:
         text += f", behind {', '.join(ahead)}"
-    if e["vs_ce"] is not None and e["vs_ce"]["mean"] is not None:
-        text += f"; vs ce {diff(e['vs_ce'])}"
-    if e["vs_best"] is not None and e["vs_best"]["mean"] is not None:
-        text += f"; vs the best baseline by validation, {s['best_baseline']}, {diff(e['vs_best'])}"
     if s.get("noise_fit"):
         text += f"; {_noise_fit_text(s['noise_fit'])}"
     if s["ablations"]:
@@ -92,20 +89,27 @@ def headline(name: str, s: dict[str, Any]) -> str:
 
 
 def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
-    """The README's results: per experiment, every label's primary metric and its paired
+    """The README's results: the verdict of each experiment first (:mod:`pipeline.reference.verdict`),
+    then where the subject ranks, and per experiment every label's primary metric and its paired
     differences (validation-selected), and how much of the planned sweep is there."""
     lines = [BEGIN, ""]
+    if summaries:
+        subject = params.reference.subject
+        lines += [(f"The verdict per experiment: {subject}'s test value at the epoch selected on validation minus "
+                   "CE's and minus the best baseline's (the method other than these two with the best mean "
+                   "validation value: chosen without test), in percentage points, with 95 % intervals over the "
+                   "seeds, paired by seed (each seed its own split):"), "",
+                  *[f"- {verdict(name, s)}" for name, s in summaries.items()], ""]
     headlines = [f"- {headline(name, s)}" for name, s in summaries.items() if headline(name, s)]
     if headlines:
-        lines += ["In one line per experiment (validation-selected test values; the details below):", "",
-                  *headlines, ""]
+        lines += ["Where it ranks (validation-selected test values; the details below):", "", *headlines, ""]
     for name, s in summaries.items():
         p = s["primary"]
         seeds = sorted({x for e in s["labels"].values() for x in e["seeds"]})
         lines += [(f"**{name}** ({s['scenario']}, {s['data']}; {p} in %, validation-selected, mean ± std over "
                   f"seeds {seeds}, each with its own split; differences with 95 % intervals; "
                   f"{coverage(name, s, params)}; [full report](reports/reference/{name}.md))"), "",
-                  *_table(["label", "protocol", p, "vs ce", f"vs best baseline ({s['best_baseline']})"],
+                  *_table(["label", "protocol", p, "vs ce", f"vs best baseline ({s['best_baseline'] or 'none ran'})"],
                           [[label, e["protocol"], pm(e["selected"][p]), diff(e["selected"]["vs_ce"]),
                             diff(e["selected"]["vs_best"])] for label, e in _rows(s, s["ranking"])])]
         if s["ablations"]:
@@ -114,7 +118,7 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
             lines += ["", (f"Ablations of {subject} (one setting each; ordered by validation `{metric}` minus the "
                            f"default's, paired by seed; the test values reported, not chosen on):"), "",
                       *_table(["label", "setting", val, f"{val} vs {subject}", p, f"vs {subject}"],
-                              [[label, _setting(e["changed"]), pct(e["val"]), diff(e["val_vs_subject"]),
+                              [[label, setting_text(e["changed"]), pct(e["val"]), diff(e["val_vs_subject"]),
                                 pm(e["selected"][p]), diff(e["selected"]["vs_subject"])]
                                for label, e in _rows(s, s["ablations"])])]
         if s.get("precision"):

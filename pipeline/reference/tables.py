@@ -225,7 +225,7 @@ def ablation_markdown(s: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for n in rows:
         e = labels[n]
-        setting = _setting(e["changed"]) or "default"
+        setting = setting_text(e["changed"]) or "default"
         eps = e.get("epsilon", {})
         vs = (diff(e["selected"].get("vs_subject")), diff(e["final"].get("vs_subject"))) if n != subject else ("", "")
         val_vs = diff(e.get("val_vs_subject")) if n != subject else ""
@@ -247,7 +247,7 @@ def _rows(s: dict[str, Any], labels: list[str]) -> list[tuple[str, dict[str, Any
     return [(label, s["labels"][label]) for label in labels]
 
 
-def _setting(changed: dict[str, Any]) -> str:
+def setting_text(changed: dict[str, Any]) -> str:
     """``methods.meta_iada.beta: 2.0`` -> "`beta = 2.0`"."""
     return ", ".join(f"`{k.rsplit('.', 1)[-1]} = {v}`" for k, v in changed.items())
 

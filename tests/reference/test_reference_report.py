@@ -147,8 +147,9 @@ def test_report_rebuilds_tables_figures_and_the_readme_section_from_metrics_alon
     assert "old numbers" not in readme and readme.startswith("# Title\n\nbefore\n") and readme.endswith("after\n")
     assert "| meta_iada | deferred | 55.50 ± 0.71 | +5.00 [" in readme
     assert "**lt_ref**: none of the" in readme  # planned in params.yaml, no metrics here
-    assert ("- **exp**: meta_iada ranks 2 of 3 by acc (55.50 ± 0.71, 2 seeds), behind la; vs ce +5.00 [" in readme
-            and "; vs the best baseline by validation, la, -5.00 [" in readme)
+    assert "- **exp**: meta_iada ranks 2 of 3 by acc (55.50 ± 0.71, 2 seeds), behind la.\n" in readme
+    assert ("meta_iada (deferred) is 5.00 points above ce (deferred) [" in readme
+            and "and 5.00 points below the best baseline by validation, la (deferred) [" in readme)  # the verdict
     summary = json.loads(Path("reports/reference/summary.json").read_text())
     assert summary["exp"]["best_baseline"] == "la"
     assert build_reports(project, check=True) == []  # up to date now
