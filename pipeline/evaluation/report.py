@@ -96,8 +96,8 @@ def write_comparison_figures(results: dict[str, dict[str, list[dict[str, Any]]]]
     """The figures of :mod:`pipeline.reference.figures` for the methods of each experiment run
     (``<experiment>-results.png``, ``-per_class.png``, ``-curves.png``, ``-epsilon.png``), every
     method on the same chart; files of experiments no longer run are removed."""
-    from pipeline.reference.report import Label
-    from pipeline.reference.report import summarise as summarise_labels
+    from pipeline.reference.summary import Label
+    from pipeline.reference.summary import summarise as summarise_labels
     from pipeline.reference.figures import write_figures
 
     out.mkdir(parents=True, exist_ok=True)

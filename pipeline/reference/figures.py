@@ -22,7 +22,7 @@ import numpy as np
 from pipeline.evaluation.plots import pyplot
 
 if TYPE_CHECKING:
-    from pipeline.reference.report import Label
+    from pipeline.reference.summary import Label
 
 
 KINDS = ("results", "per_class", "curves", "epsilon", "ablations")  # file <experiment>-<kind>.png, in page order
@@ -114,29 +114,70 @@ def _per_class(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any])
 
 
 def _curves(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -> Any:
+    """Validation per epoch, mean over seeds. Where deferred runs start after the CE pretraining
+    and scratch runs span it, the main panel shows the method phase (the epochs every label
+    trains; its y range from those values, so its differences are not squeezed by the scratch
+    runs' first epochs) and a narrow one the scratch runs' whole schedule. The subject in black
+    and thick, drawn on top and first in the legend; each entry ends with its last value."""
     metric = s["selection_metric"]
-    fig, ax = plt.subplots(figsize=(8, 4.4))
-    drawn = False
-    for i, label in enumerate(s["ranking"]):
-        curves = [r.get("curve", {}) for r in labels[label].records.values()]
-        curves = [c for c in curves if c.get(metric)]
-        if not curves:
-            continue
-        n = min(len(c[metric]) for c in curves)
-        y = np.mean([[v if v is not None else np.nan for v in c[metric][:n]] for c in curves], axis=0)
-        color, dash = _style(plt, i)
-        ax.plot(curves[0]["epoch"][:n], 100 * y, dash, color=color,
-                lw=2.4 if labels[label].method == s["subject"] else 1.2, label=label)
-        drawn = True
-    if not drawn:
-        plt.close(fig)
+    lines = mean_curves(labels, s["ranking"], metric)
+    if not lines:
         return None
-    ax.set_xlabel("epoch (global: the CE pretraining's epochs count)")
-    ax.set_ylabel(f"{metric} (%)")
-    ax.set_title(f"{name}: validation per epoch (mean over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    subject = [s["subject"]] if s["subject"] in lines else []
+    others = [label for label in lines if label not in subject]
+    order = subject + others
+    deferred = [x[0] for label, (x, _) in lines.items() if labels[label].protocol != "scratch"]
+    start = min(deferred) if deferred else min(x[0] for x, _ in lines.values())
+    early = [label for label in order if lines[label][0][0] < start]
+    fig, axes = plt.subplots(1, 2 if early else 1, figsize=(12.5 if early else 9, 4.8), squeeze=False,
+                             gridspec_kw={"width_ratios": [2.3, 1]} if early else None)
+    main = axes[0][0]
+    styles = {label: {"color": _style(plt, i)[0], "ls": _style(plt, i)[1], "lw": 1.5, "zorder": 2}
+              for i, label in enumerate(others)}
+    styles.update({label: {"color": "black", "ls": "-", "lw": 2.8, "zorder": 5} for label in subject})
+    for label in order:
+        x, y = lines[label]
+        keep = x >= start
+        main.plot(x[keep], 100 * y[keep], label=f"{label}  {100 * y[-1]:.1f}", **styles[label])
+    shown = np.concatenate([100 * y[x >= start] for x, y in lines.values()])
+    low, high = np.nanmin(shown), np.nanmax(shown)
+    pad = max(0.5, 0.06 * (high - low))
+    bottom = max(0.0, low - pad)
+    main.set_ylim(bottom, high + pad)
+    main.set_ylabel(f"{metric} (%; axis from {bottom:.1f})")
+    main.set_xlabel("epoch (global: the CE pretraining's epochs count)")
+    phase = f"from epoch {start:.0f} (the method phase)" if early else "per epoch"
+    main.set_title(f"{name}: validation {phase}, mean over seeds")
+    main.grid(alpha=0.3)
+    if early:
+        ax = axes[0][1]
+        for label in early:
+            x, y = lines[label]
+            ax.plot(x, 100 * y, **styles[label])
+        ax.axvline(start, color="black", lw=0.8, ls=":")
+        ax.set_xlabel("epoch")
+        ax.set_title("the scratch runs' whole schedule")
+        ax.grid(alpha=0.3)
+    handles, texts = main.get_legend_handles_labels()
+    legend = fig.legend(handles, texts, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                        title=f"{metric} at the last epoch")
+    for text in legend.get_texts()[:len(subject)]:
+        text.set_fontweight("bold")
+    fig.tight_layout()
     return fig
+
+
+def mean_curves(labels: dict[str, Label], ranking: list[str], metric: str) -> dict[str, tuple[Any, Any]]:
+    """Label -> (epochs, mean over seeds of ``metric``) over the epochs every seed has, in ``ranking``
+    order; labels without a curve are left out."""
+    out = {}
+    for label in ranking:
+        curves = [c for c in (r.get("curve", {}) for r in labels[label].records.values()) if c.get(metric)]
+        if curves:
+            n = min(len(c[metric]) for c in curves)
+            y = np.mean([[np.nan if v is None else v for v in c[metric][:n]] for c in curves], axis=0)
+            out[label] = (np.asarray(curves[0]["epoch"][:n], dtype=float), y)
+    return out
 
 
 def _epsilon(plt: Any, name: str, labels: dict[str, Label], s: dict[str, Any]) -> Any:

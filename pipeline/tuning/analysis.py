@@ -22,6 +22,10 @@ from pipeline.tuning.storage import experimental_features, masked
 
 
 CONTOUR_PARAMS = 3  # the contour plot shows the pairs of this many parameters (the most important)
+# Complete trials whose values span less than this hold nothing to attribute: the differences are
+# floating-point rounding (a contour of two tied trials drew a colour bar of 1e-13 + 0.53), far below
+# one validation sample of an accuracy (1 / n_val >= 1e-4).
+VALUE_TOLERANCE = 1e-6
 
 
 def constant_params(trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
@@ -31,6 +35,16 @@ def constant_params(trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
         for k, v in t.params.items():
             values.setdefault(k, set()).add(repr(v))
     return {k: next(t.params[k] for t in trials if k in t.params) for k, v in values.items() if len(v) == 1}
+
+
+def flat_values(complete: list[optuna.trial.FrozenTrial], metric: str) -> str | None:
+    """Why two or more complete trials hold nothing to attribute (their values span less than
+    ``VALUE_TOLERANCE``), or None."""
+    values = [t.value for t in complete]
+    if len(values) < 2 or max(values) - min(values) >= VALUE_TOLERANCE:
+        return None
+    return (f"all {len(values)} complete trials within {VALUE_TOLERANCE:g} of each other ({metric} "
+            f"{min(values):.4f}): nothing to attribute")
 
 
 def evaluator_name(imp: Mapping[str, Any]) -> str:
@@ -47,8 +61,8 @@ def importances(study: optuna.Study, plan: Plan) -> dict[str, Any]:
     if len(complete) < 2:
         out["not_computed"] = f"fANOVA needs at least 2 complete trials, the study has {len(complete)}"
         return out
-    if len({t.value for t in complete}) == 1:
-        out["not_computed"] = f"all {len(complete)} complete trials have the same value: nothing to attribute"
+    if flat := flat_values(complete, plan.metric):
+        out["not_computed"] = flat
         return out
     constant = constant_params(complete)
     chosen = [k for k in complete[0].params if k not in constant]
@@ -119,7 +133,8 @@ def write_plots(study: optuna.Study, plan: Plan, imp: Mapping[str, Any]) -> dict
     A parameter with one value in every complete trial is left out of the slice, contour and
     parallel coordinate plots (Optuna warned once per contour pair, and matplotlib about a
     singular axis); the contour shows only the ``CONTOUR_PARAMS`` most important parameters
-    (5 gave 25 unreadable panels)."""
+    (5 gave 25 unreadable panels). Complete trials with values within ``VALUE_TOLERANCE`` get
+    no slice, contour or parallel coordinate plot (they would draw rounding noise), only the history."""
     plt = pyplot()
     from optuna.visualization import matplotlib as vis
 
@@ -155,8 +170,11 @@ def write_plots(study: optuna.Study, plan: Plan, imp: Mapping[str, Any]) -> dict
     elif len(varying) > CONTOUR_PARAMS:
         notes["contour.png"] = (f"the {CONTOUR_PARAMS} most important of {len(varying)} parameters: "
                                 + ", ".join(ranked[:CONTOUR_PARAMS]))
+    if flat := flat_values(complete, plan.metric):  # a flat surface: the plots would draw rounding noise
+        skipped.update(dict.fromkeys(("slice.png", "parallel_coordinate.png", "contour.png"), flat))
     for name, make in makers.items():
         if name in skipped:
+            (plan.out_dir / name).unlink(missing_ok=True)  # an earlier analysis's figure would be logged as this one's
             continue
         with experimental_features():
             fig = make()
@@ -259,7 +277,8 @@ def analyse(study: optuna.Study, plan: Plan) -> dict[str, Any]:
                "n_complete": sum(t.state == TrialState.COMPLETE for t in trials),
                "n_pruned": sum(t.state == TrialState.PRUNED for t in trials),
                "n_fail": sum(t.state == TrialState.FAIL for t in trials),
-               "best": best, "skipped_plots": skipped, "storage": masked(plan.storage),
+               "best": best, "importances": imp["not_computed"] or f"computed ({evaluator_name(imp)})",
+               "skipped_plots": skipped, "storage": masked(plan.storage),
                "mlflow_parent_run_id": plan.parent_run_id}
     write_json(summary, plan.out_dir / "summary.json")
     if best is not None:

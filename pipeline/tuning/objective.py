@@ -83,14 +83,16 @@ def suggest(trial: optuna.Trial, plan: Plan) -> tuple[dict[str, Any], int]:
     return values, plan.cfg.seed
 
 
-def reporter(trial: optuna.Trial, first_epoch: int, metric: str) -> EpochCallback:
-    """``fit``'s epoch callback: report the metric at the trial's epoch k and prune."""
+def reporter(trial: optuna.Trial, first_epoch: int, last_epoch: int, metric: str) -> EpochCallback:
+    """``fit``'s epoch callback: report the metric at the trial's epoch k and prune, except after
+    the trial's last epoch (``last_epoch - 1``): its training is done, and pruning it would only
+    throw its value away (a one-epoch trial was pruned after finishing)."""
     def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
         if os.environ.get(KILL_WORKER_ENV) == multiprocessing.current_process().name:
             os.kill(os.getpid(), signal.SIGKILL)  # tests only: a worker killed mid-trial, its MLflow run open
         step = epoch - first_epoch
         trial.report(metrics[metric], step)
-        if trial.should_prune():
+        if epoch < last_epoch - 1 and trial.should_prune():
             raise optuna.TrialPruned(f"pruned at trial epoch {step}: {metric} = {metrics[metric]:.4f}")
     return on_epoch
 
@@ -127,7 +129,7 @@ class Objective:
             run = RunSpec(exp, self.data, plan.cfg.method, seed, out, first_epoch=exp.pretrain_epochs,
                           last_epoch=exp.total_epochs, init=pretrain_checkpoint(plan, seed), device=plan.device,
                           desc=f"{plan.name}-t{trial.number}")
-            summary = fit(run, tracker=tracker, on_epoch=reporter(trial, exp.pretrain_epochs, plan.metric))
+            summary = fit(run, tracker=tracker, on_epoch=reporter(trial, run.first_epoch, run.last_epoch, plan.metric))
             state = "COMPLETE"
             return float(summary["selected_value"])
         except optuna.TrialPruned:

@@ -19,9 +19,12 @@ from pipeline.tuning.analysis import analyse
 from pipeline.tuning.budget import DEFAULT_ATTR, GRID_ATTR, Budget, IncompleteStudy, shortfall
 from pipeline.tuning.objective import ensure_data, ensure_pretrain, training_data
 from pipeline.tuning.storage import StudyStorage, claim_study_attr, fail_dead_trials, open_storage
-from pipeline.tuning.workers import make_pruner, open_study, run_workers, wait_for_running
+from pipeline.tuning.workers import make_pruner, no_pruning_reason, open_study, run_workers, wait_for_running
 
-DEFINITION_ATTR = "definition"  # study user attr: what the trials were run with
+# Study system attr: what the trials were run with (a few KB of JSON: kept out of the user attrs,
+# which optuna-dashboard shows; the parent run has it as study_definition.json). Studies created
+# before it was moved hold it in the user attr of the same name.
+DEFINITION_ATTR = "definition"
 PARENT_RUN_ATTR = "mlflow_parent_run_id"  # study user attr: the study's MLflow parent run
 
 
@@ -48,9 +51,10 @@ def enqueue_default(study: optuna.Study, plan: Plan) -> None:
 def check_definition(study: optuna.Study, plan: Plan) -> None:
     """Store the study's definition, or refuse to resume a study defined differently."""
     current = plan.definition()
-    stored = study.user_attrs.get(DEFINITION_ATTR)
+    stored = study._storage.get_study_system_attrs(study._study_id).get(DEFINITION_ATTR,
+                                                                        study.user_attrs.get(DEFINITION_ATTR))
     if stored is None:
-        study.set_user_attr(DEFINITION_ATTR, current)
+        study._storage.set_study_system_attr(study._study_id, DEFINITION_ATTR, current)
         return
     old, new = flatten(stored), flatten(current)
     for key in sorted(old.keys() | new.keys()):
@@ -114,6 +118,8 @@ def run_study(params: Params, plan: Plan) -> dict[str, Any]:
         enqueue_grid(study, plan)
     elif plan.default_values is not None:
         enqueue_default(study, plan)
+    if why := no_pruning_reason(plan):
+        print(f"[{plan.name}] {why}")
     budget = Budget(plan.n_trials, plan.sweep)
     to_run = first = budget.remaining(study)
     dead: list[str] = []
@@ -152,6 +158,7 @@ def create_parent_run(study: optuna.Study, plan: Plan) -> str:
             "sampler.seed": plan.cfg.sampler.seed, "pruner": make_pruner(plan).__class__.__name__,
             "pruner.n_startup_trials": plan.cfg.pruner.n_startup_trials,
             "pruner.n_warmup_steps": plan.cfg.pruner.n_warmup_steps, "storage": masked(plan.storage),
+            **({"pruner.none_because": no_pruning_reason(plan)} if no_pruning_reason(plan) else {}),
             "optuna.study_id": study._study_id,
             **flatten({"search": definition["space"]}),
             **({"sweep.param": plan.cfg.param, "sweep.values": plan.cfg.values} if plan.sweep else {})}

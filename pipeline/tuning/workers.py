@@ -34,10 +34,24 @@ def make_sampler(plan: Plan, stream: list[int]) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(plan: Plan) -> optuna.pruners.BasePruner:
+    """The study's pruner: none for a sweep, for ``pruner.name: none``, and when no trial epoch
+    could be pruned (:func:`no_pruning_reason`)."""
     p = plan.cfg.pruner
-    if plan.sweep or p.name == "none":
+    if plan.sweep or p.name == "none" or no_pruning_reason(plan):
         return optuna.pruners.NopPruner()
     return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps)
+
+
+def no_pruning_reason(plan: Plan) -> str | None:
+    """Why the study's median pruner could never act (None where it can, or where no pruner is
+    asked for): a trial is pruned only after an epoch k with ``n_warmup_steps`` <= k <
+    ``train_epochs`` - 1 (never after its last epoch, see :func:`~pipeline.tuning.objective.reporter`),
+    so there must be such an epoch."""
+    epochs, warmup = plan.exp.train_epochs, plan.cfg.pruner.n_warmup_steps
+    if plan.sweep or plan.cfg.pruner.name == "none" or warmup < epochs - 1:
+        return None
+    return (f"{epochs} epoch(s) per trial and pruner.n_warmup_steps = {warmup}: no epoch before a trial's last to "
+            "prune at, so no pruner")
 
 
 def open_study(plan: Plan, stream: list[int], storage: StudyStorage | None = None) -> optuna.Study:

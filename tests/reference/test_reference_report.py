@@ -12,8 +12,9 @@ import pytest
 
 from pipeline.reference.plan import write_record
 from pipeline.params.file import load_params
-from pipeline.reference import report
-from pipeline.reference.report import Label, best_baseline, build_reports, paired, summarise
+from pipeline.reference import report, summary, tables
+from pipeline.reference.report import build_reports
+from pipeline.reference.summary import Label, best_baseline, paired, summarise
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,7 +95,7 @@ def test_ablations_are_compared_with_the_default_and_ordered_on_validation_never
     assert s["labels"]["meta_iada-wd0"]["selected"]["vs_subject"]["mean"] == pytest.approx(0.03)
     assert s["labels"]["meta_iada-beta2"]["selected"]["vs_subject"]["low"] < -0.05
     assert s["best_setting"] == "meta_iada-beta2"
-    page = "\n".join(report.ablation_markdown(s))
+    page = "\n".join(tables.ablation_markdown(s))
     assert "Best by validation: `meta_iada-beta2`" in page
     rows = [line for line in page.splitlines() if line.startswith("| meta_iada")]
     assert [r.split(" | ")[0] for r in rows] == ["| meta_iada", "| meta_iada-beta2", "| meta_iada-wd0"]
@@ -146,8 +147,9 @@ def test_report_rebuilds_tables_figures_and_the_readme_section_from_metrics_alon
     assert "old numbers" not in readme and readme.startswith("# Title\n\nbefore\n") and readme.endswith("after\n")
     assert "| meta_iada | deferred | 55.50 ± 0.71 | +5.00 [" in readme
     assert "**lt_ref**: none of the" in readme  # planned in params.yaml, no metrics here
-    assert ("- **exp**: meta_iada ranks 2 of 3 by acc (55.50 ± 0.71, 2 seeds), behind la; vs ce +5.00 [" in readme
-            and "; vs the best baseline by validation, la, -5.00 [" in readme)
+    assert "- **exp**: meta_iada ranks 2 of 3 by acc (55.50 ± 0.71, 2 seeds), behind la.\n" in readme
+    assert ("meta_iada (deferred) is 5.00 points above ce (deferred) [" in readme
+            and "and 5.00 points below the best baseline by validation, la (deferred) [" in readme)  # the verdict
     summary = json.loads(Path("reports/reference/summary.json").read_text())
     assert summary["exp"]["best_baseline"] == "la"
     assert build_reports(project, check=True) == []  # up to date now
@@ -229,7 +231,7 @@ def test_the_headline_says_whether_the_seeds_support_an_ablation_over_the_defaul
     s = summarise(labels_of(*recs), "meta_iada")
     assert s["best_setting"] == "meta_iada-anti"
     assert f"on validation over 3 seeds; of {3 if beta2 else 2} tried) ({verdict})" in report.headline("exp", s)
-    assert f"Best by validation: `meta_iada-anti`; {verdict}." in "\n".join(report.ablation_markdown(s))
+    assert f"Best by validation: `meta_iada-anti`; {verdict}." in "\n".join(tables.ablation_markdown(s))
 
 
 @pytest.mark.parametrize("kind", ["uniform", "uniform_with_true", "flip"])
@@ -244,7 +246,7 @@ def test_the_noise_bound_is_the_entropy_of_the_labels_the_data_stage_draws(kind)
     t = transition_counts(clean, noisy, 10).astype(float)
     p = t / t.sum(axis=1, keepdims=True)
     measured = float(-(np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0)).sum(axis=1).mean())
-    assert report.noisy_label_entropy(kind, 0.4, 10) == pytest.approx(measured, abs=1e-3)
+    assert summary.noisy_label_entropy(kind, 0.4, 10) == pytest.approx(measured, abs=1e-3)
 
 
 @pytest.mark.parametrize("last_loss, verdict", [(1.86, "above 1.55 nats"), (0.9, "not above 1.55 nats")])
@@ -258,9 +260,9 @@ def test_the_noisy_page_says_whether_ce_went_below_the_noise_bound(last_loss, ve
         r["curve"]["train_loss"] = [2.3, last_loss]
     labels = labels_of(*recs)
     s = summarise(labels, "meta_iada")
-    s["noise_fit"] = report.noise_fit(labels, "uniform", 0.4)
+    s["noise_fit"] = summary.noise_fit(labels, "uniform", 0.4)
     assert s["noise_fit"]["floor"] == pytest.approx(-0.6 * math.log(0.6) - 0.4 * math.log(0.4 / 9))
-    page = report.experiment_markdown("exp", s, None, [])
+    page = tables.experiment_markdown("exp", s, None, [])
     assert f"is {last_loss:.2f} (seeds: {last_loss:.2f}, {last_loss:.2f}), {verdict}" in page
     assert ("CE did not memorise" in page) == (last_loss > 1.55)
     assert f"{verdict}" in report.headline("exp", s)
@@ -287,7 +289,7 @@ def test_a_precision_twin_is_compared_with_its_fp32_run_and_ranks_nowhere():
     assert la16["selected"]["vs_fp32"]["mean"] == pytest.approx(-0.01)  # d_s = -0.02 + 0.01 s
     assert la16["selected"]["vs_fp32"]["low"] < -0.01 < la16["selected"]["vs_fp32"]["high"]
     assert la16["val_vs_fp32"]["mean"] == pytest.approx(0.39)
-    page = report.experiment_markdown("exp", s, None, [])
+    page = tables.experiment_markdown("exp", s, None, [])
     assert "## Precision parity" in page and "| la-bf16 |" in page.split("## Precision parity")[1]
 
 
@@ -307,7 +309,7 @@ def test_the_calibration_column_is_the_best_test_epoch_and_only_there():
     published = {"common": {"data": "d", "network": "n", "epochs": "e", "selection": "best epoch on test"},
                  "metric": "acc", "rows": [{"label": "ce", "value": 70.4, "source": "x"},
                                            {"label": "ldam_drw", "value": 77.0, "source": "y"}]}
-    page = report.experiment_markdown("exp", s, published, [])
+    page = tables.experiment_markdown("exp", s, published, [])
     table = page.split("## Published vs ours")[1]
     assert "for calibration only" in table
     assert "| ce | 70.4 | x | 60.00 ± 0.00 | 60.00 ± 0.00 | 65.00 ± 1.41 |" in table
@@ -364,7 +366,7 @@ def test_a_compare_pair_is_reported_as_its_paired_difference():
     assert [(c["label"], c["other"]) for c in s["compare"]] == [("meta_iada", "isda-cb")]
     d = s["compare"][0]["selected"]
     assert d["mean"] == pytest.approx(0.01) and d["n"] == 3 and d["low"] < 0.01 < d["high"]
-    page = report.experiment_markdown("exp", s, None, [])
+    page = tables.experiment_markdown("exp", s, None, [])
     assert "| meta_iada − isda-cb | +1.00 [" in page.split("## Further paired differences")[1]
 
 
