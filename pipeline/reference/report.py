@@ -31,9 +31,7 @@ from pipeline.layout import REFERENCE, REPORTS_DIR, json_safe
 from pipeline.params.file import Params
 from pipeline.params.reference import ReferenceExperiment
 from pipeline.reference.summary import load_records, noise_fit, outdated_records, summarise
-from pipeline.reference.tables import (COMPARE_TEXT, PARITY_TEXT, _noise_fit_text, _rows, setting_text,
-                                       _setting_verdict, _table, compare_table, diff, experiment_markdown,
-                                       parity_table, pct, pm)
+from pipeline.reference.tables import _noise_fit_text, _setting_verdict, diff, experiment_markdown, pm, published_table
 from pipeline.reference.verdict import verdict
 
 REPORT_DIR = REPORTS_DIR / REFERENCE
@@ -90,8 +88,9 @@ def headline(name: str, s: dict[str, Any]) -> str:
 
 def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
     """The README's results: the verdict of each experiment first (:mod:`pipeline.reference.verdict`),
-    then where the subject ranks, and per experiment every label's primary metric and its paired
-    differences (validation-selected), and how much of the planned sweep is there."""
+    then where the subject ranks, the calibration against the published numbers where the runs
+    recorded it, and per experiment how much of the planned sweep is there and a link to its page
+    (the tables stay on the pages: the README is a manual)."""
     lines = [BEGIN, ""]
     if summaries:
         subject = params.reference.subject
@@ -103,35 +102,29 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
     headlines = [f"- {headline(name, s)}" for name, s in summaries.items() if headline(name, s)]
     if headlines:
         lines += ["Where it ranks (validation-selected test values; the details below):", "", *headlines, ""]
+    published = yaml.safe_load(PUBLISHED.read_text()) if PUBLISHED.is_file() else {}
     for name, s in summaries.items():
-        p = s["primary"]
-        seeds = sorted({x for e in s["labels"].values() for x in e["seeds"]})
-        lines += [(f"**{name}** ({s['scenario']}, {s['data']}; {p} in %, validation-selected, mean ± std over "
-                  f"seeds {seeds}, each with its own split; differences with 95 % intervals; "
-                  f"{coverage(name, s, params)}; [full report](reports/reference/{name}.md))"), "",
-                  *_table(["label", "protocol", p, "vs ce", f"vs best baseline ({s['best_baseline'] or 'none ran'})"],
-                          [[label, e["protocol"], pm(e["selected"][p]), diff(e["selected"]["vs_ce"]),
-                            diff(e["selected"]["vs_best"])] for label, e in _rows(s, s["ranking"])])]
-        if s["ablations"]:
-            subject, metric = s["subject"], s["selection_metric"]
-            val = f"val {metric.removeprefix('val_')}"
-            lines += ["", (f"Ablations of {subject} (one setting each; ordered by validation `{metric}` minus the "
-                           f"default's, paired by seed; the test values reported, not chosen on):"), "",
-                      *_table(["label", "setting", val, f"{val} vs {subject}", p, f"vs {subject}"],
-                              [[label, setting_text(e["changed"]), pct(e["val"]), diff(e["val_vs_subject"]),
-                                pm(e["selected"][p]), diff(e["selected"]["vs_subject"])]
-                               for label, e in _rows(s, s["ablations"])])]
-        if s.get("precision"):
-            lines += ["", f"Precision parity on {name}: {PARITY_TEXT}", "", *parity_table(s)]
-        if s.get("compare"):
-            lines += ["", f"Further paired differences on {name}: {COMPARE_TEXT.format(p=p)}", "", *compare_table(s)]
-        lines.append("")
+        rows = published.get(s["scenario"])
+        if rows and any("best_epoch_on_test" in e for e in s["labels"].values()):
+            lines += [f"Calibration on **{name}** against the published numbers:", "",
+                      *published_table(s["labels"], rows, len(_seeds(s)), ran_only=True), ""]
+    lines += [("Every experiment's tables (each label's metrics, paired differences, ablations, the learned ε, "
+               "published vs ours) and figures:"), ""]
+    for name, s in summaries.items():
+        seeds = ", ".join(map(str, _seeds(s)))
+        lines.append(f"- **{name}** ({s['scenario']}, {s['data']}; seeds {seeds}; {coverage(name, s, params)}): "
+                     f"[reports/reference/{name}.md](reports/reference/{name}.md)")
+    lines.append("")
     for name, sweep in params.reference.experiments.items():
         if name not in summaries:
             lines += [(f"**{name}**: none of the {planned_runs(sweep, params)} planned runs "
                        "has finished yet."), ""]
     lines.append(END)
     return "\n".join(lines)
+
+
+def _seeds(s: dict[str, Any]) -> list[int]:
+    return sorted({x for e in s["labels"].values() for x in e["seeds"]})
 
 
 def replace_section(text: str, section: str) -> str:

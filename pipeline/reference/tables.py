@@ -113,27 +113,38 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
         lines += ["", "## Precision parity", "", PARITY_TEXT, "", *parity_table(s)]
     if s.get("compare"):
         lines += ["", "## Further paired differences", "", COMPARE_TEXT.format(p=primary), "", *compare_table(s)]
-    calibrated = any("best_epoch_on_test" in e for e in labels.values())
     if published:
-        lines += ["", "## Published vs ours", "",
-                  (f"Published: {published['common']['data']}, {published['common']['network']}, "
-                  f"{published['common']['epochs']}, selection: {published['common']['selection']}. "
-                  f"Ours: this page's data and profile, validation-selected, mean over {len(seeds)} seeds."), "",
-                  f"| method | published {published['metric']} | source | ours (selected) | ours (final) |"
-                  + (CALIBRATION_HEAD if calibrated else ""),
-                  "|---|---|---|---|---|" + ("---|" if calibrated else "")]
-        for row in published["rows"]:
-            value = "not published" if row["value"] is None else (
-                f"{row['value']:.1f}" + (f" - {row['high']:.1f}" if row.get("high") else ""))
-            ours = _published_label(labels, row["label"])
-            lines.append(f"| {row['label']} | {value} | {row['source']} | "
-                         f"{pm(ours['selected'][published['metric']]) if ours else 'not run'} | "
-                         f"{pm(ours['final'][published['metric']]) if ours else 'not run'} |"
-                         + (f" {pm(ours['best_epoch_on_test']) if ours and 'best_epoch_on_test' in ours else '—'} |"
-                            if calibrated else ""))
+        lines += ["", "## Published vs ours", "", *published_table(labels, published, len(seeds))]
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def published_table(labels: dict[str, Any], published: dict[str, Any], n_seeds: int, *,
+                    ran_only: bool = False) -> list[str]:
+    """The literature's rows (``docs/published.yaml``) beside ours, validation-selected and final,
+    and where the runs recorded it the best epoch on test (calibration only); ``ran_only``: only
+    the rows we ran."""
+    calibrated = any("best_epoch_on_test" in e for e in labels.values())
+    metric = published["metric"]
+    lines = [(f"Published: {published['common']['data']}, {published['common']['network']}, "
+              f"{published['common']['epochs']}, selection: {published['common']['selection']}. "
+              f"Ours: this page's data and profile, validation-selected, mean over {n_seeds} seeds."), "",
+             f"| method | published {metric} | source | ours (selected) | ours (final) |"
+             + (CALIBRATION_HEAD if calibrated else ""),
+             "|---|---|---|---|---|" + ("---|" if calibrated else "")]
+    for row in published["rows"]:
+        ours = _published_label(labels, row["label"])
+        if ran_only and not ours:
+            continue
+        value = "not published" if row["value"] is None else (
+            f"{row['value']:.1f}" + (f" - {row['high']:.1f}" if row.get("high") else ""))
+        lines.append(f"| {row['label']} | {value} | {row['source']} | "
+                     f"{pm(ours['selected'][metric]) if ours else 'not run'} | "
+                     f"{pm(ours['final'][metric]) if ours else 'not run'} |"
+                     + (f" {pm(ours['best_epoch_on_test']) if ours and 'best_epoch_on_test' in ours else '—'} |"
+                        if calibrated else ""))
+    return lines
 
 
 COMPARE_TEXT = ("Pairs named in `params.yaml` (`reference.experiments.<e>.compare`): the first label minus the second, "
