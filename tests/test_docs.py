@@ -74,3 +74,36 @@ def test_the_readme_links_to_every_docs_page():
     linked = {(ROOT / t.partition("#")[0]).resolve() for t in links(ROOT / "README.md")}
     unlinked = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if p.resolve() not in linked]
     assert unlinked == [], "docs pages that no README link reaches"
+
+
+def layout_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Layout\n"):]
+    return section[section.index("```"):section.index("```", section.index("```") + 3)]
+
+
+LISTED_PACKAGES = ("methods", "data", "engine", "evaluation", "reference", "tuning", "params")
+
+
+def test_the_readme_layout_names_every_part_of_the_package_and_nothing_that_is_gone():
+    """The Layout section matches the tree: every module and folder of ``pipeline/`` is named, and
+    every module of the library packages (stages/ and bench/ are entry points, named by their
+    commands); every ``name.py`` the section names exists under the package it is listed in."""
+    block = layout_block()
+    package = ROOT / "pipeline"
+    top = [p.name + ("/" if p.is_dir() else "") for p in package.iterdir()
+           if p.name not in ("__init__.py", "__pycache__")]
+    assert [name for name in top if not re.search(rf"(?m)^  {re.escape(name)}\s", block)] == []
+    current = None
+    named: dict[str, set[str]] = {}
+    for line in block.splitlines():
+        if m := re.match(r"^  (\w+)/\s", line):
+            current = m.group(1)
+        elif re.match(r"^  \w", line) or not line.startswith("  "):
+            current = None
+        if current:
+            named.setdefault(current, set()).update(re.findall(r"\b(\w+\.py)\b", line))
+    for sub in LISTED_PACKAGES:
+        modules = {p.name for p in (package / sub).glob("*.py") if p.name != "__init__.py"}
+        assert sorted(modules - named.get(sub, set())) == [], f"pipeline/{sub}/ modules the Layout does not name"
+        assert sorted(named.get(sub, set()) - modules) == [], f"pipeline/{sub}/ modules the Layout names that are gone"

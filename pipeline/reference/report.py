@@ -101,7 +101,7 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
                   *[f"- {verdict(name, s)}" for name, s in summaries.items()], ""]
     headlines = [f"- {headline(name, s)}" for name, s in summaries.items() if headline(name, s)]
     if headlines:
-        lines += ["Where it ranks (validation-selected test values; the details below):", "", *headlines, ""]
+        lines += ["Where it ranks (validation-selected test values; each experiment's page has the details):", "", *headlines, ""]
     published = yaml.safe_load(PUBLISHED.read_text()) if PUBLISHED.is_file() else {}
     for name, s in summaries.items():
         rows = published.get(s["scenario"])
