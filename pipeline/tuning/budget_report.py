@@ -21,7 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.params.budget import budget_study_names, find_plan, tuned_label
 from pipeline.params.file import Params
-from pipeline.reference.report import mean_std, pct, pm
+from pipeline.reference.summary import mean_std
+from pipeline.reference.tables import pct, pm
 from pipeline.tuning.budget import DEFAULT_ATTR
 from pipeline.tuning.storage import open_storage
 

@@ -101,7 +101,7 @@ def test_bad_budgets_are_refused_in_one_line(change, message):
 
 def test_a_default_outside_its_paper_space_is_refused():
     raw = copy.deepcopy(raw_params())
-    raw["experiments"]["lt_ref"]["methods"]["la"]["tau"] = 3.0
+    raw["experiments"]["lt_ref"].setdefault("methods", {}).setdefault("la", {})["tau"] = 3.0  # a delta of lt_ref
     with pytest.raises(ParamError, match=r"the default methods.la.tau = 3.0 .* outside its paper space"):
         parse_params(raw)
 
