@@ -69,3 +69,44 @@ def test_the_stages_start_without_torchvision_or_sklearn():
             + "print(sorted({m.split('.')[0] for m in sys.modules} & {'torchvision', 'sklearn'}))")
     proc = sh([sys.executable, "-c", code], ROOT, dict(os.environ), timeout=300)
     assert proc.stdout.split() == ["[]"], f"a stage imports at start-up: {proc.stdout.strip()}"
+
+
+def top_level_imports(path: Path) -> set[str]:
+    """The pipeline modules a module imports when it is loaded (its body's imports; those inside
+    functions run later and cannot make a loop at import time)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return {n for n in names if n.startswith("pipeline")}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_no_import_loop():
+    """No module of the package imports, through its load-time imports, a module that imports it
+    back (the loop the report modules had: evaluation/report <-> reference/report <-> figures)."""
+    known = {module_name(p): p for p in MODULES}
+    graph = {name: {n for n in top_level_imports(path) if n in known and n != name} for name, path in known.items()}
+    state: dict[str, int] = {}
+    loops: list[list[str]] = []
+
+    def visit(name: str, trail: list[str]) -> None:
+        state[name] = 1
+        for nxt in sorted(graph[name]):
+            if state.get(nxt) == 1:
+                loops.append(trail[trail.index(nxt):] + [nxt] if nxt in trail else [name, nxt])
+            elif nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert loops == [], loops
