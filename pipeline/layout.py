@@ -17,12 +17,15 @@ Layout of the outputs (all relative to the working copy; DVC tracks them)::
                                                  methods side by side: <overlay>/<experiment>.csv
     studies/<study>/                             an Optuna study's analysis
 
-The reference sweep (``python -m pipeline.stages.reference``) keeps its runs apart, one split
-per seed::
+The reference sweeps (``reference/dvc.yaml``, a DVC stage per run) keep their runs apart, one
+split per seed::
+
+    reference/dvc.yaml, dvc.lock                     the sweeps' stages (generated) and their record
 
     data/prepared/reference/<experiment>/split<k>/   the split of data.seed = k
     models/reference/<experiment>/s<seed>/<label>/   its runs (not committed)
     metrics/reference/<experiment>/<label>-s<seed>.json   each run's metrics (committed)
+    plots/reference/<experiment>/<label>-s<seed>/    its plot data and figures (logged to MLflow)
     reports/reference/                               tables and figures rebuilt from them
 
 The stores that must outlive a ``dvc exp run --temp`` copy (MLflow, Optuna) are addressed from
@@ -50,6 +53,8 @@ PLOTS_DIR = Path("plots")
 REPORTS_DIR = Path("reports")
 STUDIES_DIR = Path("studies")
 REFERENCE = "reference"  # the reference sweep's sub-folder of data/prepared, models, metrics, reports
+REFERENCE_DVC_FILE = Path(REFERENCE) / "dvc.yaml"  # its stages, generated from the params
+REFERENCE_SYNC_FILE = Path(REFERENCE) / "in_sync"  # written by the stage that checks them against the params
 
 PRETRAIN = "pretrain"  # the run folder (and MLflow label) of the CE pretraining
 # The files of a run folder.
@@ -157,6 +162,11 @@ def reference_tree(experiment: str, split_seed: int) -> Tree:
 def reference_metrics_file(experiment: str, label: str, seed: int) -> Path:
     """``metrics/reference/<experiment>/<label>-s<seed>.json`` (committed)."""
     return METRICS_DIR / REFERENCE / experiment / f"{run_label(label, seed)}.json"
+
+
+def reference_plots_dir(experiment: str, label: str, seed: int) -> Path:
+    """``plots/reference/<experiment>/<label>-s<seed>``."""
+    return plots_dir(experiment, label, seed, root=PLOTS_DIR / REFERENCE)
 
 
 def study_dir(study: str) -> Path:

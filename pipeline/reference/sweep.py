@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.layout import PRETRAIN, Tree, plots_dir
+from pipeline.layout import PRETRAIN, Tree, reference_plots_dir
 from pipeline.params.experiment import ExperimentConfig
 from pipeline.params.file import Params
 from pipeline.params.reference import Variant, variant_experiment
@@ -67,7 +67,7 @@ def run_job(job: Job, *, device: str, track: bool, pretrain_label: str = PRETRAI
           pretrain_label=pretrain_label)
     data = load_prepared(job.tree.data)
     run_dir = job.tree.run_dir(job.seed, job.label)
-    plots = plots_dir(f"reference/{job.exp.name}", job.label, job.seed)
+    plots = reference_plots_dir(job.exp.name, job.label, job.seed)
     result = evaluate_run(job.exp, data, run_dir, plots, device)
     record = {"format": RECORD_FORMAT, "config": job.config, "experiment": job.exp.name, "label": job.label,
               "changed": job.changed, "split_seed": job.split_seed, **result, "machine": machine()}
