@@ -56,7 +56,8 @@ def make_repo(dst: Path, params: dict | str) -> dict:
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split("\0")
     for f in filter(None, files):
-        outputs = ("data/", "models/", "metrics/", "plots/", "reports/")
+        outputs = ("data/", "models/", "metrics/", "plots/", "reports/", "reference/")  # reference/: the
+        # reference sweeps' stages, generated from the real params (a test generates its own)
         if (ROOT / f).is_file() and (not f.startswith(outputs) or f.startswith("metrics/reference/")):
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)

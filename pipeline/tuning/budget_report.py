@@ -84,9 +84,10 @@ def chosen_block(rows: list[TunedRow]) -> str:
 
 
 def rerun_command(experiment: str, rows: list[TunedRow]) -> str:
-    """The reference sweep's command that reruns every chosen config on the reported seeds."""
-    labels = " ".join(f"--label {tuned_label(r.method)}" for r in rows if r.chosen)
-    return f"python -m pipeline.stages.reference --experiment {experiment} {labels}"
+    """The commands that run every chosen config on the reported seeds: the reference stages
+    regenerated (the chosen block adds the ``-tuned`` variants), then those stages."""
+    targets = " ".join(f"'reference/dvc.yaml:run@{experiment}.{tuned_label(r.method)}.*'" for r in rows if r.chosen)
+    return f"python -m pipeline.stages.reference_sync && dvc repro --glob {targets}"
 
 
 def reported_tests(params: Params, experiment: str) -> TestValues:

@@ -170,7 +170,8 @@ def test_the_report_puts_default_and_tuned_side_by_side(params):
     others = [r for r in rows if r.method != "la"]
     assert others and all(r.complete == 0 and r.best_val is None and not r.chosen for r in others)
     assert yaml.safe_load(page.split("```yaml\n")[1].split("```")[0]) == {"chosen": {"la": {"methods.la.tau": 1.7}}}
-    assert "python -m pipeline.stages.reference --experiment lt_ref --label la-tuned\n" in page
+    assert ("python -m pipeline.stages.reference_sync && dvc repro --glob 'reference/dvc.yaml:run@lt_ref.la-tuned.*'\n"
+            in page)
 
 
 def test_a_chosen_config_becomes_the_tuned_reference_variant():
