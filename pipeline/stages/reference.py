@@ -4,7 +4,7 @@
     python -m pipeline.stages.reference --experiment lt_ref --seed 0 --label ce --label la
     python -m pipeline.stages.reference --dry-run                       # what is done, what is left
 
-Trains every run of ``reference:`` in params.yaml that has no up-to-date metrics file under
+Trains every run of ``reference:`` in params/reference.yaml that has no up-to-date metrics file under
 ``metrics/reference/`` (commit those files); rerunning the same command continues a stopped
 sweep. ``python -m pipeline.stages.reference_report`` then rebuilds the tables and figures.
 """
