@@ -24,6 +24,7 @@ RUN pip install -r requirements.txt
 
 COPY pipeline/ pipeline/
 COPY params.yaml dvc.yaml Makefile ./
+COPY params/ params/
 COPY .dvc/config .dvc/config
 COPY .dvcignore .dvcignore
 RUN pip install --no-deps --no-build-isolation -e . \

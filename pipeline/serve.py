@@ -112,7 +112,7 @@ def command(kind: str, port: int, storage: str | None,
     url = storage or f"sqlite:///{project_root() / 'optuna.db'}"
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
         raise ServeError(f"no study yet ({url[len('sqlite:///'):]} does not exist): run one first, e.g. "
-                         "python -m pipeline.stages.tune --study lt_alpha (studies: tune.studies in params.yaml)")
+                         "python -m pipeline.stages.tune --study lt_alpha (studies: tune.studies in params/tune.yaml)")
     return [str(bin_dir / "optuna-dashboard"), url, "--host", HOST, "--port", str(port)], env
 
 

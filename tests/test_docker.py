@@ -41,7 +41,7 @@ def test_every_copied_path_is_in_the_repository():
     tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout.splitlines()
     sources = copied_sources()
-    assert "pipeline/" in sources and "params.yaml" in sources
+    assert "pipeline/" in sources and "params.yaml" in sources and "params/" in sources  # dvc.yaml reads params/
     for src in sources:
         path = src.rstrip("/")
         assert any(t == path or t.startswith(path + "/") for t in tracked), f"COPY {src}: not in the repository"

@@ -107,3 +107,19 @@ def test_the_readme_layout_names_every_part_of_the_package_and_nothing_that_is_g
         modules = {p.name for p in (package / sub).glob("*.py") if p.name != "__init__.py"}
         assert sorted(modules - named.get(sub, set())) == [], f"pipeline/{sub}/ modules the Layout does not name"
         assert sorted(named.get(sub, set()) - modules) == [], f"pipeline/{sub}/ modules the Layout names that are gone"
+
+
+def test_the_readme_layout_names_every_params_file():
+    """The Layout's ``params/`` line names each file of ``params/`` (and none that is gone)."""
+    line, = (line for line in layout_block().splitlines() if line.startswith("params/"))
+    assert set(re.findall(r"\b(\w+\.yaml)\b", line)) == {p.name for p in (ROOT / "params").glob("*.yaml")}
+
+
+def test_the_docs_repeat_the_readmes_view_of_the_experiments():
+    """The ``dvc exp show --only-changed`` line that tests/stages/test_dvc_experiments.py runs is the
+    README's; a page that shows it shows the same line."""
+    views = {p.relative_to(ROOT).as_posix(): [line for line in p.read_text().splitlines()
+                                              if line.startswith("dvc exp show --only-changed")] for p in PAGES}
+    readme, = views.pop("README.md")
+    assert {page: found for page, found in views.items() if found not in ([], [readme])} == {}
+    assert [page for page, found in views.items() if found] == ["docs/pipeline.md", "docs/scaling-out.md"]

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from pipeline.layout import shared_data_dir
+from pipeline.params.file import read_params
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
@@ -29,7 +30,7 @@ TINY_DATA = {"scenario": "longtail", "source": "cifar10", "meta_per_class": 3, "
 
 
 def tiny_params() -> dict:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = read_params(ROOT / "params.yaml")[0]
     lt = params["experiments"]["lt"]  # written in full (no base); the methods block stays
     lt.update(data=TINY_DATA, network={"arch": "resnet8", "channels_last": True}, pretrain_epochs=2,
               train_epochs=1, meta_batch_size=10, eval_batch_size=100)
@@ -47,10 +48,21 @@ def sh(cmd: list[str], cwd: Path, env: dict, timeout: int = 600) -> subprocess.C
     return proc
 
 
-def make_repo(dst: Path, params: dict | str) -> dict:
-    """A git copy of the repository's tracked files (no outputs) at ``dst`` with ``params`` (a
-    mapping, or the file's text) as its params.yaml, committed; returns the environment to run dvc in it (no MLFLOW_TRACKING_URI, so
-    the copy's own store ``dst/mlflow.db``)."""
+def params_files(params: dict) -> dict[str, str]:
+    """``params`` (every block, as :func:`~pipeline.params.file.read_params` merges them) as the
+    project's params files: ``tune`` and ``reference`` in theirs, every experiment in params.yaml."""
+    def dump(blocks: dict) -> str:
+        return yaml.safe_dump(blocks, sort_keys=False)
+
+    return {"params.yaml": dump({k: v for k, v in params.items() if k not in ("tune", "reference")}),
+            "params/experiments.yaml": dump({"experiments": {}}), "params/tune.yaml": dump({"tune": params["tune"]}),
+            "params/reference.yaml": dump({"reference": params["reference"]})}
+
+
+def make_repo(dst: Path, params: dict[str, str]) -> dict:
+    """A git copy of the repository's tracked files (no outputs) at ``dst`` with ``params`` (path ->
+    text of every params file, :func:`params_files`) as its params files, committed; returns the
+    environment to run dvc in it (no MLFLOW_TRACKING_URI, so the copy's own store ``dst/mlflow.db``)."""
     if not (shared_data_dir() / "cifar10-jpeg.tar.gz").is_file():
         pytest.fail(f"the offline CIFAR-10 copy is missing at {shared_data_dir()}")
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
@@ -61,8 +73,8 @@ def make_repo(dst: Path, params: dict | str) -> dict:
         if (ROOT / f).is_file() and (not f.startswith(outputs) or f.startswith("metrics/reference/")):
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, dst / f)
-    text = params if isinstance(params, str) else yaml.safe_dump(params, sort_keys=False)
-    (dst / "params.yaml").write_text(text)
+    for name, text in params.items():
+        (dst / name).write_text(text)
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "META_IADA_SHARED_DATA": str(shared_data_dir()),
            "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(dst), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
@@ -78,7 +90,7 @@ def make_repo(dst: Path, params: dict | str) -> dict:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory):
     dst = tmp_path_factory.mktemp("e2e") / "repo"
-    env = make_repo(dst, tiny_params())
+    env = make_repo(dst, params_files(tiny_params()))
     first = sh(["dvc", "repro"], dst, env, timeout=900)
     second = sh(["dvc", "repro"], dst, env)
     return dst, env, first, second

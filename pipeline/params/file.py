@@ -1,32 +1,44 @@
-"""``params.yaml``: read once, completely, into typed objects before any work.
+"""``params.yaml`` and ``params/*.yaml`` beside it: read once, completely, into typed objects
+before any work.
 
-Layout::
+Layout (each top-level block in one file; ``experiments`` may be split by experiment)::
 
-    run:          # what `dvc repro` runs: the matrix experiment x method x seed
-      experiments: [lt]
-      methods: [ce, la, meta_iada]
-      seeds: [0]
-    methods:      # each method's hyperparameters, once: every experiment's defaults
-      meta_iada: {alpha: 0.5, ...}
-    experiments:  # named experiments (scenario + data + network + schedule + method params)
-      lt: {data: {...}, network: {...}, optim: {...}, pretrain_epochs: .., train_epochs: ..,
-           search: {...}}
-      lt_ref: {base: lt, data: {val_per_class: 100}, ...}  # what differs from its base
-    tune: {...}   # Optuna studies (pipeline.params.tune) and tuning budgets (pipeline.params.budget)
-    reference: {...}  # the committed reference sweep (pipeline.params.reference)
+    params.yaml:
+      run:          # what `dvc repro` runs: the matrix experiment x method x seed
+        experiments: [lt]
+        methods: [ce, la, meta_iada]
+        seeds: [0]
+      methods:      # each method's hyperparameters, once: every experiment's defaults
+        meta_iada: {alpha: 0.5, ...}
+      experiments:  # named experiments (scenario + data + network + schedule + method params)
+        lt: {data: {...}, network: {...}, optim: {...}, pretrain_epochs: .., train_epochs: ..,
+             search: {...}}
+    params/experiments.yaml:
+      experiments:
+        lt_ref: {base: lt, data: {val_per_class: 100}, ...}  # what differs from its base
+    params/tune.yaml:
+      tune: {...}   # Optuna studies (pipeline.params.tune) and tuning budgets (pipeline.params.budget)
+    params/reference.yaml:
+      reference: {...}  # the committed reference sweep (pipeline.params.reference)
+
+Why several files: ``dvc exp show`` prints a column for every leaf of ``params.yaml`` (DVC's
+default params file) but only the hash of a file that a stage depends on, so the experiments,
+studies and sweeps that ``dvc repro`` does not run live beside it.
 
 :func:`load_params` gives a :class:`Params` whose experiments, resolved from their bases and the
 ``methods`` block (:mod:`pipeline.params.inherit`), hold their method configs and search spaces
 and whose ``tune`` holds every study, all validated: an unknown key, a value out of range, an
 unknown method, base, experiment or study, a cycle of bases, or an experiment or study name that
 is not :data:`~pipeline.params.schema.NAME` (names become folders) stops with one
-:class:`~pipeline.params.schema.ParamError` naming the key.
+:class:`~pipeline.params.schema.ParamError` naming the key; a block or experiment written in two
+files, or a file of ``params/`` that is not YAML, names the files.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +53,7 @@ from pipeline.params.schema import ParamError, bounded, build, check_name
 from pipeline.params.tune import TuneConfig, check_tune
 
 PARAMS_FILE = "params.yaml"
+PARAMS_DIR = "params"  # params/*.yaml beside params.yaml: more of its top-level blocks
 TOP_LEVEL_KEYS = ("run", "methods", "experiments", "tune", "reference")
 DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # cuda:N: one run per GPU on a multi-device machine
 
@@ -74,7 +87,7 @@ class Params:
     experiments: dict[str, ExperimentConfig]
     tune: TuneConfig = field(default_factory=TuneConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
-    written: frozenset[str] = frozenset()  # every dotted key params.yaml writes (see set_option)
+    written: dict[str, str] = field(default_factory=dict)  # dotted key -> the params file writing it (set_option)
 
     def __post_init__(self) -> None:
         for i, name in enumerate(self.run.experiments):
@@ -98,7 +111,9 @@ class Params:
         return self.experiments[name]
 
 
-def parse_params(raw: Any) -> Params:
+def parse_params(raw: Any, written: Mapping[str, str] | None = None) -> Params:
+    """Validate ``raw`` (every block, as :func:`read_params` merges them); ``written``: the file
+    that writes each dotted key (default: params.yaml writes them all)."""
     if not isinstance(raw, dict):
         raise ParamError("params.yaml must be a mapping with keys " + ", ".join(TOP_LEVEL_KEYS))
     unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
@@ -127,14 +142,21 @@ def parse_params(raw: Any) -> Params:
     check_budgets(tune, experiments, reference)
     add_tuned_variants(tune, reference)
     check_reference(reference, experiments)
-    return Params(build(RunConfig, raw.get("run"), "run"), experiments, tune, reference, frozenset(written_keys(raw)))
+    if written is None:
+        written = dict.fromkeys(written_keys(raw), PARAMS_FILE)
+    return Params(build(RunConfig, raw.get("run"), "run"), experiments, tune, reference, dict(written))
 
 
-def set_option(written: frozenset[str], key: str, value: str) -> str:
+def set_option(written: Mapping[str, str], key: str, value: str) -> str:
     """The ``dvc exp run -S`` argument that sets the dotted ``key`` (``written``: ``Params.written``):
-    ``key=value`` for a key params.yaml writes, ``+key=value`` for one that only has a default
-    (inherited from a base or the ``methods`` block, or the code's); DVC refuses the other form."""
-    return f"{'' if key in written else '+'}{key}={value}"
+    ``key=value`` for a key a params file writes, ``+key=value`` for one that only has a default
+    (inherited from a base or the ``methods`` block, or the code's); DVC refuses the other form.
+    Prefixed with ``params/<file>.yaml:`` when the key, or the innermost block written that holds it
+    (``experiments.lt_ref``), is in a file of ``params/``."""
+    parts = key.split(".")
+    holders = (".".join(parts[:n]) for n in range(len(parts), 0, -1))
+    file = next((written[k] for k in holders if k in written), PARAMS_FILE)
+    return f"{'' if file == PARAMS_FILE else file + ':'}{'' if key in written else '+'}{key}={value}"
 
 
 def written_keys(node: Any, prefix: str = "") -> list[str]:
@@ -146,22 +168,81 @@ def written_keys(node: Any, prefix: str = "") -> list[str]:
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    """Read and validate ``params.yaml``."""
+    """Read and validate ``params.yaml`` and the files of ``params/`` beside it."""
+    return parse_params(*read_params(path))
+
+
+def read_params(path: str | Path = PARAMS_FILE) -> tuple[dict[str, Any], dict[str, str]]:
+    """``path`` (params.yaml) and every ``params/*.yaml`` beside it as one mapping, and the file that
+    writes each dotted key (``params.yaml``, ``params/<name>.yaml``: the -S prefix of set_option). A
+    top-level block is written in one file, except ``experiments``, whose experiments may be in any."""
     path = Path(path)
     if not path.is_file():
         raise ParamError(f"{path} not found: run from the project root or pass --params")
+    raw: dict[str, Any] = {}
+    written: dict[str, str] = {}
+    where: dict[str, Path] = {}  # top-level block or experiments.<name> -> the file that writes it
+    for file, name in [(path, PARAMS_FILE), *((f, f"{PARAMS_DIR}/{f.name}") for f in extra_files(path))]:
+        blocks = read_yaml(file)
+        for key, value in blocks.items():
+            if key == "experiments":
+                if not isinstance(value, dict):
+                    raise ParamError(f"experiments in {file} must be a mapping of experiment name -> settings, "
+                                     f"got {value!r}")
+                for exp in value:
+                    claim(where, f"experiments.{exp}", file)
+                raw.setdefault(key, {}).update(value)
+            else:
+                claim(where, key, file)
+                raw[key] = value
+        for key in written_keys(blocks):
+            written.setdefault(key, name)  # (experiments: params.yaml's, the prefix of a new experiment)
+    return raw, written
+
+
+def extra_files(path: Path) -> list[Path]:
+    """The ``*.yaml`` files of ``params/`` beside ``path``, in name order (hidden files are skipped);
+    anything else there is refused, so that a misnamed file (``tune.yml``) is not silently ignored."""
+    folder = path.parent / PARAMS_DIR
+    if not folder.is_dir():
+        return []
+    files = sorted(f for f in folder.iterdir() if not f.name.startswith("."))
+    for f in files:
+        if f.suffix != ".yaml" or not f.is_file():
+            raise ParamError(f"{f} is not a params file: {folder} holds only .yaml files of params.yaml's "
+                             f"top-level blocks ({', '.join(TOP_LEVEL_KEYS)}); rename or move it")
+    return files
+
+
+def claim(where: dict[str, Path], key: str, file: Path) -> None:
+    if key in where:
+        what = f"experiment {key.split('.', 1)[1]!r}" if key.startswith("experiments.") else f"block {key!r}"
+        raise ParamError(f"{what} is written in both {where[key]} and {file}: keep one")
+    where[key] = file
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """One params file as a mapping of top-level blocks; a YAML error, an alias, a key given twice or
+    an unknown top-level key names the file and line."""
     text = path.read_text()
     try:
         reject_aliases(text, path)
         loader = _UniqueKeyLoader(text)
         loader.name = str(path)  # (the error messages' file)
         try:
-            raw = loader.get_single_data()
+            node = loader.get_single_node()
+            raw = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
     except yaml.YAMLError as err:
         raise ParamError(f"{path} is not valid YAML: {err}") from err
-    return parse_params(raw)
+    if not isinstance(raw, dict):
+        raise ParamError(f"{path} must be a mapping with keys among {', '.join(TOP_LEVEL_KEYS)}")
+    for key_node, _ in node.value:
+        if key_node.value not in TOP_LEVEL_KEYS:
+            raise ParamError(f"{path} line {key_node.start_mark.line + 1}: unknown top-level key {key_node.value!r}: "
+                             f"allowed keys are {', '.join(TOP_LEVEL_KEYS)}")
+    return raw
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

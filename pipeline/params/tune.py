@@ -117,7 +117,7 @@ class Plan:
     parent_run_id: str | None = None
     tree: Tree | None = None  # where its data and pretraining live (None: the DVC pipeline's)
     default_values: dict[str, Any] | None = None  # a budget's first trial: the experiment's own values
-    written: frozenset[str] = frozenset()  # the keys params.yaml writes (Params.written: the -S form)
+    written: dict[str, str] = field(default_factory=dict)  # Params.written: the -S form of a key
 
     @property
     def data_tree(self) -> Tree:

@@ -30,6 +30,7 @@ SYNC_COMMAND = "python -m pipeline.stages.reference_sync"
 # holds this list to it).
 SYNC_DEPS = (
     "params.yaml",
+    "params",
     "pipeline/methods",
     "pipeline/params",
     "pipeline/__init__.py",

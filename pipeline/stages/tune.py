@@ -1,4 +1,4 @@
-"""``tune`` stage: run Optuna studies declared in params.yaml (``tune.studies``).
+"""``tune`` stage: run Optuna studies declared in params/tune.yaml (``tune.studies``).
 
     python -m pipeline.stages.tune --study lt_meta_iada [--workers 2] [--n-trials 20] [--storage URL]
     python -m pipeline.stages.tune --budget lt_ref_budget   # one study per method of tune.budgets.lt_ref_budget
@@ -38,7 +38,7 @@ def positive_int(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Run Optuna studies declared in params.yaml (tune.studies).")
+    p = argparse.ArgumentParser(description="Run Optuna studies declared in params/tune.yaml (tune.studies).")
     p.add_argument("--study", help="study name, or <budget>-<method> (default: every study in tune.run)")
     p.add_argument("--budget", help="every method's study of this tune.budgets entry, in its order")
     p.add_argument("--workers", type=positive_int, help="parallel worker processes (default: the study's workers)")

@@ -12,7 +12,7 @@ paper space (:mod:`pipeline.params.spaces`), its first trial the method's defaul
     python -m pipeline.stages.tune --study lt_meta_iada [--workers 2] [--n-trials 20] [--storage URL]
     python -m pipeline.stages.tune            # every study listed in tune.run
 
-``params.yaml`` declares the studies under ``tune.studies`` (:class:`StudyConfig`); the search
+``params/tune.yaml`` declares the studies under ``tune.studies`` (:class:`StudyConfig`); the search
 space is the experiment's ``search:`` block, next to the defaults it varies
 (:class:`ParamSpace`, keys are dotted paths into the experiment config).
 

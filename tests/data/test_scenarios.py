@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from pipeline.data.prepared import load_prepared
+from pipeline.params.file import read_params
 from pipeline.params.inherit import resolve_experiments
 from pipeline.stages import evaluate, prepare, pretrain, train
 
@@ -31,7 +32,7 @@ SCENARIOS = {
 
 
 def write_params(tmp: Path, name: str) -> Path:
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = read_params(ROOT / "params.yaml")[0]
     exp = resolve_experiments(params["experiments"], params["methods"])[name]  # on its own: no base
     exp["data"] = {**TINY, **SCENARIOS[name]}
     exp.update(pretrain_epochs=1, train_epochs=1, meta_batch_size=4, eval_batch_size=200)

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipeline.layout import reference_metrics_file
-from pipeline.params.file import load_params, parse_params
+from pipeline.params.file import load_params, parse_params, read_params
 from pipeline.params.inherit import BASE, merge, resolve_experiments
 from pipeline.params.schema import ParamError, flatten
 from pipeline.reference.plan import plan
@@ -19,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def raw():
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+    return read_params(ROOT / "params.yaml")[0]
 
 
 def test_merge_merges_mappings_and_replaces_everything_else():

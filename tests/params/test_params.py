@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.params.file import load_params, parse_params, set_option
+from pipeline.params.file import load_params, parse_params, read_params, set_option
 from pipeline.params.schema import ParamError, to_dict
 from pipeline.tuning.analysis import yaml_scalar
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def raw():
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+    return read_params(ROOT / "params.yaml")[0]
 
 
 def test_the_committed_params_are_valid(raw):
@@ -192,25 +192,27 @@ def test_a_run_method_without_a_block_in_a_run_experiment_is_rejected(raw):
     parse_params(mutate(bad, "run.experiments", ["subpop"]))
 
 
-# One key per experiment, in both documented forms: plain for a key params.yaml writes, a leading
-# + for one that only has a default (inherited from a base or the methods block, or the code's).
+# One key per experiment, in the documented forms: plain for a key params.yaml writes, a leading
+# + for one that only has a default (inherited from a base or the methods block, or the code's),
+# and either after the file's path for a key of params/experiments.yaml.
+EXPERIMENTS = "params/experiments.yaml:"
 OVERRIDES = {
     "methods.meta_iada.alpha": 0.25,  # the methods block: every experiment that does not set its own
     "+experiments.lt.methods.meta_iada.perturbation_lr": 0.002,
     "experiments.lt.optim.lr": 0.05,
-    "+experiments.lt_ref.optim.lr": 0.02,
-    "+experiments.lt_paper.data.longtail.imbalance_ratio": 50,
-    "+experiments.lt_paper.methods.meta_iada.perturbation_lr": 0.003,
-    "experiments.lt_paper.optim.warmup_epochs": 3,
-    "+experiments.noisy.methods.meta_iada.meta_interval": 2,
-    "+experiments.noisy_paper.methods.la.tau": 0.5,
-    "+experiments.subpop.methods.iada.epsilon": -0.2,
-    "+experiments.subpop_cifar.optim.lr": 0.02,
-    "+experiments.subpop_irm.data.subpop.test_correlation": 0.2,
-    "+experiments.subpop_paper.methods.isda.alpha": 0.75,
-    "+experiments.glt.methods.meta_iada.direction": "gradient",
-    "experiments.glt_paper.pretrain_epochs": 150,
-    "+experiments.noisy_ref.methods.ldam_drw.drw_epoch": 12,  # derived (the first milestone) unless set
+    EXPERIMENTS + "+experiments.lt_ref.optim.lr": 0.02,
+    EXPERIMENTS + "+experiments.lt_paper.data.longtail.imbalance_ratio": 50,
+    EXPERIMENTS + "+experiments.lt_paper.methods.meta_iada.perturbation_lr": 0.003,
+    EXPERIMENTS + "experiments.lt_paper.optim.warmup_epochs": 3,
+    EXPERIMENTS + "+experiments.noisy.methods.meta_iada.meta_interval": 2,
+    EXPERIMENTS + "+experiments.noisy_paper.methods.la.tau": 0.5,
+    EXPERIMENTS + "+experiments.subpop.methods.iada.epsilon": -0.2,
+    EXPERIMENTS + "+experiments.subpop_cifar.optim.lr": 0.02,
+    EXPERIMENTS + "+experiments.subpop_irm.data.subpop.test_correlation": 0.2,
+    EXPERIMENTS + "+experiments.subpop_paper.methods.isda.alpha": 0.75,
+    EXPERIMENTS + "+experiments.glt.methods.meta_iada.direction": "gradient",
+    EXPERIMENTS + "experiments.glt_paper.pretrain_epochs": 150,
+    EXPERIMENTS + "+experiments.noisy_ref.methods.ldam_drw.drw_epoch": 12,  # derived (the first milestone) unless set
     "+methods.meta_iada.pseudo_step": "optimizer",  # a key with the code's default only
 }
 
@@ -221,6 +223,17 @@ def get(node, dotted):
     return node
 
 
+def dotted_key(option: str) -> str:
+    """The dotted key that a -S option sets (``[file:][+]key``)."""
+    return option.rpartition(":")[2].lstrip("+")
+
+
+def copy_params(dst: Path) -> Path:
+    """The project's params files in ``dst``; returns the copy of params.yaml."""
+    shutil.copytree(ROOT / "params", dst / "params")
+    return Path(shutil.copy(ROOT / "params.yaml", dst))
+
+
 def test_dvc_exp_run_set_param_lands_in_the_queued_params_for_every_experiment(tmp_path):
     """The way a user runs a variant: ``dvc exp run --queue -S key=value``, then the queued
     commit's params.yaml must hold the value (and still pass validation)."""
@@ -229,7 +242,7 @@ def test_dvc_exp_run_set_param_lands_in_the_queued_params_for_every_experiment(t
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
     env.pop("DVC_ROOT", None)
     run = functools.partial(subprocess.run, cwd=tmp_path, env=env, capture_output=True, text=True)
-    shutil.copy(ROOT / "params.yaml", tmp_path)
+    copy_params(tmp_path)
     shutil.copy(ROOT / "dvc.yaml", tmp_path)
     for cmd in (["git", "init", "-q"], [str(dvc), "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "p"]):
         assert run(cmd).returncode == 0
@@ -238,14 +251,16 @@ def test_dvc_exp_run_set_param_lands_in_the_queued_params_for_every_experiment(t
     assert proc.returncode == 0, proc.stderr
     stash = run(["git", "for-each-ref", "--format=%(objectname)", "refs/exps/celery/stash"]).stdout.split()
     assert len(stash) == 1
-    queued_text = run(["git", "show", f"{stash[0]}:params.yaml"]).stdout
-    queued = yaml.safe_load(queued_text)
+    queued_dir = tmp_path / "queued"
+    for name in ["params.yaml", *(f"params/{f.name}" for f in (ROOT / "params").iterdir())]:
+        (queued_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        (queued_dir / name).write_text(run(["git", "show", f"{stash[0]}:{name}"]).stdout)
+    queued, _ = read_params(queued_dir / "params.yaml")
     for key, value in OVERRIDES.items():
-        assert get(queued, key.lstrip("+")) == value, key
-    (tmp_path / "queued.yaml").write_text(queued_text)
-    params = load_params(tmp_path / "queued.yaml")
+        assert get(queued, dotted_key(key)) == value, key
+    params = load_params(queued_dir / "params.yaml")
     for key, value in OVERRIDES.items():  # each one reaches the resolved config of its experiment
-        parts = key.lstrip("+").split(".")
+        parts = dotted_key(key).split(".")
         if parts[0] == "experiments":
             assert get(to_dict(params.experiment(parts[1])), ".".join(parts[2:])) == value, key
     lt, lt_ref, noisy_ref = (params.experiment(n) for n in ("lt", "lt_ref", "noisy_ref"))
@@ -258,19 +273,22 @@ def test_dvc_exp_run_set_param_lands_in_the_queued_params_for_every_experiment(t
     assert params.experiment("lt_paper").data.longtail.imbalance_ratio == 50
     assert lt.data.longtail.imbalance_ratio == 100  # the others keep theirs
     # A key that does not exist is refused by DVC itself (nothing queued), never dropped; so is the
-    # other form of a key (plain for an unwritten key, + for a written one).
-    for wrong in ("methods.meta_iada.alpah=0.25", "experiments.lt_ref.optim.lr=0.02", "+experiments.lt.optim.lr=0.05"):
+    # other form of a key (plain for an unwritten key, + for a written one), and a key of
+    # params/experiments.yaml set without its file.
+    for wrong in ("methods.meta_iada.alpah=0.25", "experiments.lt_ref.optim.lr=0.02", "+experiments.lt.optim.lr=0.05",
+                  EXPERIMENTS + "experiments.lt_ref.optim.lr=0.02", "experiments.lt_paper.optim.warmup_epochs=3"):
         proc = run([str(dvc), "exp", "run", "--queue", "-S", wrong])
         assert proc.returncode != 0, wrong
 
 
-def test_the_printed_apply_line_of_every_searched_key_lands(tmp_path, raw):
+def test_the_printed_apply_line_of_every_searched_key_lands(tmp_path):
     """``pipeline.tuning.study`` prints ``dvc exp run -S`` lines built by ``Params.set_option``: a
     searched key of an experiment is usually inherited (plain ``-S`` is refused for it) or written
     (``+`` is refused): DVC's own writer must take each line and the value must reach the config."""
+    from dvc.utils.cli_parse import to_path_overrides
     from dvc.utils.hydra import apply_overrides
 
-    params = parse_params(raw)
+    params = load_params(ROOT / "params.yaml")
     searched = [(name, key) for name, exp in params.experiments.items() for key in exp.search]
     assert searched
     forms = set()
@@ -278,9 +296,10 @@ def test_the_printed_apply_line_of_every_searched_key_lands(tmp_path, raw):
         exp = params.experiment(name)
         value = next(v for v in exp.search[key].ends() if v != get(to_dict(exp), key))  # a change that shows
         option = set_option(params.written, f"experiments.{name}.{key}", yaml_scalar(value))
-        forms.add(option[0] == "+")
-        path = tmp_path / "params.yaml"
-        shutil.copy(ROOT / "params.yaml", path)
-        apply_overrides(path, [option])
+        forms.add(option.rpartition(":")[2][0] == "+")
+        shutil.rmtree(tmp_path / "params", ignore_errors=True)
+        path = copy_params(tmp_path)
+        for file, overrides in to_path_overrides([option]).items():  # as dvc exp run -S reads it
+            apply_overrides(tmp_path / file, overrides)
         assert get(to_dict(load_params(path).experiment(name)), key) == value, option
     assert forms == {True, False}  # both forms are exercised

@@ -18,7 +18,7 @@ from pipeline.reference.plan import plan
 from pipeline.stages import reference as reference_stage
 from tests.reference.test_reference_sweep import raw_params
 from tests.stages.test_dvc_deps import closure
-from tests.test_e2e import make_repo, sh
+from tests.test_e2e import make_repo, params_files, sh
 
 ROOT = Path(__file__).resolve().parents[2]
 TWO_RUNS = {"seeds": [0], "experiments": {"tiny": {"methods": ["ce", "meta_iada"]}}}
@@ -65,7 +65,7 @@ def test_the_sync_stage_depends_on_the_params_and_its_import_closure():
     assert covered == want, f"add to SYNC_DEPS: {sorted(want - covered)}"
     dead = [d for d in deps if not any(f == d or f.startswith(d + "/") for f in want)]
     assert not dead, f"SYNC_DEPS lists what the sync stage does not import: {dead}"
-    assert "params.yaml" in dvcfile.SYNC_DEPS
+    assert {"params.yaml", "params"} <= set(dvcfile.SYNC_DEPS)  # every params file
 
 
 def test_out_of_sync_says_what_changed(tmp_path):
@@ -99,7 +99,7 @@ def test_a_run_whose_hash_is_not_the_params_one_is_refused_before_any_work(tmp_p
 @pytest.mark.e2e
 def test_dvc_runs_a_run_skips_it_after_and_finds_stale_only_what_a_change_touches(tmp_path):
     dst = tmp_path / "repo"
-    env = make_repo(dst, raw_params(TWO_RUNS))
+    env = make_repo(dst, params_files(raw_params(TWO_RUNS)))
     sh(["python", "-m", "pipeline.stages.reference_sync"], dst, env)
     sh(["git", "add", "-A"], dst, env)
     sh(["git", "commit", "-qm", "the tiny sweep's stages"], dst, env)
@@ -120,7 +120,8 @@ def test_dvc_runs_a_run_skips_it_after_and_finds_stale_only_what_a_change_touche
     # stage with the one line that says how to mend it, before any run.
     raw = raw_params(TWO_RUNS)
     raw["methods"]["meta_iada"]["alpha"] = 0.25
-    (dst / "params.yaml").write_text(yaml.safe_dump(raw))
+    for name, text in params_files(raw).items():
+        (dst / name).write_text(text)
     proc = subprocess.run(["dvc", "repro", ce], cwd=dst, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode != 0 and "run `python -m pipeline.stages.reference_sync` and commit it" in proc.stderr, (
         proc.stdout + proc.stderr)

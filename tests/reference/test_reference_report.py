@@ -373,12 +373,10 @@ def test_a_compare_pair_is_reported_as_its_paired_difference():
 
 
 def test_a_compare_pair_must_name_two_labels_of_the_sweep():
-    from pipeline.params.file import parse_params
+    from pipeline.params.file import parse_params, read_params
     from pipeline.params.schema import ParamError
 
-    import yaml
-
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw = read_params(ROOT / "params.yaml")[0]
     raw["reference"]["experiments"]["lt_ref"]["compare"] = {"meta_iada": "isda-nope"}
     with pytest.raises(ParamError, match=r"compare: 'meta_iada': 'isda-nope' must pair two different labels"):
         parse_params(raw)

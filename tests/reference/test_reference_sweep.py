@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from pipeline.data.prepared import load_prepared
-from pipeline.params.file import parse_params
+from pipeline.params.file import load_params, parse_params
 from pipeline.params.schema import ParamError
 from pipeline.reference import sweep
 
@@ -195,7 +195,7 @@ def test_unknown_names_on_the_command_line_are_refused_before_any_work():
 def test_the_committed_reference_metrics_are_those_of_the_current_params():
     """A committed metrics file whose run configuration no longer matches params.yaml is stale:
     rerun the sweep (it reruns exactly those runs) or restore the params."""
-    params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    params = load_params(ROOT / "params.yaml")
     import os
 
     cwd = os.getcwd()
@@ -232,7 +232,7 @@ def test_the_plateau_schedules_move_ldam_drws_re_weighting_with_the_first_milest
     from pipeline.params.schema import to_dict
     from pipeline.reference.plateau import doubled
 
-    lt_ref = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text())).experiment("lt_ref")
+    lt_ref = load_params(ROOT / "params.yaml").experiment("lt_ref")
     long = doubled(lt_ref, factor, data_seed=0)
     assert long.optim.milestones == [96 * factor, 104 * factor]
     assert long.method_config("ldam_drw").drw_epoch == 96 * factor == long.optim.milestones[0]

@@ -4,8 +4,9 @@ MLflow store of the real root), the table that compares them, the device of a ru
 ``-S`` does to the user's ``params.yaml``.
 
 The end-to-end part runs on tiny data in a temporary git copy (:func:`tests.test_e2e.make_repo`)
-whose ``params.yaml`` is the project's own file, comments and layout kept, cut down to one tiny
-experiment by DVC's own YAML writer.
+whose params files are the project's own, comments and layout kept, cut down by DVC's own YAML
+writer: params.yaml keeps ``run``, ``methods`` and ``lt``; ``params/experiments.yaml`` holds one tiny
+experiment, a delta of ``lt``.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -21,24 +23,30 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.engine.build import resolve_device
 from pipeline.params.file import RunConfig
 from pipeline.params.schema import ParamError, build
-from tests.test_e2e import make_repo, sh, tiny_params
+from tests.test_e2e import TINY_DATA, make_repo, sh
 
 ROOT = Path(__file__).resolve().parents[2]
-# Both documented forms of -S: plain for a key params.yaml writes (the methods block, every
-# experiment's default), a leading + for a key that only has a default (tiny's own value).
+# The documented forms of -S (README, "The pipeline"): plain for a key params.yaml writes (the
+# methods block, every experiment's default), a leading + for one that only has a default (lt's,
+# which tiny inherits across the files), and the file's path for a key of params/experiments.yaml.
 ALPHA = "methods.meta_iada.alpha"
-OVERRIDES = {"alpha-010": f"{ALPHA}=0.1", "alpha-025": f"+experiments.tiny.{ALPHA}=0.25",
-             "alpha-075": f"{ALPHA}=0.75"}
+OVERRIDES = {"alpha-010": f"{ALPHA}=0.1", "alpha-025": f"params/experiments.yaml:+experiments.tiny.{ALPHA}=0.25",
+             "alpha-075": f"+experiments.lt.{ALPHA}=0.75"}
 VARIANTS = {"alpha-010": 0.1, "alpha-025": 0.25, "alpha-075": 0.75}  # experiment name -> alpha
-# Compares the queued variants in 150 columns (README, "Parameters"; docs/scaling-out.md): each
-# experiment's changed values as it ran them (configs/<experiment>.json), beside its headline metrics.
-COMPARE = ["dvc", "exp", "show", "--no-pager", "--only-changed", "--drop",
-           r"Created|params.yaml:|experiments\.|configs/[^:]*$|models/|data/|metrics$|.*final\.acc|.*epsilon",
-           "--keep", r".*selected\.acc"]
+TINY = {"base": "lt", "data": TINY_DATA, "optim": {"batch_size": 16, "warmup_epochs": 1, "milestones": [2]},
+        "pretrain_epochs": 2, "train_epochs": 1, "meta_batch_size": 10, "eval_batch_size": 100}
+
+
+def readme_view() -> list[str]:
+    """The README's view that compares experiments (its ``dvc exp show --only-changed`` line), as argv."""
+    line, = (line for line in (ROOT / "README.md").read_text().splitlines()
+             if line.startswith("dvc exp show --only-changed"))
+    return shlex.split(line, comments=True)
 
 
 # --- what -S writes back into params.yaml ---------------------------------------------------------
@@ -132,20 +140,30 @@ def test_a_cuda_device_this_machine_lacks_is_one_error(monkeypatch):
 # --- the queue, end to end -----------------------------------------------------------------------
 
 
-def styled_tiny_params(path: Path) -> str:
-    """The project's params.yaml cut down to the tiny experiment (meta_iada only) by DVC's YAML
-    writer, so its comments and layout are the real file's."""
+def styled_tiny_params(folder: Path) -> dict[str, str]:
+    """The project's params files cut down by DVC's YAML writer (so their comments and layout are
+    the real files'): params.yaml as it is but for ``run`` (meta_iada on the tiny experiment), the tiny
+    experiment alone in params/experiments.yaml, no studies and no reference runs."""
     from dvc.utils.collections import merge_dicts, remove_missing_keys
     from dvc.utils.serialize import modify_yaml
 
-    shutil.copy(ROOT / "params.yaml", path)
-    new = tiny_params()
-    new["run"]["methods"] = ["meta_iada"]
-    with modify_yaml(path) as data:
-        data["experiments"].insert(0, "tiny", data["experiments"]["lt"])
-        merge_dicts(data, new)
-        remove_missing_keys(data, new)
-    return path.read_text()
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    wanted = {"params.yaml": {**raw, "run": {"experiments": ["tiny"], "methods": ["meta_iada"], "seeds": [0],
+                                             "device": "cpu"}},
+              "params/experiments.yaml": {"experiments": {"tiny": TINY}},
+              "params/tune.yaml": {"tune": {"run": [], "studies": {}}},
+              "params/reference.yaml": {"reference": {"subject": "meta_iada", "experiments": {}}}}
+    out = {}
+    for name, new in wanted.items():
+        path = folder / name.replace("/", "-")
+        shutil.copy(ROOT / name, path)
+        with modify_yaml(path) as data:
+            if name == "params/experiments.yaml":
+                data["experiments"].insert(0, "tiny", data["experiments"]["lt_ref"])
+            merge_dicts(data, new)
+            remove_missing_keys(data, new)
+        out[name] = path.read_text()
+    return out
 
 
 def queue_status(dst: Path, env: dict) -> dict[str, str]:
@@ -195,14 +213,16 @@ def queued(tmp_path_factory):
     """dvc repro of the tiny experiment, committed; then the variants queued and run two at a time."""
     dst = tmp_path_factory.mktemp("queue") / "repo"
     dst.mkdir(parents=True)
-    env = make_repo(dst, styled_tiny_params(tmp_path_factory.mktemp("params") / "params.yaml"))
+    env = make_repo(dst, styled_tiny_params(tmp_path_factory.mktemp("params")))
     sh(["dvc", "repro"], dst, env, timeout=900)
     sh(["git", "add", "-A"], dst, env)
     sh(["git", "commit", "-qm", "repro"], dst, env)
     before = (dst / "params.yaml").read_bytes()
+    before_files = {f: f.read_bytes() for f in (dst / "params").iterdir()}
     for name, override in OVERRIDES.items():
         sh(["dvc", "exp", "run", "--queue", "-n", name, "-S", override], dst, env)
     after_queueing = (dst / "params.yaml").read_bytes()
+    assert {f: f.read_bytes() for f in (dst / "params").iterdir()} == before_files
     start, samples, stop = time.monotonic(), [0], threading.Event()
 
     def sample() -> None:  # `dvc queue status` can wait for a run to release the repository
@@ -240,15 +260,7 @@ def test_queued_variants_run_two_at_a_time_and_each_lands_in_mlflow_and_exp_show
     assert "database is locked" not in logs and "Traceback" not in logs, logs
 
     # dvc exp show: every variant, with the alpha it ran (its resolved config) and its metrics.
-    shown = json.loads(sh(["dvc", "exp", "show", "--no-pager", "--json"], dst, env).stdout)
-    found = {}
-    for baseline in shown:
-        for exp in baseline.get("experiments") or []:
-            for rev in exp["revs"]:
-                data = rev["data"]
-                alpha = data["params"]["configs/tiny.json"]["data"]["methods"]["meta_iada"]["alpha"]
-                acc = data["metrics"]["metrics/tiny/meta_iada-s0.json"]["data"]["selected"]["acc"]
-                found[rev["name"]] = (alpha, acc)
+    found = shown_variants(dst, env)
     assert {name: alpha for name, (alpha, _) in found.items()} == VARIANTS
     assert all(0.0 <= acc <= 1.0 for _, acc in found.values())
 
@@ -265,16 +277,36 @@ def test_queued_variants_run_two_at_a_time_and_each_lands_in_mlflow_and_exp_show
 
 
 
+def shown_variants(dst: Path, env: dict) -> dict[str, tuple[float, float]]:
+    """Experiment name -> (alpha as it ran, from its resolved config; its selected test accuracy)
+    from ``dvc exp show --json``."""
+    shown = json.loads(sh(["dvc", "exp", "show", "--no-pager", "--json"], dst, env).stdout)
+    found = {}
+    for baseline in shown:
+        for exp in baseline.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                alpha = data["params"]["configs/tiny.json"]["data"]["methods"]["meta_iada"]["alpha"]
+                acc = data["metrics"]["metrics/tiny/meta_iada-s0.json"]["data"]["selected"]["acc"]
+                found[rev["name"]] = (alpha, acc)
+    return found
+
+
 @pytest.mark.e2e
-def test_the_compare_recipe_fits_150_columns(queued):
+def test_the_readmes_view_shows_each_changed_value_beside_its_headline_metric_in_150_columns(queued):
+    """The README's `dvc exp show` line, run as written in a 150-column terminal: nothing cut, and
+    on each variant's row its headline metric (validation-selected test accuracy) beside the
+    value it changed, as the run used it (its resolved config), whichever params file -S wrote."""
     dst, env, *_ = queued
-    table = sh(COMPARE, dst, {**env, "COLUMNS": "150"}).stdout
+    table = sh(readme_view(), dst, {**env, "COLUMNS": "150"}).stdout
     lines = table.splitlines()
     assert max(map(len, lines)) <= 150 and "…" not in table, table
-    assert f"configs/tiny.json:{ALPHA}" in table and "selected.acc" in table, table
-    for name, alpha in VARIANTS.items():
+    header = next(line for line in lines if "selected.acc" in line)
+    assert re.search(rf"selected\.acc\s+configs/tiny\.json:{re.escape(ALPHA)}\s*$", header), table
+    for name, (alpha, acc) in shown_variants(dst, env).items():
         row = next(line for line in lines if f"[{name}]" in line)
-        assert re.search(rf"\s{alpha:g}\s*$", row), row
+        shown = re.search(rf"\]\s+([0-9.]+)\s+{alpha:g}\s*$", row)
+        assert shown and float(shown.group(1)) == pytest.approx(acc, abs=1e-3), (row, acc)
 
 
 @pytest.mark.e2e

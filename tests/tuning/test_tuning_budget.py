@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from pipeline.methods import method_class
 from pipeline.params.budget import budget_studies, budget_study_names, find_plan, study_name
-from pipeline.params.file import load_params, parse_params
+from pipeline.params.file import load_params, parse_params, read_params
 from pipeline.params.schema import ParamError, build
 from pipeline.params.spaces import PAPER_SPACES, paper_space
 from pipeline.reference.plan import read_record
@@ -34,7 +34,7 @@ BUDGET = "lt_ref_budget"
 
 @functools.cache
 def raw_params() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "params.yaml").read_text())
+    return read_params(ROOT / "params.yaml")[0]
 
 
 def params_with(budget: dict[str, Any] | None = None, **reference: Any):
