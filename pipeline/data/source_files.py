@@ -90,7 +90,7 @@ def read_cifar_batch(path: Path, raw: bytes) -> dict[str, Any]:
 
 
 @dataclass
-class _Found:
+class Found:
     """A source found on disk: labels known, images fetched on demand (so that a subsample
     decodes only its own JPEGs)."""
 
@@ -114,7 +114,7 @@ def torchvision_dataset(name: str) -> type:
     return getattr(torchvision.datasets, TORCHVISION[name])
 
 
-def _read_location(name: str, folder: Path, verify: bool) -> _Found | None:
+def read_location(name: str, folder: Path, verify: bool) -> Found | None:
     """Read ``name`` from ``folder`` in any layout it supports; None if no layout is there."""
     if name == "mnist":
         return _read_mnist(folder, verify)
@@ -141,7 +141,7 @@ def _check(path: Path, raw: bytes, algorithm: str, expected: str, verify: bool) 
     return sha, actual == expected
 
 
-def _read_cifar_pickle(folder: Path, name: str, verify: bool) -> _Found | None:
+def _read_cifar_pickle(folder: Path, name: str, verify: bool) -> Found | None:
     """CIFAR python pickle batches; file names, md5s and keys from torchvision's dataset class."""
     cls = torchvision_dataset(name)
     base = folder / cls.base_folder
@@ -166,14 +166,14 @@ def _read_cifar_pickle(folder: Path, name: str, verify: bool) -> _Found | None:
 
     arrays = {"train": split(cls.train_list), "test": split(cls.test_list)}
     names = list(load(cls.meta["filename"], cls.meta["md5"])[cls.meta["key"]])
-    return _Found(
+    return Found(
         dataset=DISPLAY_NAMES[name], path=base,
         files=files, matches_official=all(official), reference=f"md5 list of torchvision.datasets.{cls.__name__}",
         class_names=names, labels={s: a[1] for s, a in arrays.items()},
         images=lambda s, pos: arrays[s][0][pos])
 
 
-def _read_jpeg_tar(path: Path, verify: bool) -> _Found:
+def _read_jpeg_tar(path: Path, verify: bool) -> Found:
     """The offline CIFAR-10 (JPEG) tarball: ``<split>/<class>/NNNN.jpg``, read in memory.
 
     Images are ordered as ``torchvision.datasets.ImageFolder`` orders them (class folders
@@ -198,7 +198,7 @@ def _read_jpeg_tar(path: Path, verify: bool) -> _Found:
     for split in members:
         members[split].sort(key=lambda m: (m[0], m[1]))
     label_of = {c: i for i, c in enumerate(class_names)}
-    return _Found(
+    return Found(
         dataset="CIFAR-10 (JPEG)", path=path, files={path.name: sha}, matches_official=ok,
         reference="sha256 of the archive in shared/data/README.md", class_names=class_names,
         labels={s: np.array([label_of[c] for c, _, _ in ms], dtype=np.int64) for s, ms in members.items()},
@@ -218,7 +218,7 @@ def decode_jpegs(path: Path, members: list[tuple[str, str, bytes]]) -> np.ndarra
     return np.stack(images)
 
 
-def _read_mnist(folder: Path, verify: bool) -> _Found | None:
+def _read_mnist(folder: Path, verify: bool) -> Found | None:
     """The four MNIST IDX files (gzipped or not) in one of ``MNIST_FOLDERS`` under ``folder``."""
     for sub in MNIST_FOLDERS:
         base = folder / sub
@@ -238,7 +238,7 @@ def _read_mnist(folder: Path, verify: bool) -> _Found | None:
         ok = ok and same
         arrays[file] = _parse_idx(path, data)
     x = {"train": arrays["train-images-idx3-ubyte"], "test": arrays["t10k-images-idx3-ubyte"]}
-    return _Found(
+    return Found(
         dataset="MNIST", path=base, files=files, matches_official=ok,
         reference="sha256 of the uncompressed IDX files in shared/data/README.md",
         class_names=[str(d) for d in range(10)],

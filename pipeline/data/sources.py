@@ -33,7 +33,7 @@ import numpy as np
 from pipeline.data.prepared import Split
 from pipeline.data.sampling import choose_per_class, stream
 from pipeline.data.source_files import (CIFAR10_JPEG, DISPLAY_NAMES, MNIST_FOLDERS, TORCHVISION, DataSourceError,
-                                        _Found, _read_location, torchvision_dataset)
+                                        Found, read_location, torchvision_dataset)
 from pipeline.layout import shared_data_dir
 
 STREAMS = {
@@ -117,7 +117,7 @@ def load_labels(name: str, root: str | None = None) -> dict[str, np.ndarray]:
     return _find(name, root)[0].labels
 
 
-def _find(name: str, root: str | None) -> tuple[_Found, str, Path]:
+def _find(name: str, root: str | None) -> tuple[Found, str, Path]:
     """The first of root, shared copy, download cache that holds ``name``: what was found there,
     the location's name and its folder."""
     display = DISPLAY_NAMES[name]
@@ -128,18 +128,18 @@ def _find(name: str, root: str | None) -> tuple[_Found, str, Path]:
         if not Path(root).is_dir():
             raise DataNotFoundError(f"data.root = {root} is not a folder: create it with {_expected_layouts(name)} "
                                     "inside, or set data.root: null to use the offline copies or the download")
-        found = _read_location(name, Path(root), verify=False)
+        found = read_location(name, Path(root), verify=False)
         if found:
             return found, "root", Path(root)
         raise DataNotFoundError(f"data.root = {root} does not hold {display}: expected {_expected_layouts(name)} "
                                 "there, or set data.root: null to use the offline copies or the download")
     shared = shared_data_dir()
-    found = _read_location(name, shared, verify=True)
+    found = read_location(name, shared, verify=True)
     if found:
         return found, "shared", shared
     tried.append(f"offline copies in {shared}: {_expected_layouts(name)} not found")
     cache = download_dir()
-    found = _read_location(name, cache, verify=True)
+    found = read_location(name, cache, verify=True)
     if found:
         return found, "download", cache
     try:
@@ -148,7 +148,7 @@ def _find(name: str, root: str | None) -> tuple[_Found, str, Path]:
         tried.append(f"official download of {display} into {cache} "
                      f"(torchvision.datasets.{TORCHVISION[name]}): {err}")
     else:
-        found = _read_location(name, cache, verify=True)
+        found = read_location(name, cache, verify=True)
         if found:
             return found, "download", cache
         tried.append(f"official download into {cache}: finished but {_expected_layouts(name)} not found")
