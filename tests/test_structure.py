@@ -110,3 +110,14 @@ def test_no_import_loop():
         if name not in state:
             visit(name, [name])
     assert loops == [], loops
+
+
+MAX_LINES = 400
+
+
+@pytest.mark.parametrize("path", MODULES, ids=rel)
+def test_no_module_is_over_400_lines(path):
+    """A module over 400 lines holds more than one concept: split it by topic (lines counted as
+    ``wc -l`` counts them: newline characters)."""
+    lines = path.read_bytes().count(b"\n")
+    assert lines <= MAX_LINES, f"{rel(path)} has {lines} lines (at most {MAX_LINES}): split it by topic"
