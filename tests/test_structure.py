@@ -18,7 +18,7 @@ from tests.test_e2e import sh
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pipeline"
 MODULES = sorted(PACKAGE.rglob("*.py"))
-PAPER_PARTS = ["losses", "covariance", "characteristics", "perturbation", "meta_gradient"]
+PAPER_PARTS = ["losses", "covariance", "characteristics", "perturbation", "meta_gradient", "forward_primals"]
 
 
 def imports(path: Path) -> set[str]:
