@@ -54,10 +54,15 @@ def diff(p: dict[str, Any] | None) -> str:
     return text
 
 
+def seeds_of(labels: dict[str, dict[str, Any]]) -> list[int]:
+    """Every seed that any of the summarised ``labels`` ran, in order."""
+    return sorted({x for e in labels.values() for x in e["seeds"]})
+
+
 def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] | None,
                         figures: list[str]) -> str:
     primary, labels = s["primary"], s["labels"]
-    seeds = sorted({x for e in labels.values() for x in e["seeds"]})
+    seeds = seeds_of(labels)
     machine = next((e["machine"] for e in labels.values() if e.get("machine")), None) or {}
     lines = [f"# Reference runs: {name}", "",
              (f"Scenario {s['scenario']}, data {s['data']}, test metrics in %. Seeds {seeds}: each seed draws its own "
