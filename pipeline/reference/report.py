@@ -27,11 +27,12 @@ from typing import Any
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.evaluation.stats import pm
 from pipeline.layout import REFERENCE, REPORTS_DIR, json_safe
 from pipeline.params.file import Params
 from pipeline.params.reference import ReferenceExperiment
 from pipeline.reference.summary import load_records, noise_fit, outdated_records, summarise
-from pipeline.reference.tables import (_noise_fit_text, _setting_verdict, diff, experiment_markdown, pm, published_table,
+from pipeline.reference.tables import (_noise_fit_text, _setting_verdict, diff, experiment_markdown, published_table,
                                        seeds_of)
 from pipeline.reference.verdict import verdict
 

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from pipeline.data.noisy import noisy_label_distribution
+from pipeline.evaluation.stats import mean_std
 from pipeline.layout import METRICS_DIR, REFERENCE
 from pipeline.params.file import Params
 
@@ -96,13 +97,6 @@ def outdated_records(params: Params, root: Path = METRICS_DIR / REFERENCE) -> li
             out.append(f"{path} (its configuration changed: rerun python -m pipeline.stages.reference "
                        f"--experiment {key[0]} --seed {key[2]} --label {key[1]})")
     return out
-
-
-def mean_std(values: list[float]) -> dict[str, Any]:
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0 or np.isnan(v).any():
-        return {"mean": None, "std": None, "n": len(v)}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
 
 
 def paired(a: dict[int, float], b: dict[int, float], level: float = 0.95) -> dict[str, Any]:

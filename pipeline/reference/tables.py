@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from pipeline.evaluation.report import ORDER
+from pipeline.evaluation.stats import pct, pm
 
 MAX_GROUP_COLUMNS = 8  # ε per group as table columns up to this many groups
 
@@ -33,16 +34,6 @@ def _noise_fit_text(fit: dict[str, Any]) -> str:
             f"labels for a model that does not fit flipped labels one by one: "
             + ("CE did not memorise the noise on this profile" if above
                else "CE fitted flipped labels (memorised noise) on at least one seed"))
-
-
-def pct(x: float | None, digits: int = 2) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
-
-
-def pm(s: dict[str, Any]) -> str:
-    if s["mean"] is None:
-        return "—"
-    return pct(s["mean"]) if s["n"] < 2 else f"{pct(s['mean'])} ± {pct(s['std'])}"
 
 
 def diff(p: dict[str, Any] | None) -> str:
