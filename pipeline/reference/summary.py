@@ -16,12 +16,10 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from pipeline.data.noisy import noisy_label_distribution
+from pipeline.data.scenarios import SCENARIOS
 from pipeline.evaluation.stats import mean_std
 from pipeline.layout import METRICS_DIR, REFERENCE
 from pipeline.params.file import Params
-
-# The one number a scenario is judged by (the paired differences and the charts use it).
-PRIMARY = {"longtail": "acc", "noisy": "acc", "subpop": "worst_group_acc", "glt": "glt_acc"}
 
 RULES = ("selected", "final")
 
@@ -137,7 +135,7 @@ def summarise(labels: dict[str, Label], subject: str, compare: dict[str, str] | 
     is compared with), reported as paired differences where both ran."""
     first = next(iter(labels.values())).first
     scenario = first["scenario"]
-    primary = PRIMARY[scenario]
+    primary = SCENARIOS[scenario].primary  # the paired differences and the charts use it
     keys = list(first["selected"]["headline"])
     best = best_baseline(labels, subject)
     ce = labels.get("ce")
