@@ -71,7 +71,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         # ReLU modules (one per call site) so that the meta step can reuse their outputs
-        # (pipeline.methods.meta_gradient.ForwardPrimals); in place on BatchNorm outputs, as torchvision's ResNets:
+        # (pipeline.methods.forward_primals.ForwardPrimals); in place on BatchNorm outputs, as torchvision's ResNets:
         # BatchNorm's backward needs its input, not its output, so nothing saved is overwritten.
         self.relu1 = nn.ReLU(inplace=True)
         self.relu2 = nn.ReLU(inplace=True)

@@ -21,9 +21,9 @@ def log_reference_report(name: str, summary: Mapping[str, Any], report_dir: Path
     """The reference report of experiment ``name`` as one run ``<name>-reference-report`` of the
     scenario's MLflow experiment (reused when the report is rebuilt): each label's primary
     metric (validation-selected mean over seeds), the figures and the markdown page."""
-    from pipeline.params.experiment import MLFLOW_EXPERIMENT
+    from pipeline.data.scenarios import SCENARIOS
 
-    experiment = MLFLOW_EXPERIMENT[summary["scenario"]]
+    experiment = SCENARIOS[summary["scenario"]].mlflow_experiment
     with store_errors():
         exp_id = setup(experiment)
         found = MlflowClient(tracking_uri()).search_runs(

@@ -16,8 +16,8 @@ from pipeline.layout import LAST
 from pipeline.methods.losses import iada_loss
 import torch.autograd.forward_ad as fwAD
 
-from pipeline.methods.meta_gradient import (ForwardPrimals, MetaInputs, PseudoUpdate, TrainForward, meta_gradient,
-                                            stateless_forward)
+from pipeline.methods.forward_primals import ForwardPrimals
+from pipeline.methods.meta_gradient import MetaInputs, PseudoUpdate, TrainForward, meta_gradient, stateless_forward
 from pipeline.methods.perturbation import PerturbationNet
 from pipeline.networks import build_network
 from pipeline.params.experiment import NetworkConfig, config_hash

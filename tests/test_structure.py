@@ -18,7 +18,7 @@ from tests.test_e2e import sh
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pipeline"
 MODULES = sorted(PACKAGE.rglob("*.py"))
-PAPER_PARTS = ["losses", "covariance", "characteristics", "perturbation", "meta_gradient"]
+PAPER_PARTS = ["losses", "covariance", "characteristics", "perturbation", "meta_gradient", "forward_primals"]
 
 
 def imports(path: Path) -> set[str]:
@@ -110,3 +110,14 @@ def test_no_import_loop():
         if name not in state:
             visit(name, [name])
     assert loops == [], loops
+
+
+MAX_LINES = 400
+
+
+@pytest.mark.parametrize("path", MODULES, ids=rel)
+def test_no_module_is_over_400_lines(path):
+    """A module over 400 lines holds more than one concept: split it by topic (lines counted as
+    ``wc -l`` counts them: newline characters)."""
+    lines = path.read_bytes().count(b"\n")
+    assert lines <= MAX_LINES, f"{rel(path)} has {lines} lines (at most {MAX_LINES}): split it by topic"

@@ -11,21 +11,13 @@ the splits carry groups; plus the scenario's own section (``longtail``, ``noisy`
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from pipeline.params.schema import to_dict
-from pipeline.data import glt, longtail, noisy, sources, subpop
+from pipeline.data import sources
 from pipeline.data.config import DataConfig
 from pipeline.data.prepared import PreparedData
 from pipeline.data.sampling import class_counts
+from pipeline.data.scenarios import SCENARIOS
 from pipeline.data.sources import Source, load_source
-
-BUILDERS: dict[str, tuple[Callable[[Source, DataConfig], PreparedData], dict[str, str]]] = {
-    "longtail": (longtail.build_longtail, longtail.STREAMS),
-    "noisy": (noisy.build_noisy, noisy.STREAMS),
-    "subpop": (subpop.build_subpop, subpop.STREAMS),
-    "glt": (glt.build_glt, glt.STREAMS),
-}
 
 
 def prepare_dataset(cfg: DataConfig) -> PreparedData:
@@ -37,9 +29,9 @@ def prepare_dataset(cfg: DataConfig) -> PreparedData:
 
 def build_from_source(source: Source, cfg: DataConfig) -> PreparedData:
     """Build ``cfg.scenario`` from a loaded source and complete its data card."""
-    builder, streams = BUILDERS[cfg.scenario]
-    data = builder(source, cfg)
-    used = dict(streams)
+    scenario = SCENARIOS[cfg.scenario]
+    data = scenario.build(source, cfg)
+    used = dict(scenario.streams)
     if cfg.limit_per_class is not None:
         used["limit/train"] = sources.STREAMS["limit/train"]
     if cfg.test_limit_per_class is not None:

@@ -2,21 +2,21 @@
 
 Built with ``pipeline.params.schema.build(DataConfig, raw, "experiments.<name>.data")``; types,
 ``Literal`` choices and numeric bounds are checked there, the rules that tie several keys
-together in :meth:`DataConfig.__post_init__`.
+together by the scenario's ``check`` (:mod:`pipeline.data.scenarios`). The scenarios and their
+sections (``data.longtail``, ``data.noisy``...) are those registered in the scenario registry.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
-from pipeline.params.schema import ParamError, bounded
+from pipeline.data.scenarios import CIFAR_SOURCES, SCENARIOS, cifar_only, scenario_names, scenario_params
+from pipeline.params.schema import ParamError, bounded, one_of, sections
 
-Scenario = Literal["longtail", "noisy", "subpop", "glt"]
 SourceName = Literal["cifar10", "cifar100", "mnist"]
 
 SOURCE_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10}
-CIFAR_SOURCES = ("cifar10", "cifar100")
 SUBPOP_SOURCES = {"colored_mnist": ("mnist",), "cifar_border": CIFAR_SOURCES}
 SUBPOP_LABEL_NOISE = {"colored_mnist": 0.25, "cifar_border": 0.0}
 
@@ -64,6 +64,14 @@ class SubpopParams:
     label_noise: float | None = bounded(None, ge=0, lt=0.5)
     environments: list[float] | None = None
 
+    def __post_init__(self) -> None:
+        envs = self.environments
+        if envs is not None and (not envs or not all(0 <= e <= 1 for e in envs)):
+            raise ParamError(
+                f"subpop.environments = {envs!r} is not allowed: use null (one environment with "
+                f"data.subpop.correlation) or a non-empty list of colour agreements in [0, 1], "
+                f"e.g. [0.9, 0.8] for IRM's two training environments")
+
     def resolved_environments(self) -> list[float]:
         """The agreement of each training environment: ``environments``, or [``correlation``]."""
         return [self.correlation] if self.environments is None else list(self.environments)
@@ -94,10 +102,12 @@ class DataConfig:
     training pool. ``limit_per_class`` / ``test_limit_per_class``: subsample the training pool /
     test set to at most this many images per source class before anything else (tests, tiny
     profiles). ``root``: a folder holding the source data (torchvision layout or the offline-copy
-    layout); null = the shared offline copies, then the official download.
+    layout); null = the shared offline copies, then the official download. ``sections``: the
+    parameters of every registered scenario, ``data.<scenario>`` in params.yaml, read as
+    ``cfg.<scenario>`` (e.g. ``cfg.noisy.rate``).
     """
 
-    scenario: Scenario
+    scenario: str = one_of(scenario_names)
     source: SourceName
     root: str | None = None
     seed: int = bounded(0, ge=0)
@@ -105,31 +115,32 @@ class DataConfig:
     val_per_class: int = bounded(20, ge=1)
     limit_per_class: int | None = bounded(None, ge=1)
     test_limit_per_class: int | None = bounded(None, ge=1)
-    longtail: LongtailParams = field(default_factory=LongtailParams)
-    noisy: NoisyParams = field(default_factory=NoisyParams)
-    subpop: SubpopParams = field(default_factory=SubpopParams)
-    glt: GltParams = field(default_factory=GltParams)
+    sections: dict[str, Any] = sections(scenario_params)
 
     def __post_init__(self) -> None:
-        if self.scenario == "subpop":
-            allowed = SUBPOP_SOURCES[self.subpop.kind]
-            if self.source not in allowed:
-                raise ParamError(
-                    f"data.source = {self.source!r} is not allowed with data.subpop.kind = "
-                    f"{self.subpop.kind!r}: use {' or '.join(map(repr, allowed))}")
-        elif self.source not in CIFAR_SOURCES:
-            raise ParamError(
-                f"data.source = {self.source!r} is not allowed with data.scenario = "
-                f"{self.scenario!r}: use 'cifar10' or 'cifar100'")
-        envs = self.subpop.environments
-        if envs is not None and (not envs or not all(0 <= e <= 1 for e in envs)):
-            raise ParamError(
-                f"data.subpop.environments = {envs!r} is not allowed: use null (one environment with "
-                f"data.subpop.correlation) or a non-empty list of colour agreements in [0, 1], "
-                f"e.g. [0.9, 0.8] for IRM's two training environments")
-        total = self.noisy.meta_clean_total
-        classes = SOURCE_CLASSES[self.source]
-        if self.scenario == "noisy" and total is not None and total % classes:
-            raise ParamError(
-                f"data.noisy.meta_clean_total = {total} must be a multiple of the {classes} "
-                f"classes of {self.source} (the meta set is class-balanced)")
+        SCENARIOS[self.scenario].check(self)
+
+    def __getattr__(self, name: str) -> Any:
+        """A scenario's section as an attribute (``cfg.subpop``)."""
+        found = self.__dict__.get("sections", {})
+        if name in found:
+            return found[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or scenario section {name!r}")
+
+
+def check_subpop(cfg: DataConfig) -> None:
+    """The sources each subpopulation kind is built from."""
+    allowed = SUBPOP_SOURCES[cfg.subpop.kind]
+    if cfg.source not in allowed:
+        raise ParamError(f"data.source = {cfg.source!r} is not allowed with data.subpop.kind = "
+                         f"{cfg.subpop.kind!r}: use {' or '.join(map(repr, allowed))}")
+
+
+def check_noisy(cfg: DataConfig) -> None:
+    """A CIFAR source, and a clean meta set that the classes divide (it is class-balanced)."""
+    cifar_only(cfg)
+    total = cfg.noisy.meta_clean_total
+    classes = SOURCE_CLASSES[cfg.source]
+    if total is not None and total % classes:
+        raise ParamError(f"data.noisy.meta_clean_total = {total} must be a multiple of the {classes} "
+                         f"classes of {cfg.source} (the meta set is class-balanced)")

@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.data.config import DataConfig
+from pipeline.data.config import DataConfig, LongtailParams
 from pipeline.data.prepared import PreparedData
 from pipeline.data.sampling import carve_per_class, choose_per_class, class_counts, floor_tol, stream
+from pipeline.data.scenarios import Scenario, register
 from pipeline.data.sources import Source
 
 STREAMS = {
@@ -58,3 +59,7 @@ def build_longtail(source: Source, cfg: DataConfig) -> PreparedData:
         "shot_groups": shot_groups(counts),
     }
     return PreparedData(splits, card)
+
+
+register(Scenario(name="longtail", params=LongtailParams, build=build_longtail, streams=STREAMS, primary="acc",
+                  mlflow_experiment="long-tail", shot_groups=True))

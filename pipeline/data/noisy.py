@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.data.config import DataConfig
+from pipeline.data.config import DataConfig, NoisyParams, check_noisy
 from pipeline.data.prepared import PreparedData, Split
 from pipeline.data.sampling import carve_per_class, floor_tol, stream
+from pipeline.data.scenarios import Scenario, register
 from pipeline.data.sources import Source
 
 STREAMS = {
@@ -109,3 +110,9 @@ def build_noisy(source: Source, cfg: DataConfig) -> PreparedData:
         },
     }
     return PreparedData(splits, card)
+
+
+register(Scenario(
+    name="noisy", params=NoisyParams, build=build_noisy, streams=STREAMS, primary="acc",
+    mlflow_experiment="noisy-labels", check=check_noisy,
+    note="`acc`: accuracy on the clean test set (the training labels were flipped, the test labels are not)."))

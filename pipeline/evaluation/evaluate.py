@@ -22,6 +22,7 @@ import torch
 
 from pipeline.data.longtail import shot_groups
 from pipeline.data.prepared import PreparedData
+from pipeline.data.scenarios import SCENARIOS
 from pipeline.params.experiment import ExperimentConfig
 from pipeline.evaluation.metrics import group_accuracy, per_class_accuracy, predict, shot_accuracy, split_metrics
 from pipeline.evaluation.plots import plot_summary, write_history_csv, write_plot_files
@@ -30,10 +31,6 @@ from pipeline.engine.checkpoint import CheckpointError, load_checkpoint
 from pipeline.layout import BEST, HISTORY, LAST, SCORES
 from pipeline.methods import method_class
 from pipeline.networks import Head
-
-# Test-split names of the generalized long-tail protocols.
-GLT_PROTOCOLS = {"test": "clt", "test_glt": "glt", "test_alt": "alt"}
-
 
 def evaluate_weights(exp: ExperimentConfig, data: PreparedData, state_dict: dict[str, Any],
                      device: torch.device, head: Head = "linear") -> dict[str, Any]:
@@ -52,7 +49,7 @@ def prediction_metrics(scenario: str, data: PreparedData, logits: dict[str, np.n
     Every split: accuracy, macro precision, ``class_mean_acc`` = (1/C') Σ_c acc_c over the C'
     classes present (balanced accuracy) and, with groups, worst-group / average group accuracy.
     The test split also: ``per_class_acc``, ``per_group_acc`` where it has groups, and for the
-    long-tailed scenarios ``many_acc`` / ``medium_acc`` / ``few_acc`` = mean per-class test
+    scenarios with ``shot_groups`` ``many_acc`` / ``medium_acc`` / ``few_acc`` = mean per-class test
     accuracy over the classes with > 100 / 20-100 / < 20 *training* images (NaN where a shot
     group is empty).
     """
@@ -65,7 +62,7 @@ def prediction_metrics(scenario: str, data: PreparedData, logits: dict[str, np.n
     test, pred = data.splits["test"], logits["test"].argmax(1)
     per_class = per_class_accuracy(pred, test.y, data.num_classes)
     train_counts = np.bincount(data.splits["train"].y, minlength=data.num_classes)
-    if scenario in ("longtail", "glt"):
+    if SCENARIOS[scenario].shot_groups:
         out["test"].update({f"{k}_acc": v for k, v in shot_accuracy(per_class, shot_groups(train_counts)).items()})
     out["test"]["per_class_acc"] = {str(c): float(a) for c, a in enumerate(per_class)}
     if "group" in test.extras:
@@ -109,41 +106,9 @@ def epsilon_analysis(data: PreparedData, scores: dict[str, np.ndarray]) -> dict[
 
 
 def headline(scenario: str, metrics: dict[str, Any]) -> dict[str, float]:
-    """The numbers a reader of this scenario looks at first (fractions).
-
-    - subpop: ``worst_group_acc`` = min over the test groups (label, attribute) of their
-      accuracy, and ``avg_acc`` = accuracy over all test images. The test split is the test
-      environment (colour agreement ``test_correlation``; 0.1 = IRM's reversed colour), so
-      ``avg_acc`` is IRM's headline, test-environment accuracy, and no separate key is kept.
-    - glt: accuracy and macro precision per protocol: ``clt_*`` on ``test`` (class-balanced),
-      ``glt_*`` on ``test_glt`` (class- and attribute-balanced), and for ALT
-      ``alt_class_mean_acc`` = the class-mean accuracy (1/C) Σ_c acc_c on ``test_alt``
-      (attribute-balanced, classes in the training proportions) with ``alt_macro_precision``.
-      The class mean undoes the class long tail that ``test_alt`` keeps (its plain accuracy,
-      still in ``metrics["test_alt"]["acc"]``, is dominated by the head classes). It differs
-      from Tang et al.'s ALT (ECCV 2022), which trains on a *class-balanced*,
-      attribute-long-tailed set and tests on a class- and attribute-balanced one: here the
-      training set is the class-long-tailed one of CLT and GLT, and since every (class,
-      attribute) cell then weighs equally, ``alt_class_mean_acc`` estimates the same quantity as
-      ``glt_acc``, from fewer tail-class images. Tang et al.'s ALT is ``glt_acc`` of an
-      experiment with ``glt.class_imbalance_ratio: 1``.
-    - longtail, noisy: ``acc``, and for the long-tailed data ``many_acc`` / ``medium_acc`` /
-      ``few_acc``.
-    """
-    t = metrics["test"]
-    if scenario == "subpop":
-        return {"worst_group_acc": t["worst_group_acc"], "avg_acc": t["acc"]}
-    if scenario == "glt":
-        out: dict[str, float] = {}
-        for split, protocol in GLT_PROTOCOLS.items():
-            if split in metrics:
-                acc = "class_mean_acc" if protocol == "alt" else "acc"
-                out[f"{protocol}_{acc}"] = metrics[split][acc]
-                out[f"{protocol}_macro_precision"] = metrics[split]["macro_precision"]
-        return out
-    out = {"acc": t["acc"]}
-    out.update({k: t[k] for k in ("many_acc", "medium_acc", "few_acc") if k in t})
-    return out
+    """The numbers a reader of ``scenario`` looks at first (fractions): its record's ``headline``
+    (:mod:`pipeline.data.scenarios`; e.g. :func:`pipeline.data.glt.headline`)."""
+    return SCENARIOS[scenario].headline(metrics)
 
 
 def load_finished_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, np.ndarray]]:

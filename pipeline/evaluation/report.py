@@ -8,8 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from pipeline.evaluation.stats import mean_std, pm
 from pipeline.layout import OVERLAYS, metrics_file, overlay_file
 
 
@@ -35,24 +34,10 @@ ORDER = ("acc", "many_acc", "medium_acc", "few_acc", "worst_group_acc", "avg_acc
 
 
 def stats(values: list[float | None]) -> dict[str, Any]:
-    """Mean and std over seeds (ddof=1; 0 for one seed) and the number of seeds; mean and std are
-    None where the metric is undefined in any seed (``null`` in the metrics file, NaN in memory,
-    e.g. no Few-shot class in CIFAR-10-LT with rho = 100), so that the summary stays valid JSON."""
-    v = np.array([np.nan if x is None else x for x in values], dtype=float)
-    if np.isnan(v).any():
-        return {"mean": None, "std": None, "seeds": len(v)}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "seeds": len(v)}
-
-
-def mean_std(values: list[float | None]) -> str:
-    """``mean ± std`` in percent (just the value for one seed); ``—`` where undefined (None or
-    NaN in any seed)."""
-    s = stats(values)
-    if s["mean"] is None:
-        return "—"
-    if s["seeds"] == 1:
-        return f"{100 * s['mean']:.2f}"
-    return f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f}"
+    """:func:`~pipeline.evaluation.stats.mean_std` of ``values`` with their number under
+    ``seeds``, as ``reports/summary.json`` writes it."""
+    s = mean_std(values)
+    return {"mean": s["mean"], "std": s["std"], "seeds": s["n"]}
 
 
 def summarise(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
@@ -85,8 +70,8 @@ def markdown(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
         for m in runs:
             rs = runs[m]
             cells = [m, "/".join(sorted({r.get("protocol", "deferred") for r in rs})), str(len(rs))]
-            cells += [mean_std([r["final"]["headline"][k] for r in rs]) for k in keys]
-            cells += [mean_std([r["selected"]["headline"][k] for r in rs]) for k in keys]
+            cells += [pm(mean_std([r["final"]["headline"][k] for r in rs])) for k in keys]
+            cells += [pm(mean_std([r["selected"]["headline"][k] for r in rs])) for k in keys]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -139,7 +124,7 @@ def curve_rows(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
             for epoch, v in zip(curve["epoch"], curve.get(r["selection_metric"], [])):
                 values[epoch].append(v)
         for epoch, vs in values.items():
-            by_epoch[epoch][method] = stats(vs)["mean"]
+            by_epoch[epoch][method] = mean_std(vs)["mean"]
     return [{"epoch": e, **by_epoch[e]} for e in sorted(by_epoch)]
 
 
@@ -147,7 +132,7 @@ def per_class_rows(runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
     """``{"class": c, "train_images": n_c, <method>: mean over seeds of its test accuracy}`` per class."""
     counts = next(iter(runs.values()))[0]["train_class_counts"]
     return [{"class": c, "train_images": n,
-             **{m: stats([r["selected"]["test"]["per_class_acc"].get(str(c)) for r in rs])["mean"]
+             **{m: mean_std([r["selected"]["test"]["per_class_acc"].get(str(c)) for r in rs])["mean"]
                 for m, rs in runs.items()}}
             for c, n in enumerate(counts)]
 

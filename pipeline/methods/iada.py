@@ -33,8 +33,9 @@ from pipeline.methods.characteristics import CHARACTERISTICS, Characteristics, c
 from pipeline.params.schema import ParamError, bounded
 from pipeline.methods.covariance import ClassCovariance, CovarianceMode
 from pipeline.methods.losses import Direction, alpha_at, class_balanced_weights, iada_loss
-from pipeline.methods.meta_gradient import (ForwardPrimals, MetaInputs, MetaScope, PseudoStep, PseudoUpdate,
-                                            TrainForward, TrainLoss, meta_features, meta_step)
+from pipeline.methods.forward_primals import ForwardPrimals
+from pipeline.methods.meta_gradient import (MetaInputs, MetaScope, PseudoStep, PseudoUpdate, TrainForward, TrainLoss,
+                                            meta_features, meta_step)
 from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register, step_metrics
 from pipeline.networks import FeatureClassifier
 from pipeline.methods.perturbation import EpsilonSign, PerturbationNet

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register, step_metrics
-from pipeline.methods.meta_gradient import (ForwardPrimals, MetaInputs, MetaScope, PseudoUpdate, TrainForward,
-                                            meta_features, meta_step)
+from pipeline.methods.forward_primals import ForwardPrimals
+from pipeline.methods.meta_gradient import MetaInputs, MetaScope, PseudoUpdate, TrainForward, meta_features, meta_step
 from pipeline.networks import FeatureClassifier
 from pipeline.params.schema import bounded
 

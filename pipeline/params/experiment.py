@@ -12,9 +12,10 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
-from pipeline.data.config import DataConfig, Scenario
+from pipeline.data.config import DataConfig
+from pipeline.data.scenarios import SCENARIOS
 from pipeline.methods import REGISTRY, method_class
 from pipeline.networks import Arch, Precision
 from pipeline.params.schema import ParamError, bounded, build, flatten, to_dict
@@ -22,12 +23,6 @@ from pipeline.params.search import ParamSpace
 
 # Shared by every trial of an experiment (prepared data, pretrain checkpoint): not tunable.
 UNTUNABLE = ("data", "network", "pretrain_epochs", "protocol", "search")
-# The validation metric each scenario selects checkpoints (and tunes) on.
-SELECTION_METRIC = {"longtail": "val_acc", "noisy": "val_acc", "glt": "val_acc",
-                    "subpop": "val_worst_group_acc"}
-# The MLflow experiment of each scenario.
-MLFLOW_EXPERIMENT = {"longtail": "long-tail", "noisy": "noisy-labels", "subpop": "subpopulation-shift",
-                     "glt": "generalized-long-tail"}
 
 
 @dataclass
@@ -142,11 +137,11 @@ class ExperimentConfig:
 
     @property
     def selection_metric(self) -> str:
-        return SELECTION_METRIC[self.scenario]
+        return SCENARIOS[self.scenario].selection_metric
 
     @property
     def mlflow_experiment(self) -> str:
-        return MLFLOW_EXPERIMENT[self.scenario]
+        return SCENARIOS[self.scenario].mlflow_experiment
 
     def method_config(self, name: str) -> Any:
         """The method's Config as it runs: its block of params.yaml (the code defaults without one)
@@ -169,7 +164,7 @@ def run_params(exp: ExperimentConfig, method_cfg: Any) -> dict[str, Any]:
     the search space and the data sections of other scenarios, plus its own method's
     hyperparameters as ``method.<key>``."""
     settings = {k: v for k, v in to_dict(exp).items() if k not in ("methods", "search")}
-    others = set(get_args(Scenario)) - {exp.scenario}  # each scenario's data section is named after it
+    others = set(SCENARIOS) - {exp.scenario}  # each scenario's data section is named after it
     settings["data"] = {k: v for k, v in settings["data"].items() if k not in others}
     return {**flatten(settings), **{f"method.{k}": v for k, v in flatten(to_dict(method_cfg)).items()}}
 

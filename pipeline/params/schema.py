@@ -4,7 +4,10 @@ Every section of ``params.yaml`` is described by a dataclass. :func:`build` turn
 into that dataclass and rejects, with one :class:`ParamError` naming the dotted key and the
 allowed values, unknown keys, wrong types, values outside ``Literal`` choices, values outside
 the numeric bounds declared with :func:`bounded`, and any number that is not finite (NaN, ±inf).
-:func:`check_name` holds the names of experiments and studies to :data:`NAME`.
+Two kinds of field take their allowed values from a registry when the config is built, so that
+registering a new entry (a scenario) needs no edit here: :func:`one_of` (a name) and
+:func:`sections` (one sub-mapping per registered name). :func:`check_name` holds the names of
+experiments and studies to :data:`NAME`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import dataclasses
 import math
 import re
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from pipeline.errors import UserError
@@ -52,6 +55,30 @@ def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
     return dataclasses.field(default=default, metadata=meta, **kwargs)
 
 
+def one_of(choices: Callable[[], Iterable[str]], **kwargs: Any) -> Any:
+    """A string field whose allowed values are ``choices()`` when the config is built (e.g. the
+    registered scenarios); a value outside them is refused as a ``Literal`` would refuse it."""
+    return dataclasses.field(metadata={"choices": choices}, **kwargs)
+
+
+def sections(registry: Callable[[], Mapping[str, type]]) -> Any:
+    """A field holding one section per entry of ``registry()`` (name -> dataclass), built when the
+    config is: in params.yaml and in :func:`to_dict` each section is a key of the parent mapping
+    (after its other keys, in the registry's order), built with its defaults when absent, and it
+    reads as a dict ``{name: section}``."""
+    return dataclasses.field(default_factory=dict, metadata={"sections": registry})
+
+
+def keys(cls: type) -> list[str]:
+    """The keys a mapping for dataclass ``cls`` may have: its fields read from params.yaml, with a
+    :func:`sections` field replaced by the names of its sections."""
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.init:
+            out += list(f.metadata["sections"]()) if "sections" in f.metadata else [f.name]
+    return out
+
+
 def describe(tp: Any) -> str:
     """Human-readable name of an annotation, used in error messages."""
     origin = get_origin(tp)
@@ -66,7 +93,7 @@ def describe(tp: Any) -> str:
     if tp is type(None):
         return "null"
     if dataclasses.is_dataclass(tp):
-        return f"a mapping with keys {', '.join(f.name for f in dataclasses.fields(tp))}"
+        return f"a mapping with keys {', '.join(keys(tp))}"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -159,12 +186,15 @@ def build(cls: type[T], raw: Mapping[str, Any] | None, where: str) -> T:
     raw = dict(raw or {})
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(set(raw) - set(keys(cls)))
     if unknown:
-        raise ParamError(f"unknown key {where}.{unknown[0]}: allowed keys are {', '.join(fields)}")
-    kwargs = {}
+        raise ParamError(f"unknown key {where}.{unknown[0]}: allowed keys are {', '.join(keys(cls))}")
+    kwargs: dict[str, Any] = {}
     for name, f in fields.items():
         key = f"{where}.{name}"
+        if "sections" in f.metadata:
+            kwargs[name] = {s: build_section(tp, raw, s, f"{where}.{s}") for s, tp in f.metadata["sections"]().items()}
+            continue
         if name not in raw:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ParamError(f"missing key {key}: it must be {describe(hints[name])}")
@@ -172,6 +202,8 @@ def build(cls: type[T], raw: Mapping[str, Any] | None, where: str) -> T:
         _check_finite(raw[name], key)
         value = convert(hints[name], raw[name], key)
         _check_bounds(value, f.metadata, key)
+        if "choices" in f.metadata and value not in (allowed := list(f.metadata["choices"]())):
+            raise ParamError(f"{key} = {value!r} is not allowed: use one of {', '.join(map(repr, allowed))}")
         kwargs[name] = value
     try:
         obj = cls(**kwargs)
@@ -185,13 +217,30 @@ def build(cls: type[T], raw: Mapping[str, Any] | None, where: str) -> T:
     return obj
 
 
+def build_section(cls: type, raw: Mapping[str, Any], name: str, where: str) -> Any:
+    """Section ``name`` of a :func:`sections` field: ``raw[name]`` as ``cls``, or its defaults."""
+    if name not in raw:
+        return build(cls, {}, where)
+    _check_finite(raw[name], where)
+    return convert(cls, raw[name], where)
+
+
 def to_dict(obj: Any, *, hashing: bool = False) -> Any:
     """Plain-data view of a config (for logging, hashing and MLflow params); fields that are not
     read from params.yaml (``init=False``, e.g. an experiment's name) are left out, and with
-    ``hashing`` also ``added`` fields at their default (see :func:`bounded`)."""
+    ``hashing`` also ``added`` fields at their default (see :func:`bounded`); a :func:`sections`
+    field gives its sections as keys of their own."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name), hashing=hashing) for f in dataclasses.fields(obj)
-                if f.init and not (hashing and f.metadata.get("added") and getattr(obj, f.name) == f.default)}
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if not f.init or (hashing and f.metadata.get("added") and value == f.default):
+                continue
+            if "sections" in f.metadata:
+                out.update({k: to_dict(v, hashing=hashing) for k, v in value.items()})
+            else:
+                out[f.name] = to_dict(value, hashing=hashing)
+        return out
     if isinstance(obj, dict):
         return {k: to_dict(v, hashing=hashing) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

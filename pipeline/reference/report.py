@@ -27,11 +27,13 @@ from typing import Any
 import yaml
 
 from pipeline.errors import UserError
+from pipeline.evaluation.stats import pm
 from pipeline.layout import REFERENCE, REPORTS_DIR, json_safe
 from pipeline.params.file import Params
 from pipeline.params.reference import ReferenceExperiment
 from pipeline.reference.summary import load_records, noise_fit, outdated_records, summarise
-from pipeline.reference.tables import _noise_fit_text, _setting_verdict, diff, experiment_markdown, pm, published_table
+from pipeline.reference.tables import (_noise_fit_text, _setting_verdict, diff, experiment_markdown, published_table,
+                                       seeds_of)
 from pipeline.reference.verdict import verdict
 
 REPORT_DIR = REPORTS_DIR / REFERENCE
@@ -107,11 +109,11 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
         rows = published.get(s["scenario"])
         if rows and any("best_epoch_on_test" in e for e in s["labels"].values()):
             lines += [f"Calibration on **{name}** against the published numbers:", "",
-                      *published_table(s["labels"], rows, len(_seeds(s)), ran_only=True), ""]
+                      *published_table(s["labels"], rows, len(seeds_of(s["labels"])), ran_only=True), ""]
     lines += [("Every experiment's tables (each label's metrics, paired differences, ablations, the learned ε, "
                "published vs ours) and figures:"), ""]
     for name, s in summaries.items():
-        seeds = ", ".join(map(str, _seeds(s)))
+        seeds = ", ".join(map(str, seeds_of(s["labels"])))
         lines.append(f"- **{name}** ({s['scenario']}, {s['data']}; seeds {seeds}; {coverage(name, s, params)}): "
                      f"[reports/reference/{name}.md](reports/reference/{name}.md)")
     lines.append("")
@@ -121,10 +123,6 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
                        "has finished yet."), ""]
     lines.append(END)
     return "\n".join(lines)
-
-
-def _seeds(s: dict[str, Any]) -> list[int]:
-    return sorted({x for e in s["labels"].values() for x in e["seeds"]})
 
 
 def replace_section(text: str, section: str) -> str:

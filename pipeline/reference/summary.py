@@ -16,11 +16,10 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from pipeline.data.noisy import noisy_label_distribution
+from pipeline.data.scenarios import SCENARIOS
+from pipeline.evaluation.stats import mean_std
 from pipeline.layout import METRICS_DIR, REFERENCE
 from pipeline.params.file import Params
-
-# The one number a scenario is judged by (the paired differences and the charts use it).
-PRIMARY = {"longtail": "acc", "noisy": "acc", "subpop": "worst_group_acc", "glt": "glt_acc"}
 
 RULES = ("selected", "final")
 
@@ -98,13 +97,6 @@ def outdated_records(params: Params, root: Path = METRICS_DIR / REFERENCE) -> li
     return out
 
 
-def mean_std(values: list[float]) -> dict[str, Any]:
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0 or np.isnan(v).any():
-        return {"mean": None, "std": None, "n": len(v)}
-    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
-
-
 def paired(a: dict[int, float], b: dict[int, float], level: float = 0.95) -> dict[str, Any]:
     """Mean of d_s = a_s − b_s over the seeds both have, with its t-interval at ``level`` (None for
     one seed: no interval can be given)."""
@@ -143,7 +135,7 @@ def summarise(labels: dict[str, Label], subject: str, compare: dict[str, str] | 
     is compared with), reported as paired differences where both ran."""
     first = next(iter(labels.values())).first
     scenario = first["scenario"]
-    primary = PRIMARY[scenario]
+    primary = SCENARIOS[scenario].primary  # the paired differences and the charts use it
     keys = list(first["selected"]["headline"])
     best = best_baseline(labels, subject)
     ce = labels.get("ce")

@@ -6,22 +6,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from pipeline.data.scenarios import SCENARIOS
 from pipeline.evaluation.report import ORDER
+from pipeline.evaluation.stats import pct, pm
 
 MAX_GROUP_COLUMNS = 8  # ε per group as table columns up to this many groups
-
-# What a scenario's headline keys mean, said on its page.
-SCENARIO_NOTES = {
-    "glt": ("Tang et al.'s protocols: `clt_acc` (CLT) on a class-balanced test set, `glt_acc` (GLT) on a test "
-            "set balanced over classes and attributes, both after training on the class- and attribute-long-"
-            "tailed set; `alt_class_mean_acc` is the class-mean accuracy on an attribute-balanced test set that "
-            "keeps the class long tail. Tang et al.'s ALT trains on a class-balanced, attribute-long-tailed set: "
-            "it is `glt_acc` of the experiment whose data has `class_imbalance_ratio: 1` (`glt_alt_ref`)."),
-    "subpop": ("`worst_group_acc`: the lowest accuracy over the test groups (label, colour); `avg_acc`: accuracy "
-               "on the whole test environment (colour agreement reversed: IRM's test accuracy). Selection uses "
-               "the validation worst group, which is small, so selected and final differ more here."),
-    "noisy": "`acc`: accuracy on the clean test set (the training labels were flipped, the test labels are not).",
-}
 
 
 def _noise_fit_text(fit: dict[str, Any]) -> str:
@@ -35,16 +24,6 @@ def _noise_fit_text(fit: dict[str, Any]) -> str:
                else "CE fitted flipped labels (memorised noise) on at least one seed"))
 
 
-def pct(x: float | None, digits: int = 2) -> str:
-    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
-
-
-def pm(s: dict[str, Any]) -> str:
-    if s["mean"] is None:
-        return "—"
-    return pct(s["mean"]) if s["n"] < 2 else f"{pct(s['mean'])} ± {pct(s['std'])}"
-
-
 def diff(p: dict[str, Any] | None) -> str:
     if p is None or p["mean"] is None:
         return ""
@@ -54,10 +33,15 @@ def diff(p: dict[str, Any] | None) -> str:
     return text
 
 
+def seeds_of(labels: dict[str, dict[str, Any]]) -> list[int]:
+    """Every seed that any of the summarised ``labels`` ran, in order."""
+    return sorted({x for e in labels.values() for x in e["seeds"]})
+
+
 def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] | None,
                         figures: list[str]) -> str:
     primary, labels = s["primary"], s["labels"]
-    seeds = sorted({x for e in labels.values() for x in e["seeds"]})
+    seeds = seeds_of(labels)
     machine = next((e["machine"] for e in labels.values() if e.get("machine")), None) or {}
     lines = [f"# Reference runs: {name}", "",
              (f"Scenario {s['scenario']}, data {s['data']}, test metrics in %. Seeds {seeds}: each seed draws its own "
@@ -66,8 +50,9 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
              "*deferred*: trained from the seed's CE pretraining; *scratch*: the whole schedule from a random "
              f"initialisation. Trained on {machine.get('cpu', '?')} ({'with' if machine.get('avx512') else 'without'}"
              f" AVX-512, torch threads: {machine.get('threads', '?')})."), ""]
-    if s["scenario"] in SCENARIO_NOTES:
-        lines += [SCENARIO_NOTES[s["scenario"]], ""]
+    note = SCENARIOS[s["scenario"]].note  # what its headline keys mean
+    if note:
+        lines += [note, ""]
     keys = sorted((k for k in next(iter(labels.values()))["selected"] if not k.startswith("vs_")),
                   key=lambda k: (k != primary, ORDER.index(k) if k in ORDER else len(ORDER), k))
     # a metric undefined for every run (few-shot accuracy where no class has under 20 images) is

@@ -19,10 +19,9 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from pipeline.evaluation.stats import mean_std, pct, pm
 from pipeline.params.budget import budget_study_names, find_plan, tuned_label
 from pipeline.params.file import Params
-from pipeline.reference.summary import mean_std
-from pipeline.reference.tables import pct, pm
 from pipeline.tuning.budget import DEFAULT_ATTR
 from pipeline.tuning.storage import open_storage
 

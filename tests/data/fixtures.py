@@ -15,7 +15,8 @@ from PIL import Image
 
 from pipeline.params.schema import build
 from pipeline.data.config import DataConfig
-from pipeline.data.sources import CIFAR10_JPEG, Source, load_labels
+from pipeline.data.source_files import CIFAR10_JPEG
+from pipeline.data.sources import Source, load_labels
 from pipeline.layout import shared_data_dir
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

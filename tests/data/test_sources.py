@@ -20,16 +20,10 @@ from fixtures import (
 )
 
 from pipeline.params.schema import ParamError
-from pipeline.data import sources
+from pipeline.data import source_files, sources
 from pipeline.data.build import prepare_dataset
-from pipeline.data.sources import (
-    CIFAR10_JPEG,
-    CIFAR10_JPEG_SHA256,
-    ChecksumError,
-    DataNotFoundError,
-    DataSourceError,
-    load_source,
-)
+from pipeline.data.source_files import CIFAR10_JPEG, CIFAR10_JPEG_SHA256, ChecksumError, DataSourceError
+from pipeline.data.sources import DataNotFoundError, load_source
 from pipeline.layout import shared_data_dir
 
 REAL_SHARED = shared_data_dir()  # taken before any test points META_IADA_SHARED_DATA elsewhere
@@ -125,13 +119,13 @@ def test_a_cifar_batch_that_is_not_a_dict_is_one_clear_error(tmp_path, isolated)
 def test_jpeg_tarball_decodes_only_the_chosen_files(tmp_path, isolated, monkeypatch):
     colours = write_jpeg_tarball(tmp_path / "root", train_per_class=5, test_per_class=2)
     decoded = []
-    decode = sources.decode_jpegs
+    decode = source_files.decode_jpegs
 
     def counting_decode(path, members):
         decoded.append(len(members))
         return decode(path, members)
 
-    monkeypatch.setattr(sources, "decode_jpegs", counting_decode)
+    monkeypatch.setattr(source_files, "decode_jpegs", counting_decode)
     source = load_source("cifar10", str(tmp_path / "root"), limit_per_class=2)
     assert decoded == [20, 20]  # 2 per class of the training split, the whole test split
     assert source.provenance["dataset"] == "CIFAR-10 (JPEG)"
@@ -264,7 +258,7 @@ def test_shared_mnist_checksums_are_of_the_uncompressed_bytes(isolated):
         pytest.skip("shared MNIST not present")
     shared, _ = isolated
     (shared / "mnist").mkdir(parents=True)
-    for file in sources.MNIST_FILES:
+    for file in source_files.MNIST_FILES:
         data = gzip.decompress((REAL_SHARED / "mnist" / f"{file}.gz").read_bytes())
         (shared / "mnist" / f"{file}.gz").write_bytes(gzip.compress(data, compresslevel=1, mtime=0))
     source = load_source("mnist", limit_per_class=1, test_limit_per_class=1)

@@ -16,8 +16,9 @@ from torch import nn
 
 from pipeline.params.schema import build
 from pipeline.methods.losses import iada_loss
-from pipeline.methods.meta_gradient import (ForwardPrimals, MetaInputs, PseudoUpdate, TrainForward, TrainLoss,
-                                            _batch_norm_tangent, meta_gradient, meta_step, pseudo_update)
+from pipeline.methods.forward_primals import ForwardPrimals, _batch_norm_tangent
+from pipeline.methods.meta_gradient import (MetaInputs, PseudoUpdate, TrainForward, TrainLoss, meta_gradient, meta_step,
+                                            pseudo_update)
 from pipeline.methods import Batch, StepContext, TrainInfo
 from pipeline.methods.iada import MetaIADA, MetaIADAConfig
 from pipeline.networks import FeatureClassifier, build_network

@@ -17,7 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.methods.meta_gradient import ForwardPrimals, MetaInputs, PseudoUpdate, TrainForward, meta_gradient
+from pipeline.methods.forward_primals import ForwardPrimals
+from pipeline.methods.meta_gradient import MetaInputs, PseudoUpdate, TrainForward, meta_gradient
 from pipeline.networks import build_network
 from tests.methods.test_meta_gradient import (TinyCNN, assert_matches_finite_differences, meta_objective,
                                               problem)
