@@ -24,7 +24,7 @@ split per seed::
 
     data/prepared/reference/<experiment>/split<k>/   the split of data.seed = k
     models/reference/<experiment>/s<seed>/<label>/   its runs (not committed)
-    metrics/reference/<experiment>/<label>-s<seed>.json   each run's metrics (committed)
+    reference/metrics/<experiment>/<label>-s<seed>.json   each run's metrics (committed)
     plots/reference/<experiment>/<label>-s<seed>/    its plot data and figures (logged to MLflow)
     reports/reference/                               tables and figures rebuilt from them
 
@@ -55,6 +55,7 @@ STUDIES_DIR = Path("studies")
 REFERENCE = "reference"  # the reference sweep's sub-folder of data/prepared, models, metrics, reports
 REFERENCE_DVC_FILE = Path(REFERENCE) / "dvc.yaml"  # its stages, generated from the params
 REFERENCE_SYNC_FILE = Path(REFERENCE) / "in_sync"  # written by the stage that checks them against the params
+REFERENCE_METRICS_DIR = Path(REFERENCE) / "metrics"  # the reference runs' committed metrics
 
 PRETRAIN = "pretrain"  # the run folder (and MLflow label) of the CE pretraining
 # The files of a run folder.
@@ -160,8 +161,11 @@ def reference_tree(experiment: str, split_seed: int) -> Tree:
 
 
 def reference_metrics_file(experiment: str, label: str, seed: int) -> Path:
-    """``metrics/reference/<experiment>/<label>-s<seed>.json`` (committed)."""
-    return METRICS_DIR / REFERENCE / experiment / f"{run_label(label, seed)}.json"
+    """``reference/metrics/<experiment>/<label>-s<seed>.json`` (committed), beside the stages that
+    write them: not under ``metrics/``, which the default pipeline's report stage depends on as a
+    whole (a DVC out inside a stage's directory dependency makes its stage upstream, so plain
+    ``dvc repro`` would train every missing reference run)."""
+    return REFERENCE_METRICS_DIR / experiment / f"{run_label(label, seed)}.json"
 
 
 def reference_plots_dir(experiment: str, label: str, seed: int) -> Path:

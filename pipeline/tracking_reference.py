@@ -1,6 +1,6 @@
 """The reference sweep's results in MLflow (the reference side of :mod:`pipeline.tracking`): each
 experiment's report as one run of its scenario's experiment, and each committed metrics record
-(``metrics/reference/<experiment>/<label>-s<seed>.json``) as its own run of the experiment
+(``reference/metrics/<experiment>/<label>-s<seed>.json``) as its own run of the experiment
 ``reference-<experiment>``, so that MLflow's compare view lines up methods, variants and seeds."""
 
 from __future__ import annotations

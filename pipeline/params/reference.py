@@ -1,5 +1,5 @@
 """The ``reference:`` section of ``params.yaml``: the reference sweep (``python -m
-pipeline.stages.reference run``), whose metrics are committed under ``metrics/reference/`` and
+pipeline.stages.reference run``), whose metrics are committed under ``reference/metrics/`` and
 whose tables and figures (``reports/reference/``) are rebuilt from them without retraining.
 
     reference:

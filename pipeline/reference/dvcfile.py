@@ -59,6 +59,54 @@ SYNC_DEPS = (
     "pipeline/stages/reference_sync.py",
 )
 
+# What the report stage depends on: the committed metrics, the published numbers, the params and
+# the import closure of `python -m pipeline.stages.reference_report` (held to it by a test).
+REPORT_DEPS = (
+    "reference/metrics",
+    "docs/published.yaml",
+    "params.yaml",
+    "params",
+    "pipeline/methods",
+    "pipeline/params",
+    "pipeline/__init__.py",
+    "pipeline/data/__init__.py",
+    "pipeline/data/config.py",
+    "pipeline/data/glt.py",
+    "pipeline/data/loader.py",
+    "pipeline/data/longtail.py",
+    "pipeline/data/noisy.py",
+    "pipeline/data/prepared.py",
+    "pipeline/data/sampling.py",
+    "pipeline/data/scenarios.py",
+    "pipeline/data/source_files.py",
+    "pipeline/data/sources.py",
+    "pipeline/data/subpop.py",
+    "pipeline/engine/__init__.py",
+    "pipeline/engine/checkpoint.py",
+    "pipeline/errors.py",
+    "pipeline/evaluation/__init__.py",
+    "pipeline/evaluation/metrics.py",
+    "pipeline/evaluation/plots.py",
+    "pipeline/evaluation/report.py",
+    "pipeline/evaluation/stats.py",
+    "pipeline/layout.py",
+    "pipeline/networks.py",
+    "pipeline/reference/__init__.py",
+    "pipeline/reference/figures.py",
+    "pipeline/reference/plan.py",
+    "pipeline/reference/report.py",
+    "pipeline/reference/summary.py",
+    "pipeline/reference/tables.py",
+    "pipeline/reference/verdict.py",
+    "pipeline/stages/__init__.py",
+    "pipeline/stages/common.py",
+    "pipeline/stages/reference_report.py",
+    "pipeline/tracking.py",
+    "pipeline/tracking_models.py",
+    "pipeline/tracking_names.py",
+    "pipeline/tracking_reference.py",
+)
+
 HEADER = f"""\
 # The reference sweeps as DVC stages: one stage per run (an experiment's label, one seed) of the
 # `reference:` params. GENERATED from the params by `{SYNC_COMMAND}`: do not edit.
@@ -67,6 +115,7 @@ HEADER = f"""\
 #   dvc repro reference/dvc.yaml:run@lt_ref.ce.s0          one run (resumes an interrupted one)
 #   dvc repro --glob 'reference/dvc.yaml:run@lt_paper.*.s0'   a seed of an experiment
 #   dvc exp run --queue reference/dvc.yaml:run@<key> ...; dvc queue start -j 2   two at a time
+#   dvc repro --single-item reference/dvc.yaml:report     the tables from the committed metrics
 #
 # A run's command carries the hash of its configuration, so a changed hyperparameter makes just
 # the runs it touches stale; the code is not a dependency (docs/pipeline.md, "Reference sweeps").
@@ -101,7 +150,13 @@ def render(jobs: list[Job]) -> str:
               "      deps:", f"        - {REFERENCE_SYNC_FILE}",
               "      outs:", "        - ${item.metrics}:",
               "            cache: false  # committed",
-              "            persist: true  # a finished run's file is kept; the command skips a run it holds"]
+              "            persist: true  # a finished run's file is kept; the command skips a run it holds",
+              "",
+              "  # The tables and figures from the committed metrics (no training when every run is done;",
+              "  # python -m pipeline.stages.reference_report also rewrites the README's results).",
+              "  report:", "    wdir: ..", "    cmd: python -m pipeline.stages.reference_report --no-readme", "    deps:"]
+    lines += [f"      - {dep}" for dep in REPORT_DEPS]
+    lines += ["    outs:", "      - reports/reference:", "          cache: false  # committed: the tables and figures the README links"]
     return "\n".join(lines) + "\n"
 
 

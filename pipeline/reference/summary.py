@@ -18,7 +18,7 @@ from scipy import stats as scipy_stats
 from pipeline.data.noisy import noisy_label_distribution
 from pipeline.data.scenarios import SCENARIOS
 from pipeline.evaluation.stats import mean_std
-from pipeline.layout import METRICS_DIR, REFERENCE
+from pipeline.layout import REFERENCE_METRICS_DIR
 from pipeline.params.file import Params
 
 RULES = ("selected", "final")
@@ -63,8 +63,8 @@ class Label:
         return float(np.mean(list(self.val_values().values())))
 
 
-def load_records(root: Path = METRICS_DIR / REFERENCE) -> dict[str, dict[str, Label]]:
-    """``{experiment: {label: Label}}`` from ``metrics/reference/<experiment>/*.json``."""
+def load_records(root: Path = REFERENCE_METRICS_DIR) -> dict[str, dict[str, Label]]:
+    """``{experiment: {label: Label}}`` from ``reference/metrics/<experiment>/*.json``."""
     from pipeline.reference.plan import read_record
 
     out: dict[str, dict[str, Label]] = {}
@@ -75,7 +75,7 @@ def load_records(root: Path = METRICS_DIR / REFERENCE) -> dict[str, dict[str, La
     return out
 
 
-def outdated_records(params: Params, root: Path = METRICS_DIR / REFERENCE) -> list[str]:
+def outdated_records(params: Params, root: Path = REFERENCE_METRICS_DIR) -> list[str]:
     """Metrics files of a sweep in ``params.reference`` that its params no longer produce: a run
     whose configuration changed since (a default, a hyperparameter, the profile), or a label or
     seed the sweep no longer has. Their numbers would be reported under today's params."""

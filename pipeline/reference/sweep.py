@@ -1,6 +1,6 @@
 """Run the reference sweep: every label of a reference experiment for every seed, each seed on
 its own split (``reference.split: per_seed``), and keep each run's metrics in
-``metrics/reference/<experiment>/<label>-s<seed>.json``.
+``reference/metrics/<experiment>/<label>-s<seed>.json``.
 
 Rerunning the same command continues a stopped sweep: a run whose metrics file holds the same
 configuration is skipped, an interrupted training resumes from its ``last.pt`` (same

@@ -6,7 +6,7 @@ Per method: the validation value of its default config (the budget's first trial
 (:func:`select`: the arg-max of the trial values, which are validation values; the objective never
 loads a test split), and the test headline on the reported seeds of the default label
 (``<method>``) and, once the reference sweep has rerun it, of ``<method>-tuned``: mean ± std
-over seeds, from ``metrics/reference/<experiment>/`` records that match today's params.
+over seeds, from ``reference/metrics/<experiment>/`` records that match today's params.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What a tuning budget costs, estimated from committed files: each method's seconds per epoch
 are the mean of the ``epoch_seconds`` curves of its reference records
-(``metrics/reference/<experiment>/<method>-s<seed>.json``, the reported seeds), times the
+(``reference/metrics/<experiment>/<method>-s<seed>.json``, the reported seeds), times the
 epochs of a trial and the budget's trials; the tuning seed's CE pretraining costs
 ``pretrain_epochs`` epochs at CE's seconds per epoch; rerunning the chosen configs costs each
 method's epochs on every reported seed. An estimate: the records' machine (named
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.layout import METRICS_DIR, REFERENCE
+from pipeline.layout import REFERENCE_METRICS_DIR
 from pipeline.params.file import Params
 from pipeline.reference.plan import read_record
 
@@ -33,7 +33,7 @@ class Pace:
     machines: set[str]
 
 
-def pace(experiment: str, label: str, root: Path = METRICS_DIR / REFERENCE) -> Pace:
+def pace(experiment: str, label: str, root: Path = REFERENCE_METRICS_DIR) -> Pace:
     """Mean seconds per epoch of ``label``'s committed records of ``experiment``, over every seed."""
     seconds, machines = [], set()
     for path in sorted((root / experiment).glob(f"{label}-s*.json")):
@@ -49,7 +49,7 @@ def pace(experiment: str, label: str, root: Path = METRICS_DIR / REFERENCE) -> P
     return Pace(label, float(np.mean(seconds)), machines)
 
 
-def cost_markdown(params: Params, budget: str, root: Path = METRICS_DIR / REFERENCE) -> str:
+def cost_markdown(params: Params, budget: str, root: Path = REFERENCE_METRICS_DIR) -> str:
     """The estimate as a markdown table: per method, then the pretraining and the total (CPU hours)."""
     cfg = params.tune.budgets[budget]
     exp = params.experiment(cfg.experiment)

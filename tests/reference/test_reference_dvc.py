@@ -58,14 +58,27 @@ def test_the_lock_records_every_committed_metrics_file():
         assert f"--config {job.config[:dvcfile.HASH_CHARS]}" in entry["cmd"]
 
 
-def test_the_sync_stage_depends_on_the_params_and_its_import_closure():
-    want = {str(p) for p in closure("pipeline.stages.reference_sync")}
-    deps = [d for d in dvcfile.SYNC_DEPS if d.startswith("pipeline")]
-    covered = {f for f in want if any(f == d or f.startswith(d + "/") for d in deps)}
-    assert covered == want, f"add to SYNC_DEPS: {sorted(want - covered)}"
-    dead = [d for d in deps if not any(f == d or f.startswith(d + "/") for f in want)]
-    assert not dead, f"SYNC_DEPS lists what the sync stage does not import: {dead}"
-    assert {"params.yaml", "params"} <= set(dvcfile.SYNC_DEPS)  # every params file
+@pytest.mark.parametrize("deps, module", [(dvcfile.SYNC_DEPS, "pipeline.stages.reference_sync"),
+                                          (dvcfile.REPORT_DEPS, "pipeline.stages.reference_report")])
+def test_the_sync_and_report_stages_depend_on_the_params_and_their_import_closure(deps, module):
+    want = {str(p) for p in closure(module)}
+    code = [d for d in deps if d.startswith("pipeline")]
+    covered = {f for f in want if any(f == d or f.startswith(d + "/") for d in code)}
+    assert covered == want, f"add to the deps of {module}: {sorted(want - covered)}"
+    dead = [d for d in code if not any(f == d or f.startswith(d + "/") for f in want)]
+    assert not dead, f"deps that {module} does not import: {dead}"
+    assert {"params.yaml", "params"} <= set(deps)  # every params file
+
+
+def test_no_stage_of_the_default_pipeline_is_downstream_of_a_reference_run():
+    """A DVC output inside a stage's directory dependency makes the output's stage upstream of it:
+    a reference run's metrics file under a folder the default pipeline depends on would make plain
+    `dvc repro` (make repro) train every missing reference run."""
+    outs = [str(j.metrics_file) for j in plan(load_params(ROOT / "params.yaml"))]
+    for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        for dep in stage.get("deps", []):
+            dep = str(dep).split("${")[0].rstrip("/")
+            assert not any(out == dep or out.startswith(dep + "/") for out in outs), (name, dep)
 
 
 def test_out_of_sync_says_what_changed(tmp_path):
@@ -107,8 +120,8 @@ def test_dvc_runs_a_run_skips_it_after_and_finds_stale_only_what_a_change_touche
 
     first = sh(["dvc", "repro", ce], dst, env, timeout=600).stdout
     assert "Running stage 'reference/dvc.yaml:run@tiny.ce.s0'" in first, first
-    assert (dst / "metrics/reference/tiny/ce-s0.json").is_file()
-    assert not (dst / "metrics/reference/tiny/meta_iada-s0.json").exists()  # only the target ran
+    assert (dst / "reference/metrics/tiny/ce-s0.json").is_file()
+    assert not (dst / "reference/metrics/tiny/meta_iada-s0.json").exists()  # only the target ran
     status = sh(["dvc", "status", "reference/dvc.yaml"], dst, env).stdout
     assert "run@tiny.meta_iada.s0" in status and "run@tiny.ce.s0" not in status, status
     again = sh(["dvc", "repro", ce], dst, env, timeout=600).stdout

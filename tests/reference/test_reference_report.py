@@ -114,7 +114,7 @@ def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for r in [record(lab, s, acc + 0.01 * s, val, epsilon=lab == "meta_iada")
               for lab, acc, val in (("ce", 0.5, 0.5), ("la", 0.6, 0.62), ("meta_iada", 0.55, 0.6)) for s in range(2)]:
-        write_record(r, Path("metrics/reference/exp") / f"{r['label']}-s{r['seed']}.json")
+        write_record(r, Path("reference/metrics/exp") / f"{r['label']}-s{r['seed']}.json")
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs/published.yaml").write_text((ROOT / "docs/published.yaml").read_text())
     Path("README.md").write_text(f"# Title\n\nbefore\n\n{report.BEGIN}\nold numbers\n{report.END}\n\nafter\n")
@@ -159,7 +159,7 @@ def test_report_rebuilds_tables_figures_and_the_readme_section_from_metrics_alon
 
 def test_check_finds_a_report_older_than_its_metrics(project):
     build_reports(project)
-    f = Path("metrics/reference/exp/la-s1.json")
+    f = Path("reference/metrics/exp/la-s1.json")
     r = json.loads(f.read_text())
     r["selected"]["headline"]["acc"] = 0.9
     write_record(r, f)
@@ -182,7 +182,7 @@ def test_metrics_that_params_yaml_no_longer_produces_stop_the_report(project):
     job = plan(project, ["lt_ref"], [0], ["ce"])[0]
     r = record("ce", 0, 0.6, 0.6)
     r.update(experiment="lt_ref", config=job.config)
-    f = Path("metrics/reference/lt_ref/ce-s0.json")
+    f = Path("reference/metrics/lt_ref/ce-s0.json")
     write_record(r, f)
     build_reports(project)  # today's configuration: reported
     assert "lt_ref" in json.loads(Path("reports/reference/summary.json").read_text())
@@ -191,7 +191,7 @@ def test_metrics_that_params_yaml_no_longer_produces_stop_the_report(project):
     with pytest.raises(UserError, match=r"lt_ref/ce-s0.json \(its configuration changed: rerun .*--seed 0 --label ce"):
         build_reports(project)
     write_record(r, f)
-    write_record({**r, "label": "meta_iada-dropped"}, Path("metrics/reference/lt_ref/meta_iada-dropped-s0.json"))
+    write_record({**r, "label": "meta_iada-dropped"}, Path("reference/metrics/lt_ref/meta_iada-dropped-s0.json"))
     with pytest.raises(UserError, match="meta_iada-dropped-s0.json .label 'meta_iada-dropped', seed 0 is no run"):
         build_reports(project)
 
@@ -328,7 +328,7 @@ def test_a_hand_edited_or_truncated_metrics_file_is_one_error_naming_it(project,
     from pipeline.stages.reference_report import main
 
     build_reports(project)
-    f = Path("metrics/reference/exp/la-s1.json")
+    f = Path("reference/metrics/exp/la-s1.json")
     good = f.read_text()
     f.write_text(good.replace('"acc": 0.61', '"acc": 0.91', 1))
     assert f.read_text() != good

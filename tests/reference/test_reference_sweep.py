@@ -49,14 +49,14 @@ def swept(tmp_path_factory):
 
 def test_one_metrics_file_per_run_with_its_identity_and_curve(swept, monkeypatch):
     monkeypatch.chdir(swept)
-    files = sorted(p.name for p in Path("metrics/reference/tiny").glob("*.json"))
+    files = sorted(p.name for p in Path("reference/metrics/tiny").glob("*.json"))
     assert files == ["ce-s0.json", "ce-s1.json", "ce-scratch-s0.json", "ce-scratch-s1.json",
                      "meta_iada-s0.json", "meta_iada-s1.json"]
-    r = json.loads(Path("metrics/reference/tiny/ce-scratch-s1.json").read_text())
+    r = json.loads(Path("reference/metrics/tiny/ce-scratch-s1.json").read_text())
     assert (r["label"], r["method"], r["seed"], r["split_seed"]) == ("ce-scratch", "ce", 1, 1)
     assert r["protocol"] == "scratch" and r["changed"] == {"protocol": "scratch"}
     assert r["curve"]["epoch"] == [0, 1, 2]  # the whole schedule from a random init
-    deferred = json.loads(Path("metrics/reference/tiny/meta_iada-s1.json").read_text())
+    deferred = json.loads(Path("reference/metrics/tiny/meta_iada-s1.json").read_text())
     assert deferred["protocol"] == "deferred" and deferred["curve"]["epoch"] == [2]
     assert "epsilon" in deferred and sum(deferred["train_class_counts"]) > 0
     assert {"final", "selected"} <= set(r) and r["machine"]["threads"] >= 1
@@ -97,12 +97,12 @@ def test_a_stopped_sweep_continues_where_it_stopped(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "run_job", stop_at_the_second)
     with pytest.raises(KeyboardInterrupt):
         sweep.run(params, sweep.plan(params), device="cpu", track=False)
-    first = Path("metrics/reference/tiny/ce-s0.json")
+    first = Path("reference/metrics/tiny/ce-s0.json")
     stamp = first.stat().st_mtime_ns
-    assert not Path("metrics/reference/tiny/meta_iada-s0.json").exists()
+    assert not Path("reference/metrics/tiny/meta_iada-s0.json").exists()
     monkeypatch.setattr(sweep, "run_job", real)
     sweep.run(params, sweep.plan(params), device="cpu", track=False)
-    assert Path("metrics/reference/tiny/meta_iada-s0.json").is_file() and first.stat().st_mtime_ns == stamp
+    assert Path("reference/metrics/tiny/meta_iada-s0.json").is_file() and first.stat().st_mtime_ns == stamp
 
 
 def test_a_profile_without_pretraining_runs_every_method_from_one_shared_init(tmp_path, monkeypatch):
@@ -115,7 +115,7 @@ def test_a_profile_without_pretraining_runs_every_method_from_one_shared_init(tm
     params = parse_params(raw)
     sweep.run(params, sweep.plan(params), device="cpu", track=False)
     for label in ("ce", "meta_iada"):
-        r = json.loads(Path(f"metrics/reference/tiny/{label}-s0.json").read_text())
+        r = json.loads(Path(f"reference/metrics/tiny/{label}-s0.json").read_text())
         assert r["curve"]["epoch"] == [0, 1]  # the whole schedule (recorded as "scratch": no CE epochs)
 
 
@@ -143,9 +143,9 @@ def test_a_variant_that_changes_the_pretraining_gets_its_own(tmp_path, monkeypat
     for label, epochs in (("ce-bf16", 2), ("ce-long", 3)):
         pre = json.loads((models / labels[label] / "history.json").read_text())
         assert pre["last_epoch"] == epochs
-        r = json.loads(Path(f"metrics/reference/tiny/{label}-s0.json").read_text())
+        r = json.loads(Path(f"reference/metrics/tiny/{label}-s0.json").read_text())
         assert r["curve"]["epoch"] == [epochs]  # the method's epoch right after its own pretraining
-    assert json.loads(Path("metrics/reference/tiny/ce-bf16-s0.json").read_text())["precision"] == "bf16"
+    assert json.loads(Path("reference/metrics/tiny/ce-bf16-s0.json").read_text())["precision"] == "bf16"
 
 
 @pytest.mark.parametrize("reference, message", [

@@ -30,7 +30,7 @@ def runs() -> dict[str, mlflow.entities.Run]:
 
 
 def test_each_record_is_a_run_with_its_params_metrics_and_digest_and_a_rerun_adds_none(store):
-    records = [read_record(ROOT / "metrics" / "reference" / "lt_ref" / f) for f in FILES]
+    records = [read_record(ROOT / "reference" / "metrics" / "lt_ref" / f) for f in FILES]
     assert log_reference_records("lt_ref", records) == (4, 0)
     logged = runs()
     assert set(logged) == {"ce-s0", "ce-s1", "meta_iada-s0", "meta_iada-anti-s0"}
@@ -50,7 +50,7 @@ def test_each_record_is_a_run_with_its_params_metrics_and_digest_and_a_rerun_add
 
 
 def test_a_rerun_record_replaces_its_run_and_a_removed_record_loses_its_run(store):
-    records = [read_record(ROOT / "metrics" / "reference" / "lt_ref" / f) for f in FILES]
+    records = [read_record(ROOT / "reference" / "metrics" / "lt_ref" / f) for f in FILES]
     log_reference_records("lt_ref", records)
     old = runs()["ce-s0"].info.run_id
     rerun = {**records[0], "machine": {"cpu": "another"}}

@@ -162,7 +162,7 @@ def test_the_report_puts_default_and_tuned_side_by_side(params):
     rows, page = budget_report(params, BUDGET, studies={"la": study_of(VALUES, TESTS)})
     la = rows[params.tune.budgets[BUDGET].methods.index("la")]
     assert (la.complete, la.default_val, la.best_val, la.chosen) == (4, 0.70, 0.74, {"methods.la.tau": 1.7})
-    committed = [read_record(ROOT / f"metrics/reference/lt_ref/la-s{s}.json")["selected"]["headline"]["acc"]
+    committed = [read_record(ROOT / f"reference/metrics/lt_ref/la-s{s}.json")["selected"]["headline"]["acc"]
                  for s in params.reference.seeds]
     assert la.default_test == committed and len(committed) == 3
     assert la.tuned_test == []  # la-tuned is not run yet
@@ -204,7 +204,7 @@ def test_the_docs_cost_section_is_computed_from_the_committed_timings(params):
     begin, end = markers(BUDGET)
     text = (ROOT / DOCS_PAGE).read_text()
     section = text.split(begin + "\n")[1].split("\n" + end)[0]
-    assert section == cost_markdown(params, BUDGET, ROOT / "metrics" / "reference")
+    assert section == cost_markdown(params, BUDGET, ROOT / "reference" / "metrics")
 
 
 def test_the_cost_is_seconds_per_epoch_times_epochs_times_trials(params, tmp_path):
