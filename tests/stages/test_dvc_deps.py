@@ -126,7 +126,8 @@ def test_the_committed_lock_was_written_by_the_committed_code():
     change to a stage's code or params is committed with the ``dvc repro`` that it triggers. A
     fresh clone's missing outputs are not a change."""
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    proc = sh([sys.executable, "-m", "dvc", "status", "--json"], ROOT, env, timeout=300)
+    proc = sh([sys.executable, "-m", "dvc", "status", "--json", "dvc.yaml"], ROOT, env, timeout=300)  # (the
+    # reference sweeps' lock: tests/reference/test_reference_dvc.py)
     stale = stale_entries(json.loads(proc.stdout or "{}"))
     assert not stale, ("dvc.lock is stale: run `dvc repro` and commit dvc.lock with the metrics it writes:\n"
                        + "\n".join(stale[:20]))
