@@ -25,10 +25,9 @@ from pipeline.reference.plan import Job, plan
 HASH_CHARS = 12  # of the sha256 in Job.config: enough to tell configurations apart
 SYNC_COMMAND = "python -m pipeline.stages.reference_sync"
 
-# What the sync stage depends on: the params files and the code that turns them into job hashes
-# (the import closure of `python -m pipeline.stages.reference_sync`; tests/stages/test_dvc_deps.py
-# holds this list to it).
-SYNC_DEPS = (
+# What reading the params takes: the params files and the code that parses them into experiments
+# and runs (the part of the two closures below that they share).
+_PARAMS_DEPS = (
     "params.yaml",
     "params",
     "pipeline/methods",
@@ -52,54 +51,32 @@ SYNC_DEPS = (
     "pipeline/layout.py",
     "pipeline/networks.py",
     "pipeline/reference/__init__.py",
-    "pipeline/reference/dvcfile.py",
     "pipeline/reference/plan.py",
     "pipeline/stages/__init__.py",
     "pipeline/stages/common.py",
-    "pipeline/stages/reference_sync.py",
 )
 
+# What the sync stage depends on: the params and the code that turns them into job hashes (the
+# import closure of `python -m pipeline.stages.reference_sync`; tests/reference/test_reference_dvc.py
+# holds this list to it).
+SYNC_DEPS = (*_PARAMS_DEPS, "pipeline/reference/dvcfile.py", "pipeline/stages/reference_sync.py")
+
 # What the report stage depends on: the committed metrics, the published numbers, the params and
-# the import closure of `python -m pipeline.stages.reference_report` (held to it by a test).
+# the import closure of `python -m pipeline.stages.reference_report` (held to it by the same test).
 REPORT_DEPS = (
     "reference/metrics",
     "docs/published.yaml",
-    "params.yaml",
-    "params",
-    "pipeline/methods",
-    "pipeline/params",
-    "pipeline/__init__.py",
-    "pipeline/data/__init__.py",
-    "pipeline/data/config.py",
-    "pipeline/data/glt.py",
-    "pipeline/data/loader.py",
-    "pipeline/data/longtail.py",
-    "pipeline/data/noisy.py",
-    "pipeline/data/prepared.py",
-    "pipeline/data/sampling.py",
-    "pipeline/data/scenarios.py",
-    "pipeline/data/source_files.py",
-    "pipeline/data/sources.py",
-    "pipeline/data/subpop.py",
-    "pipeline/engine/__init__.py",
-    "pipeline/engine/checkpoint.py",
-    "pipeline/errors.py",
+    *_PARAMS_DEPS,
     "pipeline/evaluation/__init__.py",
     "pipeline/evaluation/metrics.py",
     "pipeline/evaluation/plots.py",
     "pipeline/evaluation/report.py",
     "pipeline/evaluation/stats.py",
-    "pipeline/layout.py",
-    "pipeline/networks.py",
-    "pipeline/reference/__init__.py",
     "pipeline/reference/figures.py",
-    "pipeline/reference/plan.py",
     "pipeline/reference/report.py",
     "pipeline/reference/summary.py",
     "pipeline/reference/tables.py",
     "pipeline/reference/verdict.py",
-    "pipeline/stages/__init__.py",
-    "pipeline/stages/common.py",
     "pipeline/stages/reference_report.py",
     "pipeline/tracking.py",
     "pipeline/tracking_models.py",
