@@ -123,3 +123,9 @@ def test_the_docs_repeat_the_readmes_view_of_the_experiments():
     readme, = views.pop("README.md")
     assert {page: found for page, found in views.items() if found not in ([], [readme])} == {}
     assert [page for page, found in views.items() if found] == ["docs/pipeline.md", "docs/scaling-out.md"]
+
+
+def test_the_readme_is_a_manual_of_at_most_25_kb():
+    """Measurement logs and detail belong in docs/ pages the README links (issue 32, item 5)."""
+    size = len((ROOT / "README.md").read_bytes())
+    assert size <= 25_000, f"README.md is {size} bytes: move detail to a docs page and link it"
