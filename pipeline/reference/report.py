@@ -59,7 +59,7 @@ def coverage(name: str, s: dict[str, Any], params: Params) -> str:
     planned = planned_runs(sweep, params)
     present = sum(len(e["seeds"]) for e in s["labels"].values())
     missing = [label for label in sweep.labels() if label not in s["labels"]]
-    return f"{present} of the {planned} planned runs" + (f"; not run yet: {', '.join(missing)}" if missing else "")
+    return f"{present} of the {planned} planned runs" + (f" (not run yet: {', '.join(missing)})" if missing else "")
 
 
 def headline(name: str, s: dict[str, Any]) -> str:
@@ -84,7 +84,8 @@ def headline(name: str, s: dict[str, Any]) -> str:
             if best != subject and vs and vs["mean"] is not None else ""
         text += (f"; its best setting by validation: {'the default' if best == subject else best} "
                  f"({paired_on}of {len(s['ablations']) + 1} tried)")
-        text += f" ({_setting_verdict(s)})"
+        if best != subject:  # when the default is the best, the verdict adds nothing
+            text += f" ({_setting_verdict(s)})"
     return text + "."
 
 
@@ -110,12 +111,10 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
         if rows and any("best_epoch_on_test" in e for e in s["labels"].values()):
             lines += [f"Calibration on **{name}** against the published numbers:", "",
                       *published_table(s["labels"], rows, len(seeds_of(s["labels"])), ran_only=True), ""]
-    lines += [("Every experiment's tables (each label's metrics, paired differences, ablations, the learned ε, "
-               "published vs ours) and figures:"), ""]
+    lines += ["Each experiment's page (every label's metrics, paired differences, ablations, ε, figures):", ""]
     for name, s in summaries.items():
         seeds = ", ".join(map(str, seeds_of(s["labels"])))
-        lines.append(f"- **{name}** ({s['scenario']}, {s['data']}; seeds {seeds}; {coverage(name, s, params)}): "
-                     f"[reports/reference/{name}.md](reports/reference/{name}.md)")
+        lines.append(f"- [{name}](reports/reference/{name}.md): seeds {seeds}; {coverage(name, s, params)}")
     lines.append("")
     for name, sweep in params.reference.experiments.items():
         if name not in summaries:

@@ -147,7 +147,7 @@ def test_report_rebuilds_tables_figures_and_the_readme_section_from_metrics_alon
     assert "old numbers" not in readme and readme.startswith("# Title\n\nbefore\n") and readme.endswith("after\n")
     assert "| meta_iada | deferred | 55.50 ± 0.71 | +5.00 [" not in readme  # the tables are on the page
     assert "55.50 ± 0.71" in page
-    assert "): [reports/reference/exp.md](reports/reference/exp.md)\n" in readme  # one link per experiment
+    assert "- [exp](reports/reference/exp.md): seeds 0, 1; " in readme  # one link per experiment
     assert "**lt_ref**: none of the" in readme  # planned in params.yaml, no metrics here
     assert "- **exp**: meta_iada ranks 2 of 3 by acc (55.50 ± 0.71, 2 seeds), behind la.\n" in readme
     assert ("meta_iada (deferred) is 5.00 points above ce (deferred) [" in readme
