@@ -34,7 +34,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch._dynamo.utils import counters
 
 from pipeline.methods import Method
 from pipeline.networks import Compile
@@ -65,6 +64,8 @@ class CompiledRegion:
     def __call__(self, *args: Any) -> Any:
         if self.compiled is None:
             return self.fn(*args)
+        from torch._dynamo.utils import counters  # here: torch._dynamo costs an eager run its import time
+
         skips = counters["inductor"]["cudagraph_skips"]
         try:
             # a new step: outputs of the previous replay (last step's gradients) may be overwritten
