@@ -106,10 +106,21 @@ def test_an_error_of_the_step_itself_is_raised_by_its_eager_run(tmp_path, monkey
         region(torch.zeros(8))
 
 
+class Interrupt(Exception):
+    pass
+
+
 def test_a_compiled_runs_checkpoint_is_an_eager_one_and_resumes_eagerly(tmp_path):
-    run(tmp_path, "eager", last=1)
-    run(tmp_path, "mixed", mode="reduce-overhead", last=1)
+    def stop_after_first(epoch, metrics):
+        if epoch == 0:
+            raise Interrupt
+
+    for label, mode in (("eager", "none"), ("mixed", "reduce-overhead")):  # both stopped after epoch 0 of 2
+        with pytest.raises(Interrupt):
+            fit(RunSpec(tiny_experiment(), tiny_data(), "ce", 0, tmp_path / label, first_epoch=0, last_epoch=2,
+                        device=str(DEVICE), compile_mode=mode), on_epoch=stop_after_first)
     eager, mixed = load_checkpoint(tmp_path / "eager" / LAST), load_checkpoint(tmp_path / "mixed" / LAST)
+    assert mixed["epoch"] == eager["epoch"] == 1
     assert mixed["fingerprint"] == eager["fingerprint"]  # run.compile is not part of the run's fingerprint
     assert list(mixed["model"]) == list(eager["model"])  # plain names, no torch.compile wrapper prefix
     assert mixed["optimizer"]["param_groups"] == eager["optimizer"]["param_groups"]
