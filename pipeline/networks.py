@@ -27,6 +27,9 @@ Arch = Literal["resnet8", "resnet20", "resnet32", "resnet56", "cnn"]
 # the same W, its bias unused, so a CE checkpoint loads into either).
 Head = Literal["linear", "cosine"]
 Precision = Literal["fp32", "bf16"]
+# run.compile: the steps eager, or their capturable regions under torch.compile(mode="reduce-overhead")
+# (CUDA graphs on CUDA; pipeline/engine/compiled.py)
+Compile = Literal["none", "reduce-overhead"]
 
 
 def cosine_logits(features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

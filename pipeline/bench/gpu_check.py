@@ -7,9 +7,11 @@ a CUDA device, summed up in one JSON line.
 1. ``pytest -m device`` with ``META_IADA_TEST_DEVICE`` set to the device: the meta gradient
    against finite differences, and the forward-mode shortcut with the device's BatchNorm kernel
    (cuDNN's saves other tensors than the CPU kernel, so the shortcut falls back to recomputing
-   BatchNorm's tangent) against the plain forward-mode pass.
-2. ``python -m pipeline.bench --json --device <device> --arch resnet32``: the step-cost ratios
-   and the peak step memory.
+   BatchNorm's tangent) against the plain forward-mode pass; the compiled CE and meta steps
+   (``run.compile``: inductor and CUDA graphs) against the eager ones.
+2. ``python -m pipeline.bench --json --device <device> --arch resnet32 --compile reduce-overhead``:
+   the step-cost ratios, the peak step memory, and the CE and full Meta-IADA steps' img/s eager
+   and compiled (``run.compile``, CUDA graphs) in the same rounds.
 3. One epoch of ``lt_paper`` (ResNet-32): the CE pretraining's first epoch and Meta-IADA's first
    epoch from it, with their times and the peak GPU memory.
 
@@ -37,10 +39,15 @@ BENCH_KEYS = ("model_img_per_s", "input_pipeline_ratio", "meta_head_over_ce", "m
               "ce_step_median_s", "meta_full_step_median_s", "ce_peak_mb", "meta_full_peak_mb",
               # under bf16 autocast (network.precision: bf16): the issue-29 goals are read from these
               "bf16_model_img_per_s", "bf16_input_pipeline_ratio", "bf16_ce_speedup", "bf16_meta_full_over_ce",
-              "bf16_meta_head_over_ce", "bf16_ce_step_median_s", "bf16_meta_full_peak_mb")
+              "bf16_meta_head_over_ce", "bf16_ce_step_median_s", "bf16_meta_full_peak_mb",
+              # the same steps eager and with run.compile = reduce-overhead (CUDA graphs), in one run
+              *(f"{p}{k}" for p in ("", "bf16_") for k in (
+                  "ce_img_per_s", "ce_compiled_img_per_s", "meta_full_img_per_s", "meta_full_compiled_img_per_s",
+                  "ce_compiled_speedup", "meta_full_compiled_speedup", "meta_full_compiled_over_ce", "compile_status")))
 
 
-DEVICE_TESTS = ("tests/methods/test_meta_gradient_device.py", "tests/data/test_loader_device.py")
+DEVICE_TESTS = ("tests/methods/test_meta_gradient_device.py", "tests/data/test_loader_device.py",
+                "tests/engine/test_compiled.py")
 
 
 def run_tests(device: str) -> dict[str, Any]:
@@ -58,7 +65,8 @@ def run_tests(device: str) -> dict[str, Any]:
 def run_bench(device: str, arch: str, data: Path, batch: int, repeats: int) -> dict[str, Any]:
     """``python -m pipeline.bench --json`` on ``device``: its figures named in BENCH_KEYS."""
     proc = subprocess.run([sys.executable, "-m", "pipeline.bench", "--json", "--device", device, "--arch", arch,
-                           "--data", str(data), "--batch", str(batch), "--repeats", str(repeats)],
+                           "--data", str(data), "--batch", str(batch), "--repeats", str(repeats),
+                           "--compile", "reduce-overhead"],
                           capture_output=True, text=True)
     sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-2000:])
     if proc.returncode != 0:

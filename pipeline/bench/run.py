@@ -124,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", action="store_true", help="last line: one JSON object with every figure")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds of the step benchmark")
+    p.add_argument("--compile", default="none", choices=["none", "reduce-overhead"],
+                   help="run.compile of a second CE and full Meta-IADA step timed in the same rounds (default: "
+                        "none; on a CPU inductor compiles for minutes)")
     p.add_argument("--precision", action="append", choices=["fp32", "bf16"],
                    help="network.precision of the input-pipeline run and the steps (repeatable; default: fp32 "
                         "and bf16)")
@@ -151,8 +154,14 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.bench.steps import time_steps
 
         steps = time_steps(arch=args.arch, batch=args.batch, device=str(device), repeats=args.repeats,
-                           precisions=precisions)
+                           precisions=precisions, compile_mode=args.compile)
         result.update(steps)
+        for prefix in ("" if p == "fp32" else f"{p}_" for p in precisions if args.compile != "none"):
+            print(f"{prefix or 'fp32 '}compiled ({args.compile}): CE step {steps[prefix + 'ce_img_per_s']:.0f} -> "
+                  f"{steps[prefix + 'ce_compiled_img_per_s']:.0f} img/s (goal on one H100/H200 >= 25,000), meta full "
+                  f"{steps[prefix + 'meta_full_img_per_s']:.0f} -> {steps[prefix + 'meta_full_compiled_img_per_s']:.0f}"
+                  f" img/s, meta full / CE compiled {steps[prefix + 'meta_full_compiled_over_ce']:.2f} (goal <= 4.0); "
+                  f"{steps[prefix + 'compile_status']}")
         if "bf16_ce_speedup" in steps:
             print(f"bf16: CE step {steps['bf16_ce_speedup']:.2f}x faster than fp32 (goal >= 1.8 for ResNet-32 on a "
                   f"CPU with AMX or AVX512-BF16), meta full {steps['bf16_meta_full_speedup']:.2f}x; under bf16 "

@@ -37,11 +37,12 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.engine.allocator import return_freed_memory
+from pipeline.engine.compiled import compile_method
 from pipeline.params.schema import build
 from pipeline.methods import REGISTRY, Batch, Method, StepContext, TrainInfo
 from pipeline.methods.losses import alpha_at, iada_loss
 from pipeline.methods.meta_gradient import stateless_forward
-from pipeline.networks import Precision, build_network
+from pipeline.networks import Compile, Precision, build_network
 
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "ce": ("ce", {}),
@@ -54,6 +55,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "peer_style_full": ("meta_iada", {"meta_scope": "full", "meta_interval": 10 ** 9}),
 }
 PEER_STYLE = "peer_style_full"
+# timed again with their regions compiled (run.compile), as "<variant>_compiled"
+COMPILED = ("ce", "meta_full")
 
 
 def peer_style_step(method: Any, batch: Batch, ctx: StepContext) -> None:
@@ -161,7 +164,8 @@ def _peak_memory_mb(variant: str, arch: str, batch: int, num_classes: int, devic
 
 def time_steps(*, arch: str = "resnet32", batch: int = 100, repeats: int = 10, warmup: int = 2,
                device: str = "cpu", num_classes: int = 10, channels_last: bool = True,
-               memory: bool = True, precisions: tuple[Precision, ...] = ("fp32",)) -> dict[str, float]:
+               memory: bool = True, precisions: tuple[Precision, ...] = ("fp32",),
+               compile_mode: Compile = "none") -> dict[str, Any]:
     """Seconds per step (``<variant>_step_s`` mean, ``<variant>_step_median_s``, on CPU also
     ``<variant>_step_cpu_s``) of CE (``ce``), Meta-IADA head (``meta_head``) and full
     (``meta_full``; ``meta_full_shared`` with ``real_step: shared``), Meta-Weight-Net and
@@ -180,9 +184,19 @@ def time_steps(*, arch: str = "resnet32", batch: int = 100, repeats: int = 10, w
     interleaved in the same rounds; the keys of ``fp32`` are as above, those of another precision
     carry its name as a prefix (``bf16_ce_step_median_s``, ``bf16_meta_full_over_ce``: the ratio
     to the CE step of the same precision), and with both fp32 and bf16 ``bf16_ce_speedup`` is the
-    fp32 CE step's median over the bf16 one's (``bf16_<variant>_speedup`` likewise)."""
+    fp32 CE step's median over the bf16 one's (``bf16_<variant>_speedup`` likewise).
+
+    With ``compile_mode`` (``run.compile``) other than none, the CE and the full Meta-IADA step
+    are timed again, in the same rounds, with their regions compiled (:mod:`pipeline.engine.compiled`;
+    at least 3 warm-up rounds: compilation, CUDA graph recording, first replay):
+    ``<variant>_compiled_*`` as above, ``ce_compiled_speedup`` (the eager CE step's median over
+    the compiled one's; ``meta_full_compiled_speedup`` likewise), ``meta_full_compiled_over_ce``
+    (both compiled), ``<variant>_img_per_s`` (batch / median) of the four, and ``compile_status``
+    (each compiled region's :attr:`~pipeline.engine.compiled.CompiledRegion.status`); with the
+    precision's prefix as above."""
     dev = torch.device(device)
     steps: dict[tuple[str, str], Any] = {}
+    status: dict[str, dict[str, str]] = {}
     for precision in precisions:
         setups = {v: _setup(v, arch, batch, num_classes, dev, channels_last, precision) for v in VARIANTS}
         for v, (method, train, ctx) in setups.items():
@@ -195,6 +209,14 @@ def time_steps(*, arch: str = "resnet32", batch: int = 100, repeats: int = 10, w
                 net.features(x)
 
         steps[precision, "meta_forward"] = meta_forward
+        if compile_mode != "none":
+            warmup = max(warmup, 3)
+            status[precision] = {}
+            for v in COMPILED:
+                method, train, ctx = _setup(v, arch, batch, num_classes, dev, channels_last, precision)
+                regions = compile_method(method, compile_mode)
+                status[precision].update({f"{v}.{name}": region for name, region in regions.items()})
+                steps[precision, f"{v}_compiled"] = lambda m=method, b=train, c=ctx: m.update(b, c)
     wall: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
     cpu: dict[tuple[str, str], list[float]] = {k: [] for k in steps}
     for round_ in range(warmup + repeats):
@@ -206,9 +228,18 @@ def time_steps(*, arch: str = "resnet32", batch: int = 100, repeats: int = 10, w
             if round_ >= warmup:
                 wall[key].append(time.perf_counter() - t0)
                 cpu[key].append(time.process_time() - c0)
-    result: dict[str, float] = {}
+    result: dict[str, Any] = {}
     for precision in precisions:
         prefix = "" if precision == "fp32" else f"{precision}_"
+        if compile_mode != "none":
+            result[f"{prefix}compile_status"] = {k: r.status for k, r in status[precision].items()}
+            for v in COMPILED:
+                eager, compiled = wall[precision, v], wall[precision, f"{v}_compiled"]
+                result[f"{prefix}{v}_compiled_speedup"] = statistics.median(eager) / statistics.median(compiled)
+                for name, times in ((v, eager), (f"{v}_compiled", compiled)):
+                    result[f"{prefix}{name}_img_per_s"] = batch / statistics.median(times)
+            result[f"{prefix}meta_full_compiled_over_ce"] = (statistics.median(wall[precision, "meta_full_compiled"])
+                                                            / statistics.median(wall[precision, "ce_compiled"]))
         for (p, variant), times in wall.items():
             if p != precision:
                 continue

@@ -28,10 +28,11 @@ from pipeline.engine.allocator import keep_freed_memory
 from pipeline.engine.build import Loaders, build_model, build_net, check_batch_sizes, make_loaders, resolve_device
 from pipeline.engine.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, atomic_save, load_checkpoint, run_lock,
                                         saved_on_interrupt)
+from pipeline.engine.compiled import CompiledRegion, compile_method
 from pipeline.evaluation.metrics import predict, split_metrics
 from pipeline.layout import BEST, HISTORY, LAST, SCORES, artifact_file, write_json, write_npz
 from pipeline.methods import Method, StepContext, TrainInfo, method_class
-from pipeline.networks import FeatureClassifier, Head
+from pipeline.networks import Compile, FeatureClassifier, Head
 from pipeline.params.experiment import ExperimentConfig, config_hash, run_params
 
 META_EPOCH_STRIDE = 1000  # meta-loader epochs reserved per training epoch
@@ -53,6 +54,7 @@ class RunSpec:
     init: Path | None = None  # a checkpoint to start from (the pretraining's last.pt); None: seeded random init
     device: str = "auto"
     desc: str = ""  # progress label (default: the method)
+    compile_mode: Compile = "none"  # run.compile: the step's regions compiled (pipeline/engine/compiled.py)
 
 
 class Tracker(Protocol):
@@ -79,6 +81,7 @@ class Training:
     history: list[dict[str, float]] = field(default_factory=list)
     best: dict[str, float] = field(default_factory=lambda: {"epoch": -1, "value": -math.inf})
     run_id: str | None = None
+    compiled: dict[str, CompiledRegion] = field(default_factory=dict)  # the step's compiled regions by name
 
     def save_last(self) -> None:
         """The resumable state after ``epoch`` finished epochs."""
@@ -177,7 +180,8 @@ def set_up(run: RunSpec) -> Training:
                      initial_state=functools.partial(seeded_initial_state, exp, data, cls.head, run.seed))
     method = cls(method_cfg, net, opt, info).to(dev)
     loaders = make_loaders(exp, data, run.seed + run.first_epoch, dev, method.sampling_weights())
-    t = Training(run, fingerprint, net, opt, method, loaders, epoch=run.first_epoch)
+    t = Training(run, fingerprint, net, opt, method, loaders, epoch=run.first_epoch,
+                 compiled=compile_method(method, run.compile_mode))
     last = run.out_dir / LAST
     if last.is_file():
         prev = load_checkpoint(last)
@@ -273,6 +277,8 @@ def finish(t: Training) -> dict[str, Any]:
                "selected_value": t.best["value"], "run_id": t.run_id,
                "characteristics": list(getattr(t.method.cfg, "characteristics", []) or []),
                "history": t.history}
+    if run.compile_mode != "none":  # what ran compiled, and why a region fell back to eager
+        summary["compile"] = {"mode": run.compile_mode, **{k: r.status for k, r in t.compiled.items()}}
     write_json(summary, run.out_dir / HISTORY, sort_keys=False)  # strict JSON: an undefined value is null
     return summary
 

@@ -63,6 +63,9 @@ class Method(nn.Module):
     Config: ClassVar[type]
     head: ClassVar[Head] = "linear"  # the network's classifier head while training and at evaluation
     start_augmented: ClassVar[bool] = True  # whether :meth:`start` sees augmented batches
+    # :meth:`loss` depends on the batch alone (not on the step context or the method's state), so
+    # run.compile may compile it (pipeline/engine/compiled.py)
+    compile_loss: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, net: FeatureClassifier, optimizer: torch.optim.Optimizer,
                  info: TrainInfo) -> None:
@@ -82,8 +85,9 @@ class Method(nn.Module):
 
     def update(self, batch: Batch, ctx: StepContext) -> dict[str, float]:
         """One training step on ``batch``: returns scalars to average over the epoch."""
-        loss, logits = self.loss(batch, ctx)
+        # the last step's gradients go first: a compiled loss's CUDA graph replay overwrites them
         self.optimizer.zero_grad(set_to_none=True)
+        loss, logits = self.loss(batch, ctx)
         loss.backward()
         self.optimizer.step()
         return step_metrics(loss, logits, batch.y)
@@ -184,6 +188,7 @@ class CrossEntropy(Method):
 
     name = "ce"
     Config = NoConfig
+    compile_loss = True
 
     def loss(self, batch: Batch, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.network(batch.x)
@@ -201,6 +206,7 @@ class LogitAdjustment(Method):
 
     name = "la"
     Config = LogitAdjustmentConfig
+    compile_loss = True
 
     def __init__(self, cfg: LogitAdjustmentConfig, net: FeatureClassifier,
                  optimizer: torch.optim.Optimizer, info: TrainInfo) -> None:

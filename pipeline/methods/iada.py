@@ -35,7 +35,7 @@ from pipeline.methods.covariance import ClassCovariance, CovarianceMode
 from pipeline.methods.losses import Direction, alpha_at, class_balanced_weights, iada_loss
 from pipeline.methods.forward_primals import ForwardPrimals
 from pipeline.methods.meta_gradient import (MetaInputs, MetaScope, PseudoStep, PseudoUpdate, TrainForward, TrainLoss,
-                                            meta_features, meta_step)
+                                            meta_cross_entropy, meta_features, meta_step)
 from pipeline.methods.base import Batch, Method, StepContext, TrainInfo, register, step_metrics
 from pipeline.networks import FeatureClassifier
 from pipeline.methods.perturbation import EpsilonSign, PerturbationNet
@@ -218,6 +218,8 @@ class MetaLearned(FeatureAugmentation):
                  info: TrainInfo) -> None:
         super().__init__(cfg, net, optimizer, info)
         self.primals = ForwardPrimals(net)
+        # L_meta at θ' of a full-scope meta step (run.compile may compile it; None: head scope)
+        self.meta_loss = meta_cross_entropy if cfg.meta_scope == "full" else None
         self._meta: tuple[Batch, torch.Tensor | None] | None = None  # this step's meta batch, h_meta
 
     def meta_step_due(self, ctx: StepContext) -> bool:
@@ -295,7 +297,7 @@ class MetaIADA(MetaLearned):
             meta_loss = meta_step(
                 net, self.perturbation_net, self.perturbation_optimizer, train_loss,
                 batch=TrainForward(batch.x, features, logits, c, self.primals),
-                meta=MetaInputs(meta.x, meta.y, meta_h),
+                meta=MetaInputs(meta.x, meta.y, meta_h, self.meta_loss),
                 pseudo=PseudoUpdate(ctx.lr, self.cfg.meta_scope,
                                     self.optimizer if self.cfg.pseudo_step == "optimizer" else None,
                                     on_pseudo=keep if self.cfg.real_step == "shared" else None))

@@ -75,6 +75,12 @@ def stateless_forward(net: FeatureClassifier, params: dict[str, torch.Tensor],
     return torch.func.functional_call(wrapper, overrides, (x,))
 
 
+def meta_cross_entropy(net: FeatureClassifier, params: dict[str, torch.Tensor], meta_x: torch.Tensor,
+                       meta_y: torch.Tensor) -> torch.Tensor:
+    """L_meta = CE(f_θ'(x_meta), y_meta) with θ' = ``params`` (scope full; a caller may compile it)."""
+    return F.cross_entropy(stateless_forward(net, params, meta_x)[1], meta_y)
+
+
 def meta_features(net: FeatureClassifier, meta_x: torch.Tensor) -> torch.Tensor:
     """The meta batch's features h_meta [M, A] under the current θ, without graph, for
     ``scope="head"`` (BatchNorm as in the network's current mode, running statistics untouched)."""
@@ -121,6 +127,7 @@ class MetaInputs:
     x: torch.Tensor  # [M, ...]
     y: torch.Tensor  # [M]
     features: torch.Tensor | None = None  # h_meta at θ (head scope; computed when None)
+    loss: Callable[..., torch.Tensor] | None = meta_cross_entropy  # L_meta at θ' (scope full; e.g. compiled)
 
 
 # (θ's parameters, ∇_θ L of the pseudo step, ε = Ω(c), L): what a shared real step reuses
@@ -185,12 +192,11 @@ def meta_gradient(net: FeatureClassifier, perturbation_net: PerturbationNet, tra
     # 2. meta loss and v = ∇_θ' L_meta
     new = {k: t.detach().requires_grad_() for k, t in updated.items()}
     if scope == "full":
-        _, meta_logits = stateless_forward(net, new, meta_x)
+        meta_loss = meta.loss(net, new, meta_x, meta_y)
     else:
         if meta_h is None:
             meta_h = meta_features(net, meta_x)  # [M, A]
-        meta_logits = torch.func.functional_call(net.classifier, new, (meta_h,))
-    meta_loss = F.cross_entropy(meta_logits, meta_y)
+        meta_loss = F.cross_entropy(torch.func.functional_call(net.classifier, new, (meta_h,)), meta_y)
     v = torch.autograd.grad(meta_loss, list(new.values()))
     # 3. u = (∂θ'/∂g)ᵀ v, and ż = (∂z/∂θ)·u by forward mode
     u = dict(zip(live, torch.autograd.grad(list(updated.values()), g, v)))

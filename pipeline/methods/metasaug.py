@@ -124,7 +124,7 @@ class MetaSAug(MetaLearned):
         primals = self.primals if self.cfg.meta_scope == "full" else None
         forward = TrainForward(batch.x, features, logits, features.new_zeros(len(batch.y), 1), primals)
         meta_loss = meta_step(self.network, leaf, torch.optim.SGD(leaf.parameters(), lr=self.cfg.meta_lr), train_loss,
-                              batch=forward, meta=MetaInputs(meta.x, meta.y, meta_h),
+                              batch=forward, meta=MetaInputs(meta.x, meta.y, meta_h, self.meta_loss),
                               pseudo=PseudoUpdate(ctx.lr, self.cfg.meta_scope))
         updated = leaf.sigma.detach()
         self.epoch_sums[0] += meta_loss

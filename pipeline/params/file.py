@@ -45,6 +45,7 @@ from typing import Any
 import yaml
 
 from pipeline.methods import method_class
+from pipeline.networks import Compile
 from pipeline.params.budget import add_tuned_variants, check_budgets
 from pipeline.params.experiment import ExperimentConfig
 from pipeline.params.inherit import base_order, resolve_experiments
@@ -64,6 +65,9 @@ class RunConfig:
     methods: list[str] = bounded(["ce", "la", "meta_iada"])
     seeds: list[int] = bounded([0])
     device: str = "auto"
+    # An execution choice like the device (the same training up to the kernels' rounding): outside
+    # every configuration hash and resolved config, so a run resumes across it (docs/precision.md).
+    compile: Compile = "none"
 
     def __post_init__(self) -> None:
         if not DEVICE.fullmatch(self.device):

@@ -15,7 +15,7 @@ from pipeline.stages.common import load, main_guard, parser
 def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__).parse_args(argv)
     params, exp = load(args)
-    pretrain(exp, args.seed, device=params.run.device, track=not args.no_mlflow)
+    pretrain(exp, args.seed, device=params.run.device, compile_mode=params.run.compile, track=not args.no_mlflow)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pipeline.stages.common import load, main_guard, parser
 def main(argv: list[str] | None = None) -> None:
     args = parser(__doc__, method=True).parse_args(argv)
     params, exp = load(args)
-    train(exp, args.method, args.seed, device=params.run.device, track=not args.no_mlflow)
+    train(exp, args.method, args.seed, device=params.run.device, compile_mode=params.run.compile, track=not args.no_mlflow)
 
 
 if __name__ == "__main__":

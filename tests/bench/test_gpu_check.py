@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -40,7 +41,9 @@ def tiny_params(path: Path) -> None:
 
 def test_the_whole_check_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
     tiny_params(tmp_path / "params.yaml")
-    env = {**os.environ, "META_IADA_SHARED_DATA": str(shared_data_dir()), "PYTHONPATH": str(ROOT)}
+    # aot_eager: the compiled steps' tracing and fallback without inductor's code generation (minutes on a CPU)
+    env = {**os.environ, "META_IADA_SHARED_DATA": str(shared_data_dir()), "PYTHONPATH": str(ROOT),
+           "META_IADA_COMPILE_BACKEND": "aot_eager"}
     proc = subprocess.run([sys.executable, "-m", "pipeline.bench.gpu_check", "--device", "cpu", "--arch", "resnet8",
                            "--params", str(tmp_path / "params.yaml"), "--experiment", "tiny", "--batch", "8",
                            "--repeats", "1"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -57,3 +60,11 @@ def test_the_whole_check_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
     assert bench["rc"] == 0 and bench["ce_peak_mb"] > 0
     assert bench["meta_full_over_ce"] == bench["meta_full_step_median_s"] / bench["ce_step_median_s"]
     assert bench["bf16_ce_speedup"] > 0 and bench["bf16_meta_full_over_ce"] > 0  # the bf16 keys reach the line
+    for p in ("", "bf16_"):  # the CE and meta steps eager and compiled (run.compile), in each precision
+        assert bench[f"{p}compile_status"] == {"ce.loss": "compiled", "meta_full.meta_loss": "compiled"}
+        assert bench[f"{p}ce_compiled_speedup"] == pytest.approx(bench[f"{p}ce_compiled_img_per_s"]
+                                                                 / bench[f"{p}ce_img_per_s"], rel=1e-12)
+        assert bench[f"{p}meta_full_compiled_over_ce"] == pytest.approx(bench[f"{p}ce_compiled_img_per_s"]
+                                                                        / bench[f"{p}meta_full_compiled_img_per_s"],
+                                                                        rel=1e-12)
+        assert bench[f"{p}meta_full_img_per_s"] > 0 and bench[f"{p}meta_full_compiled_speedup"] > 0
