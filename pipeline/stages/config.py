@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.data.scenarios import SCENARIOS
 from pipeline.layout import config_file, write_json
 from pipeline.params.experiment import ExperimentConfig
 from pipeline.params.schema import to_dict
@@ -22,9 +23,13 @@ from pipeline.stages.common import load, main_guard, parser
 
 
 def resolved_config(exp: ExperimentConfig) -> dict[str, Any]:
-    """The experiment's settings and each of its methods' config as the run reads them (without
-    the search space, which no stage reads)."""
+    """The experiment's settings and each of its methods' config as the run reads them: without
+    the search space, which no stage reads, and with only its own scenario's section of ``data``
+    (a noisy experiment inherits lt's ``data.longtail``, which its builder never reads; a value
+    written there would rerun nothing in DVC and changes nothing in a run)."""
     out = {k: v for k, v in to_dict(exp).items() if k not in ("methods", "search")}
+    others = set(SCENARIOS) - {exp.data.scenario}
+    out["data"] = {k: v for k, v in out["data"].items() if k not in others}
     out["methods"] = {name: to_dict(exp.method_config(name)) for name in exp.methods}
     return out
 

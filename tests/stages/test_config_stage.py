@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.data.scenarios import SCENARIOS
 from pipeline.params.file import load_params
 from pipeline.params.schema import to_dict
 from pipeline.stages import config
@@ -39,6 +40,9 @@ def test_every_key_a_stage_depends_on_is_in_every_experiments_resolved_config():
         assert resolved["methods"]["ldam_drw"] == to_dict(exp.method_config("ldam_drw"))  # derived values filled
         assert resolved["methods"]["ldam_drw"]["drw_epoch"] == exp.optim.milestones[0]
         assert resolved["optim"] == to_dict(exp.optim) and "search" not in resolved
+        sections = {s for s in SCENARIOS if s in resolved["data"]}
+        assert sections == {exp.data.scenario}, name  # only the section its builder reads
+        assert resolved["data"][exp.data.scenario] == to_dict(getattr(exp.data, exp.data.scenario))
 
 
 def test_the_stage_writes_the_resolved_config(tmp_path, monkeypatch):
