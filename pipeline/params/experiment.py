@@ -22,6 +22,7 @@ from pipeline.params.schema import ParamError, bounded, build, flatten, to_dict
 from pipeline.params.search import ParamSpace
 
 # Shared by every trial of an experiment (prepared data, pretrain checkpoint): not tunable.
+SEARCH_BLOCK = "tune.search"  # an experiment's search space: tune.search.<experiment> (params/tune.yaml)
 UNTUNABLE = ("data", "network", "pretrain_epochs", "protocol", "search")
 
 
@@ -106,7 +107,7 @@ class ExperimentConfig:
                         for name, raw in self.methods.items()}
         space = {}
         for key, raw in self.search.items():
-            entry = f"{where}.search.{key}"
+            entry = f"{SEARCH_BLOCK}.{where.removeprefix('experiments.')}.{key}"  # where params/tune.yaml writes it
             check_tunable(self, key, entry)
             space[key] = build(ParamSpace, raw, entry)
             check_values(self, key, space[key], entry)

@@ -50,7 +50,7 @@ from pipeline.params.budget import add_tuned_variants, check_budgets
 from pipeline.params.experiment import ExperimentConfig
 from pipeline.params.inherit import base_order, resolve_experiments
 from pipeline.params.reference import ReferenceConfig, check_reference
-from pipeline.params.schema import ParamError, bounded, build, check_name
+from pipeline.params.schema import ParamError, _check_finite, bounded, build, check_name
 from pipeline.params.tune import TuneConfig, check_tune
 
 PARAMS_FILE = "params.yaml"
@@ -134,6 +134,8 @@ def parse_params(raw: Any, written: Mapping[str, str] | None = None) -> Params:
     for name in exps:
         check_name(name, "experiment name")
     resolved = resolve_experiments(exps, methods)
+    for name, space in search_spaces(raw.get("tune"), exps).items():
+        resolved[name] = {**resolved[name], "search": space}
     experiments = {}
     for name in base_order(exps):  # a mistake in a base is named there, before its heirs
         experiments[name] = exp = build(ExperimentConfig, resolved[name], f"experiments.{name}")
@@ -149,6 +151,29 @@ def parse_params(raw: Any, written: Mapping[str, str] | None = None) -> Params:
     if written is None:
         written = dict.fromkeys(written_keys(raw), PARAMS_FILE)
     return Params(build(RunConfig, raw.get("run"), "run"), experiments, tune, reference, dict(written))
+
+
+def search_spaces(tune: Any, experiments: Mapping[str, Any]) -> dict[str, Any]:
+    """``tune.search``: each experiment's Optuna search space, by experiment name (written beside
+    the studies in params/tune.yaml, not in the experiment, so that params.yaml's leaves, which
+    `dvc exp show` lists, are the settings of runs). A ``search`` block in an experiment is refused."""
+    for name, block in experiments.items():
+        if isinstance(block, Mapping) and "search" in block:
+            raise ParamError(f"experiments.{name}.search: an experiment's search space is written under "
+                             f"tune.search.{name} (params/tune.yaml)")
+    spaces = tune.get("search") if isinstance(tune, Mapping) else None
+    if spaces is None:
+        return {}
+    if not isinstance(spaces, Mapping):
+        raise ParamError(f"tune.search must be a mapping of experiment name -> search space, got {spaces!r}")
+    for name, space in spaces.items():
+        if name not in experiments:
+            raise ParamError(f"tune.search.{name}: there is no experiment {name!r} (experiments: "
+                             f"{', '.join(experiments)})")
+        if not isinstance(space, Mapping):
+            raise ParamError(f"tune.search.{name} must be a mapping of dotted key -> search space, got {space!r}")
+        _check_finite(space, f"tune.search.{name}")  # named where it is written (not experiments.<name>.search)
+    return dict(spaces)
 
 
 def set_option(written: Mapping[str, str], key: str, value: str) -> str:

@@ -98,6 +98,9 @@ class TuneConfig:
     run: list[str] = bounded([])  # the studies `dvc repro` (and `make tune`) runs
     studies: dict[str, StudyConfig] = field(default_factory=dict)
     budgets: dict[str, BudgetConfig] = field(default_factory=dict)
+    # Experiment name -> its search space (dotted key -> ParamSpace), parsed with its experiment
+    # (ExperimentConfig.search, pipeline.params.file.search_spaces).
+    search: dict[str, Any] = field(default_factory=dict)
 
 
 # --- plan: one study, validated --------------------------------------------------------------
@@ -225,11 +228,11 @@ def check_study(cfg: StudyConfig, experiments: Mapping[str, ExperimentConfig], w
     space = exp.search if space is None else space
     for i, key in enumerate(cfg.params or []):
         if key not in space:
-            raise ParamError(f"{where}.params[{i}] = {key!r} is not in experiments.{cfg.experiment}.search: "
+            raise ParamError(f"{where}.params[{i}] = {key!r} is not in tune.search.{cfg.experiment}: "
                              f"use one of {', '.join(space) or '(empty search block)'}")
     keys = cfg.params or list(space)
     if not keys:
-        raise ParamError(f"experiments.{cfg.experiment}.search is empty: study {where} has nothing to search")
+        raise ParamError(f"tune.search.{cfg.experiment} is empty: study {where} has nothing to search")
     return exp, {k: space[k] for k in keys}
 
 

@@ -29,7 +29,6 @@ def test_without_cuda_it_stops_with_one_line_and_status_2(monkeypatch, capsys):
 def tiny_params(path: Path) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     lt = params["experiments"]["lt"]
-    lt.pop("search")
     lt.update(data={"scenario": "longtail", "source": "cifar10", "meta_per_class": 3, "val_per_class": 4,
                     "limit_per_class": 40, "test_limit_per_class": 15, "longtail": {"imbalance_ratio": 10}},
               pretrain_epochs=2, train_epochs=1, meta_batch_size=10, eval_batch_size=100)

@@ -72,7 +72,7 @@ def test_bad_values_name_the_key(raw, path, value, expect):
 @pytest.mark.parametrize("keys", [
     ("experiments", "lt", "optim", "lr"), ("experiments", "lt", "data", "longtail", "imbalance_ratio"),
     ("methods", "meta_iada", "alpha"),  # plain data until its method builds it
-    ("experiments", "lt", "search", "optim.lr", "high"),
+    ("tune", "search", "lt", "optim.lr", "high"),
     ("experiments", "subpop_irm", "data", "subpop", "environments", 1),
 ])
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
@@ -303,3 +303,18 @@ def test_the_printed_apply_line_of_every_searched_key_lands(tmp_path):
             apply_overrides(tmp_path / file, overrides)
         assert get(to_dict(load_params(path).experiment(name)), key) == value, option
     assert forms == {True, False}  # both forms are exercised
+
+
+def test_a_search_space_is_written_under_tune_search_and_names_an_experiment(raw):
+    """Search spaces live in params/tune.yaml (tune.search.<experiment>), not in the experiment: an
+    experiment's own search block, or a space for an experiment that does not exist, is one error."""
+    assert parse_params(copy.deepcopy(raw)).experiments["lt"].search  # lt's space reaches its experiment
+    bad = copy.deepcopy(raw)
+    bad["experiments"]["lt"]["search"] = bad["tune"]["search"].pop("lt")
+    with pytest.raises(ParamError, match=r"^experiments.lt.search: an experiment's search space is written under "
+                                         r"tune.search.lt \(params/tune.yaml\)$"):
+        parse_params(bad)
+    bad = copy.deepcopy(raw)
+    bad["tune"]["search"]["lt_typo"] = bad["tune"]["search"]["lt"]
+    with pytest.raises(ParamError, match=r"^tune.search.lt_typo: there is no experiment 'lt_typo'"):
+        parse_params(bad)

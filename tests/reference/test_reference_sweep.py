@@ -24,7 +24,6 @@ TINY_DATA = {"scenario": "longtail", "source": "cifar10", "meta_per_class": 3, "
 def raw_params(reference: dict | None = None) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     lt = params["experiments"]["lt"]
-    lt.pop("search")
     lt.update(data=dict(TINY_DATA), pretrain_epochs=2, train_epochs=1, meta_batch_size=10, eval_batch_size=100)
     lt["optim"].update(batch_size=16, warmup_epochs=1, milestones=[2])
     params.update(experiments={"tiny": lt}, tune={"run": [], "studies": {}},

@@ -50,19 +50,22 @@ LR_WD_SPACE = {"optim.lr": {"type": "float", "low": 1e-6, "high": 0.2, "log": Tr
                "optim.weight_decay": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}}
 
 
-def experiment_dict(search: dict[str, Any]) -> dict[str, Any]:
+def experiment_dict() -> dict[str, Any]:
     """The tiny experiment as params.yaml data: no pretraining epochs, so every trial starts from
     the seeded random init and a useless learning rate shows at the first epoch."""
     exp = tiny_experiment(pretrain_epochs=0, train_epochs=2,
                           optim={"lr": GOOD_LR, "batch_size": 8, "warmup_epochs": 0, "milestones": []})
-    return {**to_dict(exp), "methods": {"ce": {}, "la": {}, "meta_iada": {}}, "search": search}
+    raw = {**to_dict(exp), "methods": {"ce": {}, "la": {}, "meta_iada": {}}}
+    del raw["search"]  # written under tune.search
+    return raw
 
 
 def write_params(root: Path, name: str, study: dict[str, Any], search: dict[str, Any], url: str | None = None) -> Path:
     """A params file declaring experiment ``tiny`` and study ``name`` (storage: ``url``, default <root>/<name>.db)."""
     raw = {"run": {"experiments": [EXPERIMENT], "methods": ["ce"], "seeds": [0], "device": "cpu"},
-           "experiments": {EXPERIMENT: experiment_dict(search)},
-           "tune": {"studies": {name: {"experiment": EXPERIMENT, "storage": url or storage(root, name), **study}}}}
+           "experiments": {EXPERIMENT: experiment_dict()},
+           "tune": {"studies": {name: {"experiment": EXPERIMENT, "storage": url or storage(root, name), **study}},
+                    "search": {EXPERIMENT: search}}}
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -495,27 +498,27 @@ def test_a_one_point_sweep_runs(workspace):
 
 def bad_space_error(search: dict[str, Any]) -> str:
     with pytest.raises(ParamError) as err:  # the search block is parsed with its experiment
-        build(ExperimentConfig, experiment_dict(search), f"experiments.{EXPERIMENT}")
+        build(ExperimentConfig, {**experiment_dict(), "search": search}, f"experiments.{EXPERIMENT}")
     return str(err.value)
 
 
 @pytest.mark.parametrize("search, expected", [
-    ({"optim.lr": {"type": "uniform", "low": 0.01, "high": 0.1}}, "experiments.tiny.search.optim.lr.type"),
-    ({"optim.lr": {"type": "float", "low": 0.1, "high": 0.1}}, "experiments.tiny.search.optim.lr: low"),
-    ({"optim.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "experiments.tiny.search.optim.lr: log"),
+    ({"optim.lr": {"type": "uniform", "low": 0.01, "high": 0.1}}, "tune.search.tiny.optim.lr.type"),
+    ({"optim.lr": {"type": "float", "low": 0.1, "high": 0.1}}, "tune.search.tiny.optim.lr: low"),
+    ({"optim.lr": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}, "tune.search.tiny.optim.lr: log"),
     ({"optim.learning_rate": {"type": "float", "low": 0.01, "high": 0.1}}, "'optim.learning_rate' is not a key"),
     ({"methods.meta_iada.gamma": {"type": "float", "low": 0.1, "high": 1.0}}, "'methods.meta_iada.gamma' is not a key"),
     ({"data.seed": {"type": "int", "low": 0, "high": 3}}, "'data.seed' cannot be tuned"),
-    ({"methods.meta_iada.alpha": {"type": "categorical"}}, "search.methods.meta_iada.alpha.choices"),
+    ({"methods.meta_iada.alpha": {"type": "categorical"}}, "tune.search.tiny.methods.meta_iada.alpha.choices"),
     # values the experiment refuses: caught up front, not at trial time
     ({"methods.meta_iada.alpha": {"type": "categorical", "choices": [0.5, -1.0]}},
-     "experiments.tiny.search.methods.meta_iada.alpha: the value -1.0 is not allowed"),
+     "tune.search.tiny.methods.meta_iada.alpha: the value -1.0 is not allowed"),
     ({"methods.meta_iada.beta": {"type": "categorical", "choices": [1.0, 0.0]}},
-     "search.methods.meta_iada.beta: the value 0.0 is not allowed for methods.meta_iada.beta"),
+     "tune.search.tiny.methods.meta_iada.beta: the value 0.0 is not allowed for methods.meta_iada.beta"),
     ({"optim.momentum": {"type": "float", "low": 0.5, "high": 1.5}},
-     "experiments.tiny.search.optim.momentum: the value 1.5 is not allowed"),
+     "tune.search.tiny.optim.momentum: the value 1.5 is not allowed"),
     ({"methods.meta_iada.meta_interval": {"type": "int", "low": 0, "high": 3}},
-     "search.methods.meta_iada.meta_interval: the value 0 is not allowed"),
+     "tune.search.tiny.methods.meta_iada.meta_interval: the value 0 is not allowed"),
 ])
 def test_invalid_search_space_names_the_key(search, expected):
     assert expected in bad_space_error(search)
@@ -533,8 +536,8 @@ def test_invalid_search_space_names_the_key(search, expected):
     ({"experiment": EXPERIMENT, "n_trials": 2, "storage": "journal:"}, "a journal storage needs a file"),
 ])
 def test_invalid_study_names_the_key(study, expected):
-    raw = {"run": {"experiments": [EXPERIMENT]}, "experiments": {EXPERIMENT: experiment_dict(LR_WD_SPACE)},
-           "tune": {"run": ["s"], "studies": {"s": study}}}
+    raw = {"run": {"experiments": [EXPERIMENT]}, "experiments": {EXPERIMENT: experiment_dict()},
+           "tune": {"run": ["s"], "studies": {"s": study}, "search": {EXPERIMENT: LR_WD_SPACE}}}
     with pytest.raises(ParamError) as err:
         parse_params(raw)  # the tune section is parsed with the rest
     assert expected in str(err.value)
