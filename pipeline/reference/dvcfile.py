@@ -154,12 +154,12 @@ def out_of_sync(params: Params, path: Path = REFERENCE_DVC_FILE) -> str | None:
 
 
 def check(params: Params, path: Path = REFERENCE_DVC_FILE) -> None:
-    """Raise one :class:`UserError` saying how to regenerate ``path`` if it is out of date."""
+    """Raise one :class:`UserError` saying how to regenerate ``path`` if it is out of date; else
+    write the ``sync`` stage's output (``in_sync``) beside it, whatever the working directory."""
     problem = out_of_sync(params, path)
     if problem:
         raise UserError(f"{problem}: run `{SYNC_COMMAND}` and commit it, then rerun")
-    REFERENCE_SYNC_FILE.parent.mkdir(parents=True, exist_ok=True)
-    REFERENCE_SYNC_FILE.write_text(f"{path} matches the params\n")
+    (path.parent / REFERENCE_SYNC_FILE.name).write_text(f"{path} matches the params\n")
 
 
 def sync(params: Params, path: Path = REFERENCE_DVC_FILE) -> bool:

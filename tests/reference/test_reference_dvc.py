@@ -87,6 +87,8 @@ def test_out_of_sync_says_what_changed(tmp_path):
     assert dvcfile.out_of_sync(params, path) == f"{path} is missing"
     assert dvcfile.sync(params, path) and not dvcfile.sync(params, path)  # written once, then up to date
     assert dvcfile.out_of_sync(params, path) is None
+    dvcfile.check(params, path)  # up to date: the sync stage's output beside the file checked
+    assert (tmp_path / "in_sync").read_text() == f"{path} matches the params\n"
     changed = raw_params({"seeds": [0, 1], "experiments": {"tiny": {"methods": ["ce", "meta_iada"]}}})
     changed["methods"]["meta_iada"]["alpha"] = 0.25
     assert dvcfile.out_of_sync(parse_params(changed), path) == (
