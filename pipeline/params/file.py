@@ -156,9 +156,10 @@ def parse_params(raw: Any, written: Mapping[str, str] | None = None) -> Params:
 def search_spaces(tune: Any, experiments: Mapping[str, Any]) -> dict[str, Any]:
     """``tune.search``: each experiment's Optuna search space, by experiment name (written beside
     the studies in params/tune.yaml, not in the experiment, so that params.yaml's leaves, which
-    `dvc exp show` lists, are the settings of runs). A ``search`` block in an experiment is refused."""
+    `dvc exp show` lists, are the settings of runs). A non-empty ``search`` block in an experiment is
+    refused (an empty one, as a config written back as data has, says nothing)."""
     for name, block in experiments.items():
-        if isinstance(block, Mapping) and "search" in block:
+        if isinstance(block, Mapping) and block.get("search"):
             raise ParamError(f"experiments.{name}.search: an experiment's search space is written under "
                              f"tune.search.{name} (params/tune.yaml)")
     spaces = tune.get("search") if isinstance(tune, Mapping) else None
