@@ -1,4 +1,4 @@
-"""One entry of an experiment's ``search:`` block: the range or choices Optuna samples a dotted
+"""One entry of an experiment's search space (``tune.search.<experiment>``): the range or choices Optuna samples a dotted
 key from (``suggest_float`` / ``suggest_int`` / ``suggest_categorical``)."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""The ``tune:`` section of params.yaml: studies, samplers, pruners, sweeps, their validation
+"""The ``tune:`` section (params/tune.yaml): studies, samplers, pruners, sweeps, their validation
 against the experiments (:func:`check_tune`), and the :class:`Plan` a study runs from. The
-search spaces are the experiments' ``search:`` blocks (:mod:`pipeline.params.search`)."""
+search spaces are ``tune.search.<experiment>`` (:mod:`pipeline.params.search`), parsed with their
+experiment (``ExperimentConfig.search``)."""
 
 from __future__ import annotations
 
@@ -202,7 +203,7 @@ def check_study(cfg: StudyConfig, experiments: Mapping[str, ExperimentConfig], w
                 space: dict[str, ParamSpace] | None = None, data_seed: int | None = None
                 ) -> tuple[ExperimentConfig, dict[str, ParamSpace]]:
     """Cross-key rules of one study; returns its experiment and searched space (``space``, a
-    budget's, instead of the experiment's ``search:`` block; ``data_seed``: the split it trains on)."""
+    budget's, instead of the experiment's ``tune.search`` space; ``data_seed``: the split it trains on)."""
     if cfg.experiment not in experiments:
         raise ParamError(f"{where}.experiment = {cfg.experiment!r} is not declared: use one of "
                          f"{', '.join(experiments)}")
