@@ -1,2 +1,2 @@
-"""Evaluation of trained runs (test metrics under both selection rules, epsilon analyses, plot
-data) and the comparison report."""
+"""Evaluation of trained runs: test metrics under both selection rules, epsilon analyses, a run's
+plot data (the reports built from the metrics are in :mod:`pipeline.report`)."""

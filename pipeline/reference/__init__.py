@@ -1,2 +1,3 @@
-"""The reference sweep (converged CPU runs of every method, several seeds and splits) and the
-tables and figures built from its committed metrics."""
+"""The reference sweeps (converged CPU runs of every method, several seeds and splits): their runs,
+hashes and DVC stages (the tables and figures built from their committed metrics are in
+:mod:`pipeline.report`)."""

@@ -1,4 +1,4 @@
-"""Plateau check of a reference profile (:mod:`pipeline.reference.plateau`).
+"""Plateau check of a reference profile (:mod:`pipeline.report.plateau`).
 
     python -m pipeline.stages.plateau --experiment lt_ref [--seed 0] [--threads 1] [--doublings 1]
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from pipeline.layout import METRICS_DIR, MODELS_DIR, write_json
     from pipeline.params.file import load_params
-    from pipeline.reference.plateau import check
+    from pipeline.report.plateau import check
 
     params = load_params(args.params)
     exp = params.experiment(args.experiment)

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from pipeline.params.file import load_params
-    from pipeline.reference.report import build_reports
+    from pipeline.report.reference import build_reports
 
     params = load_params(args.params)
     stale = build_reports(params, check=args.check, track=not (args.no_mlflow or args.check),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.evaluation.report import collect, markdown, summarise, write_comparison_figures, write_overlays
+from pipeline.report.comparison import collect, markdown, summarise, write_comparison_figures, write_overlays
 from pipeline.layout import METRICS_DIR, REPORTS_DIR, write_json
 from pipeline.params.file import load_params
 from pipeline.stages.common import main_guard

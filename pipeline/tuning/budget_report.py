@@ -19,7 +19,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline.evaluation.stats import mean_std, pct, pm
+from pipeline.report.stats import mean_std, pct, pm
 from pipeline.params.budget import budget_study_names, find_plan, tuned_label
 from pipeline.params.file import Params
 from pipeline.tuning.budget import DEFAULT_ATTR

@@ -18,8 +18,8 @@ from pipeline.evaluation.evaluate import headline
 from pipeline.params.experiment import apply_values, run_params
 from pipeline.params.file import load_params
 from pipeline.params.schema import ParamError, bounded, to_dict
-from pipeline.reference import tables
-from pipeline.reference.summary import summarise
+from pipeline.report import tables
+from pipeline.report.summary import summarise
 from tests.reference.test_reference_report import labels_of, record
 
 

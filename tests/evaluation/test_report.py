@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.evaluation.metrics import macro_precision, per_class_accuracy, shot_accuracy, split_metrics
-from pipeline.evaluation.report import collect, markdown, summarise
+from pipeline.report.comparison import collect, markdown, summarise
 
 
 def test_per_class_accuracy_and_macro_precision_by_hand():
@@ -73,7 +73,7 @@ def test_overlay_data_has_a_column_per_method_with_the_mean_over_seeds(tmp_path)
     experiment no longer run goes."""
     import csv
 
-    from pipeline.evaluation.report import write_overlays
+    from pipeline.report.comparison import write_overlays
 
     def run(selection, epochs, values, per_class):
         return {"selection_metric": selection, "curve": {"epoch": epochs, selection: values, "val_acc": [0.0] * 9},

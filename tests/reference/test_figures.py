@@ -4,8 +4,8 @@ the scratch runs' whole schedule beside it, the subject black, thick and first i
 from __future__ import annotations
 
 from pipeline.evaluation.plots import pyplot
-from pipeline.reference.figures import _curves
-from pipeline.reference.summary import summarise
+from pipeline.report.figures import _curves
+from pipeline.report.summary import summarise
 from tests.reference.test_reference_report import labels_of, record
 
 

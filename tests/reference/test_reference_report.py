@@ -12,9 +12,9 @@ import pytest
 
 from pipeline.reference.plan import write_record
 from pipeline.params.file import load_params
-from pipeline.reference import report, summary, tables
-from pipeline.reference.report import build_reports
-from pipeline.reference.summary import Label, best_baseline, paired, summarise
+from pipeline.report import reference as report, summary, tables
+from pipeline.report.reference import build_reports
+from pipeline.report.summary import Label, best_baseline, paired, summarise
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,7 +101,7 @@ def test_ablations_are_compared_with_the_default_and_ordered_on_validation_never
     assert [r.split(" | ")[0] for r in rows] == ["| meta_iada", "| meta_iada-beta2", "| meta_iada-wd0"]
     assert "`beta = 2.0`" in rows[1] and "+3.00" in rows[2]
     monkeypatch.chdir(tmp_path)
-    from pipeline.reference.figures import write_figures
+    from pipeline.report.figures import write_figures
 
     assert "exp-ablations.png" in write_figures("exp", labels_of(*recs), s, tmp_path)
     assert (tmp_path / "exp-ablations.png").stat().st_size > 10_000

@@ -229,7 +229,7 @@ def test_the_plateau_schedules_move_ldam_drws_re_weighting_with_the_first_milest
     when derived (lt_ref: 96, doubled 192), the value set x factor when set (10 -> 10·factor)."""
     from pipeline.params.experiment import apply_values
     from pipeline.params.schema import to_dict
-    from pipeline.reference.plateau import doubled
+    from pipeline.report.plateau import doubled
 
     lt_ref = load_params(ROOT / "params.yaml").experiment("lt_ref")
     long = doubled(lt_ref, factor, data_seed=0)

@@ -10,9 +10,9 @@ from pathlib import Path
 from scipy import stats
 
 from pipeline.params.file import load_params
-from pipeline.reference import report
-from pipeline.reference.summary import summarise
-from pipeline.reference.verdict import verdict
+from pipeline.report import reference as report
+from pipeline.report.summary import summarise
+from pipeline.report.verdict import verdict
 from tests.reference.test_reference_report import labels_of, record
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,12 +10,12 @@ Per reference experiment, ``reports/reference/<experiment>.md`` holds:
   and CE, with the best mean *validation* value of the selection metric: chosen without test;
 - a "published vs ours" table beside the literature's numbers (``docs/published.yaml``), with the
   protocol differences stated on each row;
-- the figures of :mod:`pipeline.reference.figures`.
+- the figures of :mod:`pipeline.report.figures`.
 
 ``reports/reference/summary.json`` holds the same numbers for programs, and the README's results
 section (between its ``reference`` markers) is rewritten from them: no number in it is typed by
-hand. The numbers: :mod:`pipeline.reference.summary`; the pages' markdown:
-:mod:`pipeline.reference.tables`.
+hand. The numbers: :mod:`pipeline.report.summary`; the pages' markdown:
+:mod:`pipeline.report.tables`.
 """
 
 from __future__ import annotations
@@ -27,14 +27,14 @@ from typing import Any
 import yaml
 
 from pipeline.errors import UserError
-from pipeline.evaluation.stats import pm
+from pipeline.report.stats import pm
 from pipeline.layout import REFERENCE, REPORTS_DIR, json_safe
 from pipeline.params.file import Params
 from pipeline.params.reference import ReferenceExperiment
-from pipeline.reference.summary import load_records, noise_fit, outdated_records, summarise
-from pipeline.reference.tables import (_noise_fit_text, _setting_verdict, diff, experiment_markdown, published_table,
+from pipeline.report.summary import load_records, noise_fit, outdated_records, summarise
+from pipeline.report.tables import (_noise_fit_text, _setting_verdict, diff, experiment_markdown, published_table,
                                        seeds_of)
-from pipeline.reference.verdict import verdict
+from pipeline.report.verdict import verdict
 
 REPORT_DIR = REPORTS_DIR / REFERENCE
 
@@ -90,7 +90,7 @@ def headline(name: str, s: dict[str, Any]) -> str:
 
 
 def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
-    """The README's results: the verdict of each experiment first (:mod:`pipeline.reference.verdict`),
+    """The README's results: the verdict of each experiment first (:mod:`pipeline.report.verdict`),
     then where the subject ranks, the calibration against the published numbers where the runs
     recorded it, and per experiment how much of the planned sweep is there and a link to its page
     (the tables stay on the pages: the README is a manual)."""
@@ -135,7 +135,7 @@ def replace_section(text: str, section: str) -> str:
 def build_reports(params: Params, *, check: bool = False, track: bool = False, readme: bool = True) -> list[Path]:
     """Write (or with ``check`` compare) every report file and the README section; returns the
     files that were out of date."""
-    from pipeline.reference.figures import KINDS, write_figures
+    from pipeline.report.figures import KINDS, write_figures
 
     outdated = outdated_records(params)
     if outdated:

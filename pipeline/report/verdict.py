@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.reference.tables import setting_text
+from pipeline.report.tables import setting_text
 
 
 def verdict(name: str, s: dict[str, Any]) -> str:
-    """The sentence for experiment ``name`` from :func:`~pipeline.reference.summary.summarise`'s ``s``."""
+    """The sentence for experiment ``name`` from :func:`~pipeline.report.summary.summarise`'s ``s``."""
     subject, labels = s["subject"], s["labels"]
     if subject not in labels:
         return f"**{name}**: no verdict yet, {subject} has not run."
@@ -42,7 +42,7 @@ def who(label: str, entry: dict[str, Any]) -> str:
 
 def difference(p: dict[str, Any], other: str, entry: dict[str, Any], n_seeds: int, role: str = "") -> str:
     """``2.10 points below the best baseline by validation, ldam_drw-scratch (scratch) [-3.50,
-    -0.69]`` from a paired difference ``p`` (:func:`~pipeline.reference.summary.paired`)."""
+    -0.69]`` from a paired difference ``p`` (:func:`~pipeline.report.summary.paired`)."""
     them = f"{role}{who(other, entry)}"
     if p["mean"] is None:
         return f"not comparable with {them} (no seed both ran with a value)"

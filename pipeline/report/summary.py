@@ -2,7 +2,7 @@
 records by seed, mean ± std over seeds, the paired difference of each label against CE and against
 the best baseline with a 95 % t-interval over seeds (d_s = m_s − b_s for every seed s both ran,
 mean(d) ± t_{0.975, n−1} · sd(d) / √n), the best baseline chosen on validation, the subject's
-ablations and precision twins (:func:`summarise`); the pages are :mod:`pipeline.reference.report`.
+ablations and precision twins (:func:`summarise`); the pages are :mod:`pipeline.report.reference`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from scipy import stats as scipy_stats
 
 from pipeline.data.noisy import noisy_label_distribution
 from pipeline.data.scenarios import SCENARIOS
-from pipeline.evaluation.stats import mean_std
+from pipeline.report.stats import mean_std
 from pipeline.layout import REFERENCE_METRICS_DIR
 from pipeline.params.file import Params
 

@@ -22,7 +22,7 @@ import numpy as np
 from pipeline.evaluation.plots import pyplot
 
 if TYPE_CHECKING:
-    from pipeline.reference.summary import Label
+    from pipeline.report.summary import Label
 
 
 KINDS = ("results", "per_class", "curves", "epsilon", "ablations")  # file <experiment>-<kind>.png, in page order

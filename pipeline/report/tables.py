@@ -1,5 +1,5 @@
 """The markdown of a reference experiment's page (``reports/reference/<experiment>.md``) and the
-tables the README's results reuse, from :func:`pipeline.reference.summary.summarise`'s numbers."""
+tables the README's results reuse, from :func:`pipeline.report.summary.summarise`'s numbers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 from typing import Any
 
 from pipeline.data.scenarios import SCENARIOS
-from pipeline.evaluation.report import ORDER
-from pipeline.evaluation.stats import pct, pm
+from pipeline.report.comparison import ORDER
+from pipeline.report.stats import pct, pm
 
 MAX_GROUP_COLUMNS = 8  # ε per group as table columns up to this many groups
 

@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from pipeline.evaluation.stats import mean_std, pm
+from pipeline.report.stats import mean_std, pm
 from pipeline.layout import OVERLAYS, metrics_file, overlay_file
 
 
@@ -34,7 +34,7 @@ ORDER = ("acc", "many_acc", "medium_acc", "few_acc", "worst_group_acc", "avg_acc
 
 
 def stats(values: list[float | None]) -> dict[str, Any]:
-    """:func:`~pipeline.evaluation.stats.mean_std` of ``values`` with their number under
+    """:func:`~pipeline.report.stats.mean_std` of ``values`` with their number under
     ``seeds``, as ``reports/summary.json`` writes it."""
     s = mean_std(values)
     return {"mean": s["mean"], "std": s["std"], "seeds": s["n"]}
@@ -78,12 +78,12 @@ def markdown(results: dict[str, dict[str, list[dict[str, Any]]]]) -> str:
 
 
 def write_comparison_figures(results: dict[str, dict[str, list[dict[str, Any]]]], subject: str, out: Path) -> None:
-    """The figures of :mod:`pipeline.reference.figures` for the methods of each experiment run
+    """The figures of :mod:`pipeline.report.figures` for the methods of each experiment run
     (``<experiment>-results.png``, ``-per_class.png``, ``-curves.png``, ``-epsilon.png``), every
     method on the same chart; files of experiments no longer run are removed."""
-    from pipeline.reference.summary import Label
-    from pipeline.reference.summary import summarise as summarise_labels
-    from pipeline.reference.figures import write_figures
+    from pipeline.report.summary import Label
+    from pipeline.report.summary import summarise as summarise_labels
+    from pipeline.report.figures import write_figures
 
     out.mkdir(parents=True, exist_ok=True)
     kept: set[str] = set()
