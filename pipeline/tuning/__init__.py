@@ -59,7 +59,8 @@ lives in the study's user attrs, claimed by compare-and-set in the storage, so e
 every invocation, concurrent ones included, nests under the same one (:func:`parent_run`).
 
 Analysis, in ``studies/<study>/`` and on the parent run: ``trials.csv``, ``importances.json``
-(fANOVA, :class:`optuna.importance.FanovaImportanceEvaluator`, seeded), ``summary.json``,
+(fANOVA, :class:`optuna.importance.FanovaImportanceEvaluator`, seeded; none where ``STABILITY_SEEDS``
+seeds rank different parameters first), ``summary.json``,
 ``best_params.yaml``, PNGs from ``optuna.visualization.matplotlib`` (parameters with one value
 left out, the contour limited to the 3 most important) and the importance bars (evaluator in the
 title), and for a sweep

@@ -4,6 +4,7 @@ line that applies them."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,6 +27,10 @@ CONTOUR_PARAMS = 3  # the contour plot shows the pairs of this many parameters (
 # floating-point rounding (a contour of two tied trials drew a colour bar of 1e-13 + 0.53), far below
 # one validation sample of an accuracy (1 / n_val >= 1e-4).
 VALUE_TOLERANCE = 1e-6
+# fANOVA fits a seeded random forest; on a few trials which parameter comes first can depend on that
+# seed alone (an artefact, not a finding). Importances are reported only when this many consecutive
+# evaluator seeds, from the sampler's seed on, rank the same parameter first.
+STABILITY_SEEDS = 5
 
 
 def constant_params(trials: list[optuna.trial.FrozenTrial]) -> dict[str, Any]:
@@ -51,12 +56,32 @@ def evaluator_name(imp: Mapping[str, Any]) -> str:
     return f"{imp['evaluator']}, seed {imp['seed']}"
 
 
+def fanova(study: optuna.Study, params: list[str], seed: int) -> dict[str, float]:
+    """fANOVA importances of ``params`` (most important first) with the evaluator's forest seeded ``seed``."""
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+    return {k: float(v) for k, v in optuna.importance.get_param_importances(study, evaluator=evaluator,
+                                                                             params=params).items()}
+
+
+def unstable_ranking(by_seed: dict[int, dict[str, float]], n_complete: int) -> str | None:
+    """Why importances computed under several evaluator seeds (seed -> importances) attribute
+    nothing: the most important parameter is not the same under every seed; or None."""
+    tops = Counter(max(imp, key=imp.__getitem__) for imp in by_seed.values())
+    if len(tops) == 1:
+        return None
+    return ("the fANOVA ranking changes with its random seed (most important over seeds "
+            f"{min(by_seed)}-{max(by_seed)}: " + ", ".join(f"{k} {n}" for k, n in tops.most_common())
+            + f"): the {n_complete} complete trials single out no most important parameter")
+
+
 def importances(study: optuna.Study, plan: Plan) -> dict[str, Any]:
-    """fANOVA importances of the complete trials' values; ``not_computed`` says why there are none."""
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=plan.cfg.sampler.seed)
+    """fANOVA importances of the complete trials' values, under the sampler's seed, where
+    ``STABILITY_SEEDS`` evaluator seeds agree on the most important parameter; ``not_computed``
+    says why there are none."""
+    seed = plan.cfg.sampler.seed
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    out: dict[str, Any] = {"evaluator": type(evaluator).__name__, "seed": plan.cfg.sampler.seed,
-                           "target": f"{plan.metric}, best over the trial's epochs",
+    out: dict[str, Any] = {"evaluator": optuna.importance.FanovaImportanceEvaluator.__name__, "seed": seed,
+                           "stability_seeds": STABILITY_SEEDS, "target": f"{plan.metric}, best over the trial's epochs",
                            "n_complete_trials": len(complete), "importances": {}, "notes": [], "not_computed": None}
     if len(complete) < 2:
         out["not_computed"] = f"fANOVA needs at least 2 complete trials, the study has {len(complete)}"
@@ -71,8 +96,11 @@ def importances(study: optuna.Study, plan: Plan) -> dict[str, Any]:
         return out
     if constant:
         out["notes"].append("one value in every complete trial, so not measured: " + ", ".join(sorted(constant)))
-    out["importances"] = {k: float(v) for k, v in
-                          optuna.importance.get_param_importances(study, evaluator=evaluator, params=chosen).items()}
+    by_seed = {s: fanova(study, chosen, s) for s in range(seed, seed + STABILITY_SEEDS)}
+    if unstable := unstable_ranking(by_seed, len(complete)):
+        out["not_computed"] = unstable
+    else:
+        out["importances"] = by_seed[seed]
     return out
 
 
@@ -133,8 +161,9 @@ def write_plots(study: optuna.Study, plan: Plan, imp: Mapping[str, Any]) -> dict
     A parameter with one value in every complete trial is left out of the slice, contour and
     parallel coordinate plots (Optuna warned once per contour pair, and matplotlib about a
     singular axis); the contour shows only the ``CONTOUR_PARAMS`` most important parameters
-    (5 gave 25 unreadable panels). Complete trials with values within ``VALUE_TOLERANCE`` get
-    no slice, contour or parallel coordinate plot (they would draw rounding noise), only the history."""
+    (5 gave 25 unreadable panels), all of them where there are no more, and none where more vary
+    but no importances say which to show. Complete trials with values within ``VALUE_TOLERANCE``
+    get no slice, contour or parallel coordinate plot (they would draw rounding noise), only the history."""
     plt = pyplot()
     from optuna.visualization import matplotlib as vis
 
@@ -167,6 +196,9 @@ def write_plots(study: optuna.Study, plan: Plan, imp: Mapping[str, Any]) -> dict
         skipped["slice.png"] = skipped["parallel_coordinate.png"] = notes["slice.png"]
     if len(varying) < 2:
         skipped["contour.png"] = f"a contour plot needs 2 parameters with two values or more, the study has {len(varying)}"
+    elif len(varying) > CONTOUR_PARAMS and imp["not_computed"]:
+        skipped["contour.png"] = (f"no importances to choose {CONTOUR_PARAMS} of its {len(varying)} parameters by: "
+                                  + imp["not_computed"])
     elif len(varying) > CONTOUR_PARAMS:
         notes["contour.png"] = (f"the {CONTOUR_PARAMS} most important of {len(varying)} parameters: "
                                 + ", ".join(ranked[:CONTOUR_PARAMS]))

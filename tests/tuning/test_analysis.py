@@ -1,5 +1,6 @@
 """A study's figures: no warnings for what is understood (a parameter with one value), short axis
-labels, the contour limited to the most important parameters, the importance evaluator named."""
+labels, the contour limited to the most important parameters (none without importances), the
+importance evaluator named."""
 
 from __future__ import annotations
 
@@ -18,17 +19,20 @@ ALPHA, LR, WD, INTERVAL = ("methods.meta_iada.alpha", "optim.lr", "optim.weight_
                            "methods.meta_iada.meta_interval")
 
 
-def study_with(constant_alpha: bool, n_trials: int = 10) -> optuna.Study:
-    """Four parameters; alpha takes one value in every trial when ``constant_alpha``; lr decides the value."""
+def study_with(constant_alpha: bool, n_trials: int = 10, values: list[float] | None = None) -> optuna.Study:
+    """Four parameters; alpha takes one value in every trial when ``constant_alpha``; lr decides the
+    value, or the trials' values are ``values`` (no parameter decides them)."""
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    given = iter(values or [])
 
     def objective(trial: optuna.Trial) -> float:
         trial.suggest_categorical(ALPHA, [0.5] if constant_alpha else [0.1, 0.5, 1.0])
         trial.suggest_int(INTERVAL, 1, 4)
         trial.suggest_float(WD, 1e-4, 1e-3, log=True)
-        return trial.suggest_float(LR, 0.02, 0.2, log=True)
+        lr = trial.suggest_float(LR, 0.02, 0.2, log=True)
+        return next(given) if values else lr
 
-    study.optimize(objective, n_trials=n_trials)
+    study.optimize(objective, n_trials=len(values) if values else n_trials)
     return study
 
 
@@ -80,6 +84,21 @@ def test_labels_are_short_and_the_contour_shows_the_three_most_important(tmp_pat
     assert imp["importances"][LR] == max(imp["importances"].values())  # the value is lr: sanity of the ranking
     assert spied["plot_contour"]["params"] == top3
     assert notes["contour.png"] == f"the 3 most important of 4 parameters: {', '.join(top3)}"
+
+
+def test_without_importances_no_contour_is_drawn_of_more_than_three_parameters(tmp_path, spied):
+    """Five trials whose values no parameter decides: fANOVA's first parameter changes with its seed,
+    so there are no importances to pick the contour's three of the four parameters by."""
+    study = study_with(constant_alpha=False, values=[0.5, 0.6, 0.55, 0.52, 0.58])
+    imp = analysis.importances(study, plan(tmp_path))
+    assert imp["importances"] == {}
+    assert imp["not_computed"].startswith(
+        "the fANOVA ranking changes with its random seed (most important over seeds 0-4: ")
+    notes = analysis.write_plots(study, plan(tmp_path), imp)
+    assert notes["contour.png"] == f"no importances to choose 3 of its 4 parameters by: {imp['not_computed']}"
+    assert notes["param_importances.png"] == imp["not_computed"]
+    assert "plot_contour" not in spied and not (tmp_path / "contour.png").exists()
+    assert spied["plot_slice"]["params"] == ["alpha", "meta_interval", "optim.lr", "optim.weight_decay"]
 
 
 def test_the_importance_figure_names_its_evaluator(tmp_path):

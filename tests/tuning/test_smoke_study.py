@@ -1,11 +1,13 @@
 """What a small study shows, on in-memory Optuna studies with fake objectives (no training): no
 trial pruned after its last epoch, no pruner where no epoch could be pruned, lt_smoke's trials
-at different values, nothing attributed (no importances, no surface plots) to tied trials, and
-the study definition kept out of the user attributes the dashboard shows."""
+at different values, nothing attributed to tied trials (no importances, no surface plots) nor
+where fANOVA's ranking depends on its seed (no importances), and the study definition kept out of
+the user attributes the dashboard shows."""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -109,13 +111,52 @@ def test_trials_within_the_tolerance_get_no_importances_and_no_surface_plots(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["optimization_history.png"]
 
 
+def lt_smoke_study(trials: list[tuple[float, float, float]]) -> tuple[optuna.Study, Any]:
+    """A study over lt_smoke's search space with the trials given as (lr, alpha, value), and lt_smoke's plan."""
+    plan = make_plan(load_params(ROOT / "params.yaml"), "lt_smoke")
+    study = optuna.create_study(direction="maximize")
+    for lr, alpha, _ in trials:
+        study.enqueue_trial({LR: lr, ALPHA: alpha})
+    values = iter(value for *_, value in trials)
+
+    def objective(trial: optuna.Trial) -> float:
+        suggest(trial, plan)
+        return next(values)
+
+    study.optimize(objective, n_trials=len(trials))
+    return study, plan
+
+
 def test_trials_one_validation_image_apart_are_attributed(tmp_path):
-    study = tied_study([0.53, 0.535, 0.53, 0.54])
+    """lr decides the value, one validation image apart (alpha does not: each of its values goes with
+    a lower and a higher lr): every evaluator seed ranks lr first, and the first seed's importances stand."""
+    study, _ = lt_smoke_study([(0.03, 0.1, 0.53), (0.05, 0.5, 0.53), (0.1, 0.1, 0.535), (0.15, 0.5, 0.54)])
     imp = analysis.importances(study, plan_in(tmp_path))
-    assert imp["not_computed"] is None and set(imp["importances"]) == {LR, ALPHA}
+    assert imp["not_computed"] is None and list(imp["importances"]) == [LR, ALPHA]  # most important first
+    assert imp["importances"] == analysis.fanova(study, [LR, ALPHA], seed=0)
+    assert (imp["seed"], imp["stability_seeds"]) == (0, analysis.STABILITY_SEEDS)
     assert analysis.write_plots(study, plan_in(tmp_path), imp) == {}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["optimization_history.png", "slice.png", "parallel_coordinate.png", "contour.png", "param_importances.png"])
+
+
+def test_a_ranking_that_changes_with_the_evaluator_seed_is_not_reported(tmp_path):
+    """Four lt_smoke trials of a real study (rounded): whether lr or alpha comes first depends on
+    the seed of fANOVA's forest. No importances, the reason in one line; the contour still shows
+    the two parameters, which need no ranking."""
+    study, plan = lt_smoke_study([(0.083, 0.5, 0.56), (0.168, 1.0, 0.585), (0.092, 0.1, 0.555), (0.021, 0.25, 0.485)])
+    imp = analysis.importances(study, plan)
+    first = plan.cfg.sampler.seed
+    assert imp["importances"] == {} and imp["stability_seeds"] == analysis.STABILITY_SEEDS
+    name = f"({re.escape(LR)}|{re.escape(ALPHA)})"
+    found = re.fullmatch(rf"the fANOVA ranking changes with its random seed \(most important over seeds "
+                         rf"{first}-{first + analysis.STABILITY_SEEDS - 1}: {name} (\d), {name} (\d)\): "
+                         rf"the 4 complete trials single out no most important parameter", imp["not_computed"])
+    assert found, imp["not_computed"]
+    assert {found[1], found[3]} == {LR, ALPHA} and int(found[2]) + int(found[4]) == analysis.STABILITY_SEEDS
+    assert analysis.write_plots(study, plan_in(tmp_path), imp) == {"param_importances.png": imp["not_computed"]}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["optimization_history.png", "slice.png", "parallel_coordinate.png", "contour.png"])
 
 
 def definition_plan(definition: dict[str, Any]) -> Any:
