@@ -110,7 +110,7 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
         rows = published.get(s["scenario"])
         if rows and any("best_epoch_on_test" in e for e in s["labels"].values()):
             lines += [f"Calibration on **{name}** against the published numbers:", "",
-                      *published_table(s["labels"], rows, len(seeds_of(s["labels"])), ran_only=True), ""]
+                      *published_table(s["labels"], rows, ran_only=True), ""]
     lines += ["Each experiment's page (every label's metrics, paired differences, ablations, ε, figures):", ""]
     for name, s in summaries.items():
         seeds = ", ".join(map(str, seeds_of(s["labels"])))

@@ -99,22 +99,32 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
     if s.get("compare"):
         lines += ["", "## Further paired differences", "", COMPARE_TEXT.format(p=primary), "", *compare_table(s)]
     if published:
-        lines += ["", "## Published vs ours", "", *published_table(labels, published, len(seeds))]
+        lines += ["", "## Published vs ours", "", *published_table(labels, published)]
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
 
 
-def published_table(labels: dict[str, Any], published: dict[str, Any], n_seeds: int, *,
-                    ran_only: bool = False) -> list[str]:
+def seeds_text(counts: set[int]) -> str:
+    """How many seeds the values of a table are over: one number when every row ran as many."""
+    if len(counts) == 1:
+        n = next(iter(counts))
+        return f"mean over {n} seed{'s' if n > 1 else ''}"
+    return (f"mean ± std over the seeds each row ran ({min(counts)} to {max(counts)}; "
+            "a value without ± is one seed)")
+
+
+def published_table(labels: dict[str, Any], published: dict[str, Any], *, ran_only: bool = False) -> list[str]:
     """The literature's rows (``docs/published.yaml``) beside ours, validation-selected and final,
     and where the runs recorded it the best epoch on test (calibration only); ``ran_only``: only
-    the rows we ran."""
+    the rows we ran. The header says over how many seeds, per row where the rows differ."""
     calibrated = any("best_epoch_on_test" in e for e in labels.values())
     metric = published["metric"]
+    shown = [ours for row in published["rows"] if (ours := _published_label(labels, row["label"]))]
+    counts = {len(ours["seeds"]) for ours in shown} or {0}
     lines = [(f"Published: {published['common']['data']}, {published['common']['network']}, "
               f"{published['common']['epochs']}, selection: {published['common']['selection']}. "
-              f"Ours: this page's data and profile, validation-selected, mean over {n_seeds} seeds."), "",
+              f"Ours: this page's data and profile, validation-selected, {seeds_text(counts)}."), "",
              f"| method | published {metric} | source | ours (selected) | ours (final) |"
              + (CALIBRATION_HEAD if calibrated else ""),
              "|---|---|---|---|---|" + ("---|" if calibrated else "")]

@@ -380,3 +380,18 @@ def test_a_compare_pair_must_name_two_labels_of_the_sweep():
     raw["reference"]["experiments"]["lt_ref"]["compare"] = {"meta_iada": "isda-nope"}
     with pytest.raises(ParamError, match=r"compare: 'meta_iada': 'isda-nope' must pair two different labels"):
         parse_params(raw)
+
+
+def test_the_published_table_says_over_how_many_seeds_each_row_is():
+    """ce ran seeds 0 and 1, cb_ce seed 0 only: "mean over 2 seeds" would be false for cb_ce."""
+    published = {"metric": "acc", "common": {"data": "d", "network": "n", "epochs": "e", "selection": "s"},
+                  "rows": [{"label": "ce", "value": 70.4, "source": "x"}, {"label": "cb_ce", "value": 72.7, "source": "y"}]}
+    recs = [record("ce", s, 0.6, 0.6) for s in (0, 1)] + [record("meta_iada", s, 0.7, 0.7, epsilon=True) for s in (0, 1)]
+    both = summarise(labels_of(*recs), "meta_iada")["labels"]
+    assert "validation-selected, mean over 2 seeds." in tables.published_table(both, published, ran_only=True)[0]
+    mixed = summarise(labels_of(*recs, record("cb_ce", 0, 0.65, 0.65)), "meta_iada")["labels"]
+    assert ("validation-selected, mean ± std over the seeds each row ran (1 to 2; a value without ± is one seed)."
+            in tables.published_table(mixed, published, ran_only=True)[0])
+    one = summarise(labels_of(record("ce", 0, 0.6, 0.6), record("meta_iada", 0, 0.7, 0.7, epsilon=True)),
+                    "meta_iada")["labels"]
+    assert "validation-selected, mean over 1 seed." in tables.published_table(one, published)[0]
