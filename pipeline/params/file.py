@@ -50,7 +50,7 @@ from pipeline.params.budget import add_tuned_variants, check_budgets
 from pipeline.params.experiment import ExperimentConfig
 from pipeline.params.inherit import base_order, resolve_experiments
 from pipeline.params.reference import ReferenceConfig, check_reference
-from pipeline.params.schema import ParamError, _check_finite, bounded, build, check_name
+from pipeline.params.schema import ParamError, bounded, build, check_finite, check_name
 from pipeline.params.tune import TuneConfig, check_tune
 
 PARAMS_FILE = "params.yaml"
@@ -173,7 +173,7 @@ def search_spaces(tune: Any, experiments: Mapping[str, Any]) -> dict[str, Any]:
                              f"{', '.join(experiments)})")
         if not isinstance(space, Mapping):
             raise ParamError(f"tune.search.{name} must be a mapping of dotted key -> search space, got {space!r}")
-        _check_finite(space, f"tune.search.{name}")  # named where it is written (not experiments.<name>.search)
+        check_finite(space, f"tune.search.{name}")  # named where it is written (not experiments.<name>.search)
     return dict(spaces)
 
 

@@ -106,7 +106,7 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], where: str) -> None:
             raise ParamError(f"{where} = {value!r} is out of range: it must be {sym} {bound}")
 
 
-def _check_finite(value: Any, where: str) -> None:
+def check_finite(value: Any, where: str) -> None:
     """Refuse NaN and ±inf anywhere in ``value`` (a number, or lists and mappings of them, e.g. a
     method block or a search space): YAML's ``.nan`` fails every comparison, so it passes every
     bound check, and ``.inf`` passes every lower bound (``optim.lr: .inf``)."""
@@ -114,10 +114,10 @@ def _check_finite(value: Any, where: str) -> None:
         raise ParamError(f"{where} = {value!r} is not a finite number: give a finite value")
     if isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            _check_finite(item, f"{where}[{i}]")
+            check_finite(item, f"{where}[{i}]")
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            _check_finite(item, f"{where}.{key}")
+            check_finite(item, f"{where}.{key}")
 
 
 def convert(tp: Any, value: Any, where: str) -> Any:
@@ -199,7 +199,7 @@ def build(cls: type[T], raw: Mapping[str, Any] | None, where: str) -> T:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ParamError(f"missing key {key}: it must be {describe(hints[name])}")
             continue
-        _check_finite(raw[name], key)
+        check_finite(raw[name], key)
         value = convert(hints[name], raw[name], key)
         _check_bounds(value, f.metadata, key)
         if "choices" in f.metadata and value not in (allowed := list(f.metadata["choices"]())):
@@ -221,7 +221,7 @@ def build_section(cls: type, raw: Mapping[str, Any], name: str, where: str) -> A
     """Section ``name`` of a :func:`sections` field: ``raw[name]`` as ``cls``, or its defaults."""
     if name not in raw:
         return build(cls, {}, where)
-    _check_finite(raw[name], where)
+    check_finite(raw[name], where)
     return convert(cls, raw[name], where)
 
 
