@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.engine.allocator import keep_freed_memory
+from pipeline.engine.build import native_bf16
 from pipeline.data.prepared import PreparedData, load_prepared
 from pipeline.data.loader import Augmentation, BatchLoader, Order, channel_stats
 from pipeline.networks import Precision, build_network
@@ -142,6 +143,10 @@ def main(argv: list[str] | None = None) -> None:
         result["gpu"] = torch.cuda.get_device_name(device)
     precisions = tuple(dict.fromkeys(args.precision or ["fp32", "bf16"]))
     result["precisions"] = list(precisions)
+    result["bf16_native"] = native_bf16(device)  # False: bf16 is emulated here, and training refuses it
+    if "bf16" in precisions and not result["bf16_native"]:
+        print(f"bf16: {device} has no native bfloat16 convolutions (torch: {torch.backends.cpu.get_cpu_capability()}); "
+              "the bf16 figures measure an emulation, and training refuses bf16 here (docs/precision.md)")
     for precision in precisions:
         prefix = "" if precision == "fp32" else f"{precision}_"
         pipe = input_pipeline(args.arch, args.batch, args.steps, args.warmup, cl, args.data, device,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,35 @@ def resolve_device(device: str) -> torch.device:
             raise ParamError(f"run.device = {device!r} but this machine has {torch.cuda.device_count()} CUDA "
                              f"device(s): use cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return torch.device(device)
+
+
+# Set to 1 to train in bf16 on a device without native bfloat16 convolutions (check_precision).
+EMULATED_BF16_ENV = "META_IADA_ALLOW_EMULATED_BF16"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bfloat16 convolutions natively: a CUDA device that supports bf16,
+    or a CPU on which oneDNN has a bf16 path (AVX-512 or newer: ``avx512_bf16``, ``amx_bf16``);
+    on an AVX2 CPU oneDNN has none and autocast's bf16 convolutions fall back to a slow reference
+    path (docs/precision.md). Other devices are not judged (True)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return True
+
+
+def check_precision(exp: ExperimentConfig, device: torch.device) -> None:
+    """Refuse ``network.precision: bf16`` on a device without native bf16 (:func:`native_bf16`),
+    unless ``$META_IADA_ALLOW_EMULATED_BF16`` is 1: there a run takes many times as long as in
+    fp32 (14x for ResNet-32 on an AVX2 CPU, docs/precision.md), which nobody wants by accident."""
+    if exp.network.precision != "bf16" or os.environ.get(EMULATED_BF16_ENV) == "1" or native_bf16(device):
+        return
+    where = torch.cpu.get_capabilities().get("cpu_name", "this CPU") if device.type == "cpu" else str(device)
+    raise ParamError(f"network.precision = bf16, but {where} ({torch.backends.cpu.get_cpu_capability()}) has no native "
+                     "bfloat16 convolutions: bf16 is emulated there, many times slower than fp32 (docs/precision.md). "
+                     "Run on a CPU with AVX-512 or a GPU, or set network.precision=fp32 (a different run), or set "
+                     f"{EMULATED_BF16_ENV}=1 to run it anyway")
 
 
 def normalisation(data: PreparedData) -> tuple[list[float], list[float]]:

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from pipeline.data.prepared import PreparedData
 from pipeline.engine.allocator import keep_freed_memory
-from pipeline.engine.build import Loaders, build_model, build_net, check_batch_sizes, make_loaders, resolve_device
+from pipeline.engine.build import (Loaders, build_model, build_net, check_batch_sizes, check_precision, make_loaders,
+                                   resolve_device)
 from pipeline.engine.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, atomic_save, load_checkpoint, run_lock,
                                         saved_on_interrupt)
 from pipeline.engine.compiled import CompiledRegion, compile_method
@@ -113,6 +114,7 @@ def fit(run: RunSpec, *, tracker: Tracker | None = None, on_epoch: EpochCallback
     folder's lock; a Ctrl-C says what was saved. Sets the process's allocator to keep freed
     memory (:func:`pipeline.engine.allocator.keep_freed_memory`).
     """
+    check_precision(run.exp, resolve_device(run.device))  # before the run's folder or lock exists
     with run_lock(run.out_dir), saved_on_interrupt(run.out_dir):
         check_batch_sizes(run.exp, run.data)
         keep_freed_memory()

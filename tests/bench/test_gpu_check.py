@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from pipeline.bench import gpu_check
+from pipeline.engine.build import native_bf16
 from pipeline.layout import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +60,7 @@ def test_the_whole_check_runs_on_the_cpu_and_prints_one_json_line(tmp_path):
     assert bench["rc"] == 0 and bench["ce_peak_mb"] > 0
     assert bench["meta_full_over_ce"] == bench["meta_full_step_median_s"] / bench["ce_step_median_s"]
     assert bench["bf16_ce_speedup"] > 0 and bench["bf16_meta_full_over_ce"] > 0  # the bf16 keys reach the line
+    assert bench["bf16_native"] is native_bf16(torch.device("cpu"))  # whether those are the CPU's own bf16
     for p in ("", "bf16_"):  # the CE and meta steps eager and compiled (run.compile), in each precision
         assert bench[f"{p}compile_status"] == {"ce.loss": "compiled", "meta_full.meta_loss": "compiled"}
         assert bench[f"{p}ce_compiled_speedup"] == pytest.approx(bench[f"{p}ce_compiled_img_per_s"]

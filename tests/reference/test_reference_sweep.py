@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from pipeline.data.prepared import load_prepared
+from pipeline.engine.build import EMULATED_BF16_ENV
 from pipeline.params.file import load_params, parse_params
 from pipeline.params.schema import ParamError
 from pipeline.reference import sweep
@@ -124,6 +125,7 @@ def test_a_variant_that_changes_the_pretraining_gets_its_own(tmp_path, monkeypat
     from the base one's (which it would otherwise record as if it had been its own); a variant
     that changes only its method shares the base pretraining."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(EMULATED_BF16_ENV, "1")  # tiny networks: emulated bf16 costs nothing here
     params = parse_params(raw_params({"seeds": [0], "experiments": {"tiny": {
         "methods": ["ce", "meta_iada"],
         "variants": {"ce-bf16": {"method": "ce", "set": {"network.precision": "bf16"}},
