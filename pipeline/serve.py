@@ -109,11 +109,19 @@ def command(kind: str, port: int, storage: str | None,
         uri = tracking_uri()
         return [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", uri, "--host", HOST, "--port", str(port),
                 "--workers", "1"], env
+    from pipeline.params.tune import JOURNAL, journal_path  # imports torch: only for the dashboard
+
     url = storage or f"sqlite:///{project_root() / 'optuna.db'}"
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
-        raise ServeError(f"no study yet ({url[len('sqlite:///'):]} does not exist): run one first, e.g. "
+    store, target = None, url  # the store's file, if it has one; what optuna-dashboard is given
+    if url.startswith(JOURNAL):  # optuna-dashboard takes a journal file by its path
+        store = journal_path(url)
+        target = str(store)
+    elif url.startswith("sqlite:///"):
+        store = Path(url[len("sqlite:///"):])
+    if store is not None and not store.is_file():
+        raise ServeError(f"no study yet ({store} does not exist): run one first, e.g. "
                          "python -m pipeline.stages.tune --study lt_alpha (studies: tune.studies in params/tune.yaml)")
-    return [str(bin_dir / "optuna-dashboard"), url, "--host", HOST, "--port", str(port)], env
+    return [str(bin_dir / "optuna-dashboard"), target, "--host", HOST, "--port", str(port)], env
 
 
 def ui_url(port: int) -> str:

@@ -164,6 +164,26 @@ def test_dashboard_before_any_study_says_so_and_creates_no_store(tmp_path, monke
     assert not (tmp_path / "optuna.db").exists() and execs == []
 
 
+def test_dashboard_opens_a_journal_storage_by_its_file(tmp_path, monkeypatch, capsys):
+    """A journal:PATH storage (PATH from the project root, as the studies resolve it) reaches
+    optuna-dashboard as the file, which the dashboard's own reader opens as a journal with the
+    study in it; a journal that does not exist yet says so, like a missing optuna.db."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+    from optuna_dashboard._storage_url import get_storage
+
+    execs = no_exec(monkeypatch)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert serve.main(["dashboard", "--port", str(free_port()), "--storage", "journal:studies.journal"]) == 2
+    assert capsys.readouterr().err.startswith("error: no study yet") and execs == []
+    journal = tmp_path / "studies.journal"
+    optuna.create_study(study_name="s", storage=optuna.storages.JournalStorage(JournalFileBackend(str(journal))))
+    serve.main(["dashboard", "--port", str(free_port()), "--storage", "journal:studies.journal"])
+    argv = execs[0][1]
+    assert argv[1] == str(journal) and argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert [s.study_name for s in get_storage(argv[1]).get_all_studies()] == ["s"]
+
+
 def test_ui_serves_the_store_on_loopback(tmp_path):
     port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
