@@ -220,8 +220,18 @@ def noise_fit(labels: dict[str, Label], kind: str, rate: float) -> dict[str, Any
     last = {s: r["curve"]["train_loss"][-1] for s, r in ce.records.items() if r["curve"].get("train_loss")}
     if not last:
         return None
-    return {"kind": kind, "rate": rate, "floor": noisy_label_entropy(kind, rate, len(ce.first["train_class_counts"])),
-            "ce_last_train_loss": {**mean_std(list(last.values())), "per_seed": last}}
+    out = {"kind": kind, "rate": rate, "floor": noisy_label_entropy(kind, rate, len(ce.first["train_class_counts"])),
+           "ce_last_train_loss": {**mean_std(list(last.values())), "per_seed": last}}
+    # what memorising costs on clean data: CE's validation accuracy from its best epoch to its last
+    peaks = {}
+    for s, r in ce.records.items():
+        val, epochs = r["curve"].get("val_acc"), r["curve"]["epoch"]
+        if val:
+            best = max(range(len(val)), key=lambda i: (val[i], -i))  # the first epoch of the highest value
+            peaks[s] = {"peak": val[best], "peak_epoch": epochs[best], "last": val[-1], "fall": val[best] - val[-1]}
+    if peaks:
+        out["ce_val_fall"] = {**mean_std([p["fall"] for p in peaks.values()]), "per_seed": peaks}
+    return out
 
 
 def _val_gain(entry: dict[str, Any]) -> float:

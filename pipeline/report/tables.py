@@ -24,6 +24,14 @@ def _noise_fit_text(fit: dict[str, Any]) -> str:
                else "CE fitted flipped labels (memorised noise) on at least one seed"))
 
 
+def _val_fall_text(fall: dict[str, Any]) -> str:
+    """CE's clean validation accuracy from its peak epoch to its last (what memorising costs)."""
+    seeds = "; ".join(f"seed {s}: {pct(p['peak'])} at epoch {p['peak_epoch']}, {pct(p['last'])} at the last"
+                      for s, p in sorted(fall["per_seed"].items()))
+    return (f"CE's clean validation accuracy fell by {100 * fall['mean']:.2f} points from its best epoch to its last "
+            f"(mean over seeds; {seeds}).")
+
+
 def diff(p: dict[str, Any] | None) -> str:
     if p is None or p["mean"] is None:
         return ""
@@ -88,7 +96,8 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
         lines += ["", "## Did CE fit the flipped labels?", "",
                   (f"{_noise_fit_text(fit)}. The bound is H(ỹ | x) of {fit['kind']} noise at rate {fit['rate']} "
                    "(the clean label a function of the image); the training loss is the mean over the last epoch's "
-                   "batches, with augmentation.")]
+                   "batches, with augmentation." + (f" {_val_fall_text(fit['ce_val_fall'])}" if "ce_val_fall" in fit
+                                                    else ""))]
     eps_rows = [(label, labels[label]["epsilon"]) for label in s["ranking"] if "epsilon" in labels[label]]
     if eps_rows:
         lines += ["", "## The learned ε (training samples, last epoch, mean over seeds)", ""] + epsilon_table(eps_rows)

@@ -260,6 +260,7 @@ def test_the_noisy_page_says_whether_ce_went_below_the_noise_bound(last_loss, ve
     for r in recs:
         r["scenario"], r["train_class_counts"] = "noisy", [100] * 10
         r["curve"]["train_loss"] = [2.3, last_loss]
+    recs[1]["curve"].update(epoch=[0, 1, 2], val_acc=[0.40, 0.70, 0.65], train_loss=[2.3, 2.0, last_loss])
     labels = labels_of(*recs)
     s = summarise(labels, "meta_iada")
     s["noise_fit"] = summary.noise_fit(labels, "uniform", 0.4)
@@ -267,6 +268,10 @@ def test_the_noisy_page_says_whether_ce_went_below_the_noise_bound(last_loss, ve
     page = tables.experiment_markdown("exp", s, None, [])
     assert f"is {last_loss:.2f} (seeds: {last_loss:.2f}, {last_loss:.2f}), {verdict}" in page
     assert ("CE did not memorise" in page) == (last_loss > 1.55)
+    # the fall of CE's clean validation accuracy from its best epoch to its last, per seed and mean:
+    # seed 0 ends at its peak (0.4 -> 0.5: no fall), seed 1 peaks at epoch 1 (0.70) and ends at 0.65
+    assert ("fell by 2.50 points from its best epoch to its last (mean over seeds; seed 0: 50.00 at epoch 1, "
+            "50.00 at the last; seed 1: 70.00 at epoch 1, 65.00 at the last)") in page
     assert f"{verdict}" in report.headline("exp", s)
 
 
