@@ -29,7 +29,14 @@ __all__ = ["RECORD_FORMAT", "Job", "ensure_prepared", "machine", "plan", "run", 
 
 def run(params: Params, jobs: list[Job], *, device: str = "auto", track: bool = True) -> None:
     """Run the jobs that are not done, seed by seed: the split (once), the CE pretraining (once,
-    when a deferred job needs it), then each job's training and evaluation."""
+    when a deferred job needs it), then each job's training and evaluation. A job the device
+    cannot train as configured (bf16 where it is emulated) stops the sweep before anything is
+    prepared or trained."""
+    from pipeline.engine.build import check_precision, resolve_device
+
+    for job in jobs:
+        if not job.done():
+            check_precision(job.exp, resolve_device(device))
     for (name, seed), group in _by_seed(jobs):
         todo = [j for j in group if not j.done()]
         print(f"[reference {name} seed {seed}] {len(group) - len(todo)} of {len(group)} runs done", file=sys.stderr)

@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from pipeline.engine.build import check_precision, resolve_device
 from pipeline.errors import masked
 from pipeline.params.file import Params
 from pipeline.params.schema import ParamError, flatten
@@ -17,7 +18,7 @@ from pipeline.params.tune import Plan, journal_path, storage_kind
 from pipeline.tracking import create_run, delete_run, end_orphan_trial_runs, is_active_run
 from pipeline.tuning.analysis import analyse
 from pipeline.tuning.budget import DEFAULT_ATTR, GRID_ATTR, Budget, IncompleteStudy, shortfall
-from pipeline.tuning.objective import ensure_data, ensure_pretrain, training_data
+from pipeline.tuning.objective import base_experiment, ensure_data, ensure_pretrain, training_data
 from pipeline.tuning.storage import StudyStorage, claim_study_attr, fail_dead_trials, open_storage
 from pipeline.tuning.workers import make_pruner, no_pruning_reason, open_study, run_workers, wait_for_running
 
@@ -106,6 +107,7 @@ def run_study(params: Params, plan: Plan) -> dict[str, Any]:
     failures in a row, a failed grid point): rerunning the same command runs exactly the missing
     trials.
     """
+    check_precision(base_experiment(params, plan), resolve_device(plan.device))  # bf16 where it is emulated
     ensure_data(params, plan)
     training_data(plan)  # a missing data set stops here, before any study is created or trained
     storage = open_storage(plan.storage)

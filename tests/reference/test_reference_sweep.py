@@ -149,6 +149,19 @@ def test_a_variant_that_changes_the_pretraining_gets_its_own(tmp_path, monkeypat
     assert json.loads(Path("reference/metrics/tiny/ce-bf16-s0.json").read_text())["precision"] == "bf16"
 
 
+def test_a_bf16_job_on_a_device_without_bf16_stops_the_sweep_before_anything_is_prepared(tmp_path, monkeypatch):
+    from pipeline.engine import build as engine_build
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(EMULATED_BF16_ENV, raising=False)
+    monkeypatch.setattr(engine_build, "native_bf16", lambda device: False)
+    params = parse_params(raw_params({"seeds": [0], "experiments": {"tiny": {
+        "methods": ["ce", "meta_iada"], "variants": {"ce-bf16": {"method": "ce", "set": {"network.precision": "bf16"}}}}}}))
+    with pytest.raises(ParamError, match="no native bfloat16"):
+        sweep.run(params, sweep.plan(params), device="cpu", track=False)
+    assert not Path("data").exists() and not Path("models").exists()  # the fp32 job's split was not prepared either
+
+
 @pytest.mark.parametrize("reference, message", [
     ({"experiments": {"nope": {"methods": ["ce"]}}}, "reference.experiments.nope: experiment 'nope' is not declared"),
     ({"experiments": {"tiny": {"methods": ["ce", "ce", "meta_iada"]}}}, "repeats 'ce'"),

@@ -347,6 +347,22 @@ def test_two_invocations_on_postgresql_share_nothing_but_the_url(workspace, post
 
 @pytest.mark.filterwarnings("ignore:Fixed parameter optim.momentum:UserWarning")  # out of range on purpose
 @pytest.mark.filterwarnings("ignore:No artists with labels:UserWarning")  # plots of a study without values
+def test_a_bf16_study_on_a_device_without_bf16_stops_before_its_storage_exists(workspace, monkeypatch, capsys):
+    from pipeline.engine import build as engine_build
+
+    name = "bf16"
+    path = write_params(workspace, name, {"method": "ce", "n_trials": 1}, LR_WD_SPACE)
+    raw = yaml.safe_load(path.read_text())
+    raw["experiments"][EXPERIMENT]["network"]["precision"] = "bf16"
+    path.write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(engine_build, "native_bf16", lambda device: False)
+    monkeypatch.delenv(engine_build.EMULATED_BF16_ENV, raising=False)
+    capsys.readouterr()
+    assert tune_stage.main(["--params", str(path), "--study", name]) == 2
+    assert capsys.readouterr().err.startswith("error: network.precision = bf16, but ")
+    assert not (workspace / f"{name}.db").exists()
+
+
 def test_failures_in_a_row_end_the_study_with_one_line_and_exit_1(workspace, capsys):
     name = "broken"
     space = {"optim.momentum": {"type": "float", "low": 0.0, "high": 0.95}}
