@@ -17,7 +17,7 @@ from pipeline.reference import dvcfile
 from pipeline.reference.plan import plan
 from pipeline.stages import reference as reference_stage
 from tests.reference.test_reference_sweep import raw_params
-from tests.stages.test_dvc_deps import closure
+from pipeline.reference.closure import closure
 from tests.test_e2e import make_repo, params_files, sh
 
 ROOT = Path(__file__).resolve().parents[2]
