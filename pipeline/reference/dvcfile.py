@@ -20,70 +20,41 @@ from pathlib import Path
 from pipeline.errors import UserError
 from pipeline.layout import REFERENCE_DVC_FILE, REFERENCE_SYNC_FILE
 from pipeline.params.file import Params
+from pipeline.reference.closure import ROOT, closure
 from pipeline.reference.plan import Job, plan
 
 HASH_CHARS = 12  # of the sha256 in Job.config: enough to tell configurations apart
 SYNC_COMMAND = "python -m pipeline.stages.reference_sync"
 
-# What reading the params takes: the params files and the code that parses them into experiments
-# and runs (the part of the two closures below that they share).
-_PARAMS_DEPS = (
-    "params.yaml",
-    "params",
-    "pipeline/methods",
-    "pipeline/params",
-    "pipeline/__init__.py",
-    "pipeline/data/__init__.py",
-    "pipeline/data/config.py",
-    "pipeline/data/glt.py",
-    "pipeline/data/loader.py",
-    "pipeline/data/longtail.py",
-    "pipeline/data/noisy.py",
-    "pipeline/data/prepared.py",
-    "pipeline/data/sampling.py",
-    "pipeline/data/scenarios.py",
-    "pipeline/data/source_files.py",
-    "pipeline/data/sources.py",
-    "pipeline/data/subpop.py",
-    "pipeline/engine/__init__.py",
-    "pipeline/engine/checkpoint.py",
-    "pipeline/errors.py",
-    "pipeline/layout.py",
-    "pipeline/networks.py",
-    "pipeline/reference/__init__.py",
-    "pipeline/reference/plan.py",
-    "pipeline/stages/__init__.py",
-    "pipeline/stages/common.py",
-)
+PARAMS_FILES = ("params.yaml", "params")  # every params file
+REPORT_INPUTS = ("reference/metrics", "docs/published.yaml")  # what the report stage reads besides the params
 
-# What the sync stage depends on: the params and the code that turns them into job hashes (the
-# import closure of `python -m pipeline.stages.reference_sync`; tests/reference/test_reference_dvc.py
-# holds this list to it).
-SYNC_DEPS = (*_PARAMS_DEPS, "pipeline/reference/dvcfile.py", "pipeline/stages/reference_sync.py")
 
-# What the report stage depends on: the committed metrics, the published numbers, the params and
-# the import closure of `python -m pipeline.stages.reference_report` (held to it by the same test).
-REPORT_DEPS = (
-    "reference/metrics",
-    "docs/published.yaml",
-    *_PARAMS_DEPS,
-    "pipeline/evaluation/__init__.py",
-    "pipeline/evaluation/metrics.py",
-    "pipeline/evaluation/plots.py",
-    "pipeline/report/__init__.py",
-    "pipeline/report/comparison.py",
-    "pipeline/report/stats.py",
-    "pipeline/report/figures.py",
-    "pipeline/report/reference.py",
-    "pipeline/report/summary.py",
-    "pipeline/report/tables.py",
-    "pipeline/report/verdict.py",
-    "pipeline/stages/reference_report.py",
-    "pipeline/tracking.py",
-    "pipeline/tracking_models.py",
-    "pipeline/tracking_names.py",
-    "pipeline/tracking_reference.py",
-)
+def code_deps(module: str) -> list[str]:
+    """The import closure of ``module`` (:func:`pipeline.reference.closure.closure`) as DVC deps:
+    a folder of the package where every module under it is in the closure (the outermost such
+    folder), else the module's file; so a change to any module the stage's command imports reruns
+    the stage, and no other does."""
+    files = closure(module)
+    deps = set()
+    for f in files:
+        folders = list(reversed(f.parents[:-2]))  # pipeline/x, pipeline/x/y, ... (not pipeline/ itself)
+        whole = (d for d in folders if all(p.relative_to(ROOT) in files for p in (ROOT / d).rglob("*.py")))
+        deps.add(str(next(whole, f)))
+    return sorted(deps)
+
+
+def sync_deps() -> list[str]:
+    """The sync stage's deps: the params and the code that turns them into job hashes (the import
+    closure of ``python -m pipeline.stages.reference_sync``)."""
+    return [*PARAMS_FILES, *code_deps("pipeline.stages.reference_sync")]
+
+
+def report_deps() -> list[str]:
+    """The report stage's deps: the committed metrics, the published numbers, the params and the
+    import closure of ``python -m pipeline.stages.reference_report``."""
+    return [*REPORT_INPUTS, *PARAMS_FILES, *code_deps("pipeline.stages.reference_report")]
+
 
 HEADER = f"""\
 # The reference sweeps as DVC stages: one stage per run (an experiment's label, one seed) of the
@@ -115,7 +86,7 @@ def render(jobs: list[Job]) -> str:
     """The text of ``reference/dvc.yaml`` for ``jobs`` (one line per run, in plan order)."""
     lines = [HEADER, "stages:", "  sync:", "    wdir: ..", "    cmd: python -m pipeline.stages.reference_sync --check",
              "    deps:"]
-    lines += [f"      - {dep}" for dep in SYNC_DEPS]
+    lines += [f"      - {dep}" for dep in sync_deps()]
     lines += ["    outs:", f"      - {REFERENCE_SYNC_FILE}:", "          cache: false  # committed",
               "", "  run:", "    foreach:"]
     for job in jobs:
@@ -133,7 +104,7 @@ def render(jobs: list[Job]) -> str:
               "  # The tables and figures from the committed metrics (no training when every run is done;",
               "  # python -m pipeline.stages.reference_report also rewrites the README's results).",
               "  report:", "    wdir: ..", "    cmd: python -m pipeline.stages.reference_report --no-readme", "    deps:"]
-    lines += [f"      - {dep}" for dep in REPORT_DEPS]
+    lines += [f"      - {dep}" for dep in report_deps()]
     lines += ["    outs:", "      - reports/reference:", "          cache: false  # committed: the tables and figures the README links"]
     return "\n".join(lines) + "\n"
 

@@ -17,6 +17,7 @@ from pipeline.reference import dvcfile
 from pipeline.reference.plan import plan
 from pipeline.stages import reference as reference_stage
 from tests.reference.test_reference_sweep import raw_params
+from pipeline.layout import REFERENCE_DVC_FILE
 from pipeline.reference.closure import closure
 from tests.test_e2e import make_repo, params_files, sh
 
@@ -58,16 +59,23 @@ def test_the_lock_records_every_committed_metrics_file():
         assert f"--config {job.config[:dvcfile.HASH_CHARS]}" in entry["cmd"]
 
 
-@pytest.mark.parametrize("deps, module", [(dvcfile.SYNC_DEPS, "pipeline.stages.reference_sync"),
-                                          (dvcfile.REPORT_DEPS, "pipeline.stages.reference_report")])
-def test_the_sync_and_report_stages_depend_on_the_params_and_their_import_closure(deps, module):
-    want = {str(p) for p in closure(module)}
-    code = [d for d in deps if d.startswith("pipeline")]
-    covered = {f for f in want if any(f == d or f.startswith(d + "/") for d in code)}
-    assert covered == want, f"add to the deps of {module}: {sorted(want - covered)}"
-    dead = [d for d in code if not any(f == d or f.startswith(d + "/") for f in want)]
-    assert not dead, f"deps that {module} does not import: {dead}"
+@pytest.mark.parametrize("deps, module", [(dvcfile.sync_deps, "pipeline.stages.reference_sync"),
+                                          (dvcfile.report_deps, "pipeline.stages.reference_report")])
+def test_the_sync_and_report_stages_depend_on_the_params_and_exactly_their_import_closure(deps, module):
+    """Generated from the closure: each module the command imports is covered by one dep, a
+    folder only when every module under it is imported (else a change to an unrelated module
+    would rerun the stage), and the generated file lists them."""
+    deps = deps()
+    want = closure(module)
+    code = [Path(d) for d in deps if d.startswith("pipeline")]
+    assert all(sum(f == d or d in f.parents for d in code) == 1 for f in want)
+    broad = [str(p.relative_to(ROOT)) for d in code if (ROOT / d).is_dir() for p in (ROOT / d).rglob("*.py")
+             if p.relative_to(ROOT) not in want]
+    assert not broad, broad
+    assert [d for d in code if not any(f == d or d in f.parents for f in want)] == []
+    assert Path("pipeline/methods") in code  # a folder the command imports whole is one dep
     assert {"params.yaml", "params"} <= set(deps)  # every params file
+    assert "\n".join(f"      - {d}" for d in deps) in (ROOT / REFERENCE_DVC_FILE).read_text()
 
 
 def test_no_stage_of_the_default_pipeline_is_downstream_of_a_reference_run():
