@@ -39,8 +39,8 @@ BENCH_KEYS = ("model_img_per_s", "input_pipeline_ratio", "meta_head_over_ce", "m
               "ce_step_median_s", "meta_full_step_median_s", "ce_peak_mb", "meta_full_peak_mb",
               # under bf16 autocast (network.precision: bf16): the issue-29 goals are read from these, and
               # bf16_native says whether they measure the device's own bf16 or an emulation
-              "bf16_native", "bf16_model_img_per_s", "bf16_input_pipeline_ratio", "bf16_ce_speedup", "bf16_meta_full_over_ce",
-              "bf16_meta_head_over_ce", "bf16_ce_step_median_s", "bf16_meta_full_peak_mb",
+              "bf16_native", "bf16_model_img_per_s", "bf16_input_pipeline_ratio", "bf16_ce_speedup",
+              "bf16_meta_full_over_ce", "bf16_meta_head_over_ce", "bf16_ce_step_median_s", "bf16_meta_full_peak_mb",
               # the same steps eager and with run.compile = reduce-overhead (CUDA graphs), in one run
               *(f"{p}{k}" for p in ("", "bf16_") for k in (
                   "ce_img_per_s", "ce_compiled_img_per_s", "meta_full_img_per_s", "meta_full_compiled_img_per_s",
