@@ -34,9 +34,22 @@ class TunedRow:
     complete: int  # COMPLETE trials of its study
     default_val: float | None  # the default trial's validation value (None: not run or not complete)
     best_val: float | None
-    chosen: dict[str, Any] = field(default_factory=dict)  # the best trial's values
+    chosen: dict[str, Any] = field(default_factory=dict)  # the best trial's values (so far, until finished)
     default_test: list[float] = field(default_factory=list)
     tuned_test: list[float] = field(default_factory=list)
+    n_trials: int = 0  # the budget's trials per method
+    best_is_default: bool = False  # the best trial is the default config's
+
+    @property
+    def finished(self) -> bool:
+        """The study has spent the budget: only then is its best trial the method's tuned config."""
+        return self.complete >= self.n_trials > 0
+
+    @property
+    def variant(self) -> dict[str, Any]:
+        """The values of the ``<method>-tuned`` reference variant: the chosen config of a finished
+        study, unless it is the default (whose runs are already the method's own label)."""
+        return self.chosen if self.finished and not self.best_is_default else {}
 
 
 def select(study: optuna.Study) -> FrozenTrial | None:
@@ -51,8 +64,9 @@ def default_trial(study: optuna.Study) -> FrozenTrial | None:
     return next((t for t in sorted(complete, key=lambda t: t.number) if t.user_attrs.get(DEFAULT_ATTR)), None)
 
 
-def tuned_row(method: str, study: optuna.Study | None, test_values: TestValues) -> TunedRow:
-    row = TunedRow(method, 0, None, None, default_test=test_values(method), tuned_test=test_values(tuned_label(method)))
+def tuned_row(method: str, study: optuna.Study | None, test_values: TestValues, n_trials: int = 0) -> TunedRow:
+    row = TunedRow(method, 0, None, None, default_test=test_values(method), tuned_test=test_values(tuned_label(method)),
+                   n_trials=n_trials)
     if study is None:
         return row
     row.complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
@@ -61,6 +75,9 @@ def tuned_row(method: str, study: optuna.Study | None, test_values: TestValues) 
         row.best_val, row.chosen = float(best.value), dict(best.params)
     if default is not None:
         row.default_val = float(default.value)
+        row.best_is_default = best is not None and best.params == default.params
+    if row.finished and row.best_is_default:
+        row.tuned_test = row.default_test  # the tuned config is the default: the same runs
     return row
 
 
@@ -71,21 +88,27 @@ def table(rows: list[TunedRow], metric: str, test_key: str) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         chosen = ", ".join(f"`{k.rpartition('.')[2]}={v}`" for k, v in r.chosen.items()) or "—"
-        lines.append("| " + " | ".join([r.method, str(r.complete), pct(r.default_val), pct(r.best_val), chosen,
-                                        pm(mean_std(r.default_test)), pm(mean_std(r.tuned_test))]) + " |")
+        if r.chosen and r.best_is_default:
+            chosen += " (the default)"
+        if r.chosen and not r.finished:
+            chosen += " (so far)"
+        lines.append("| " + " | ".join([r.method, f"{r.complete} of {r.n_trials}", pct(r.default_val), pct(r.best_val),
+                                        chosen, pm(mean_std(r.default_test)), pm(mean_std(r.tuned_test))]) + " |")
     return "\n".join(lines)
 
 
 def chosen_block(rows: list[TunedRow]) -> str:
     """The ``chosen:`` mapping of the budget (paste it under ``tune.budgets.<name>``)."""
-    chosen = {r.method: r.chosen for r in rows if r.chosen}
+    chosen = {r.method: r.variant for r in rows if r.variant}
     return yaml.safe_dump({"chosen": chosen}, sort_keys=False, default_flow_style=False)
 
 
 def rerun_command(experiment: str, rows: list[TunedRow]) -> str:
     """The commands that run every chosen config on the reported seeds: the reference stages
     regenerated (the chosen block adds the ``-tuned`` variants), then those stages."""
-    targets = " ".join(f"'reference/dvc.yaml:run@{experiment}.{tuned_label(r.method)}.*'" for r in rows if r.chosen)
+    targets = " ".join(f"'reference/dvc.yaml:run@{experiment}.{tuned_label(r.method)}.*'" for r in rows if r.variant)
+    if not targets:
+        return "# nothing to rerun yet: no finished study chose other values than its default"
     return f"python -m pipeline.stages.reference_sync && dvc repro --glob {targets}"
 
 
@@ -113,16 +136,19 @@ def budget_report(params: Params, budget: str, *, storage: str | None = None,
     rows = []
     for name, method in zip(names, cfg.methods):
         study = studies.get(method) if studies is not None else load_study(params, name, storage)
-        rows.append(tuned_row(method, study, test_values))
+        rows.append(tuned_row(method, study, test_values, cfg.n_trials))
     metric, key = exp.selection_metric, exp.selection_metric.removeprefix("val_")
     page = "\n".join([
         f"# Tuning budget `{budget}`: {cfg.experiment}, default vs tuned", "",
         f"{cfg.n_trials} trials per method (the first its default config), sampler {cfg.sampler.name} "
         f"(seed {cfg.sampler.seed}), pruner {cfg.pruner.name}, tuning seed {cfg.seed} on its own split; "
         f"selected on {metric}. Test columns: mean ± std over the reported seeds {params.reference.seeds} "
-        f"(`{key}` at the selected epoch; — until the run is done).", "",
+        f"(`{key}` at the selected epoch; — until the run is done). A study's best values become the "
+        "method's tuned config once it has run all its trials (until then they are marked \"so far\"); "
+        "where they are the default's, the default's runs are the tuned ones.", "",
         table(rows, metric, key), "",
-        "Chosen configs (paste under `tune.budgets." + budget + "`), then rerun them on the reported seeds:", "",
+        "Chosen configs of the finished studies that differ from the default (paste under `tune.budgets."
+        + budget + "`), then rerun them on the reported seeds:", "",
         "```yaml", chosen_block(rows).rstrip(), "```", "", "```bash", rerun_command(cfg.experiment, rows), "```", ""])
     return rows, page
 

@@ -137,9 +137,10 @@ def study_of(values: list[tuple[float, float]], test: list[float]) -> optuna.Stu
     return study
 
 
-# tau -> validation; the test accuracies are anti-correlated, so reading them picks another trial.
-VALUES = [(1.0, 0.70), (0.5, 0.66), (1.7, 0.74), (2.5, 0.72)]
-TESTS = [0.69, 0.75, 0.60, 0.64]
+# tau -> validation, 8 trials (the budget's n_trials), the first the default (tau 1.0); the test
+# accuracies are anti-correlated, so reading them picks another trial.
+VALUES = [(1.0, 0.70), (0.5, 0.66), (1.7, 0.74), (2.5, 0.72), (0.8, 0.69), (1.2, 0.71), (2.0, 0.73), (0.6, 0.67)]
+TESTS = [0.69, 0.75, 0.60, 0.64, 0.70, 0.68, 0.62, 0.66]
 
 
 def test_selection_is_the_arg_max_of_validation_never_test():
@@ -161,17 +162,41 @@ def test_selection_ignores_pruned_and_failed_trials():
 def test_the_report_puts_default_and_tuned_side_by_side(params):
     rows, page = budget_report(params, BUDGET, studies={"la": study_of(VALUES, TESTS)})
     la = rows[params.tune.budgets[BUDGET].methods.index("la")]
-    assert (la.complete, la.default_val, la.best_val, la.chosen) == (4, 0.70, 0.74, {"methods.la.tau": 1.7})
+    assert (la.complete, la.default_val, la.best_val, la.chosen) == (8, 0.70, 0.74, {"methods.la.tau": 1.7})
     committed = [read_record(ROOT / f"reference/metrics/lt_ref/la-s{s}.json")["selected"]["headline"]["acc"]
                  for s in params.reference.seeds]
     assert la.default_test == committed and len(committed) == 3
     assert la.tuned_test == []  # la-tuned is not run yet
-    assert "| la | 4 | 70.00 | 74.00 | `tau=1.7` |" in page
+    assert "| la | 8 of 8 | 70.00 | 74.00 | `tau=1.7` |" in page
     others = [r for r in rows if r.method != "la"]
     assert others and all(r.complete == 0 and r.best_val is None and not r.chosen for r in others)
+    assert "| ldam_drw | 0 of 8 | — | — | — |" in page
     assert yaml.safe_load(page.split("```yaml\n")[1].split("```")[0]) == {"chosen": {"la": {"methods.la.tau": 1.7}}}
     assert ("python -m pipeline.stages.reference_sync && dvc repro --glob 'reference/dvc.yaml:run@lt_ref.la-tuned.*'\n"
             in page)
+
+
+def test_an_unfinished_study_chooses_nothing_yet(params):
+    """Before a study has run its n_trials, its best values are shown as "so far" and become no
+    tuned variant: the budget is the same for every method only once each has spent it."""
+    rows, page = budget_report(params, BUDGET, studies={"la": study_of(VALUES[:3], TESTS[:3])})
+    la = next(r for r in rows if r.method == "la")
+    assert not la.finished and la.chosen == {"methods.la.tau": 1.7} and la.variant == {}
+    assert "| la | 3 of 8 | 70.00 | 74.00 | `tau=1.7` (so far) |" in page
+    assert yaml.safe_load(page.split("```yaml\n")[1].split("```")[0]) == {"chosen": {}}
+    assert "dvc repro" not in page.split("```bash\n")[1]
+
+
+def test_a_finished_study_whose_best_is_the_default_keeps_the_default_runs(params):
+    """All trials run and none beats the default (ties go to the earlier trial, the default): no
+    -tuned variant would repeat the default's runs; the tuned test column is the default's."""
+    values = [(1.0, 0.74)] + VALUES[1:2] + [(1.7, 0.74)] + VALUES[3:]
+    rows, page = budget_report(params, BUDGET, studies={"la": study_of(values, TESTS)})
+    la = next(r for r in rows if r.method == "la")
+    assert la.finished and la.best_is_default and la.chosen == {"methods.la.tau": 1.0} and la.variant == {}
+    assert la.tuned_test == la.default_test and len(la.default_test) == 3
+    assert "| la | 8 of 8 | 74.00 | 74.00 | `tau=1.0` (the default) |" in page
+    assert yaml.safe_load(page.split("```yaml\n")[1].split("```")[0]) == {"chosen": {}}
 
 
 def test_a_chosen_config_becomes_the_tuned_reference_variant():
