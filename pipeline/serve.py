@@ -109,9 +109,9 @@ def command(kind: str, port: int, storage: str | None,
         uri = tracking_uri()
         return [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", uri, "--host", HOST, "--port", str(port),
                 "--workers", "1"], env
-    from pipeline.params.tune import JOURNAL, journal_path  # imports torch: only for the dashboard
+    from pipeline.params.tune import JOURNAL, default_storage, journal_path  # imports torch: only for the dashboard
 
-    url = storage or f"sqlite:///{project_root() / 'optuna.db'}"
+    url = storage or default_storage()
     store, target = None, url  # the store's file, if it has one; what optuna-dashboard is given
     if url.startswith(JOURNAL):  # optuna-dashboard takes a journal file by its path
         store = journal_path(url)
