@@ -39,13 +39,26 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.params.schema import ParamError
-from pipeline.data.config import DataConfig, GltParams
+from pipeline.params.schema import ParamError, bounded
+from pipeline.data.config import DataConfig
 from pipeline.data.longtail import shot_groups
 from pipeline.data.prepared import PreparedData, Split
 from pipeline.data.sampling import carve_per_class, choose_per_class, floor_tol, stream
 from pipeline.data.scenarios import Metrics, Scenario, register
 from pipeline.data.sources import Source
+
+
+@dataclass
+class GltParams:
+    """Generalized long tail: k attribute clusters per class, long-tailed over classes (ρ_c)
+    and over attributes inside each class (ρ_a); ``test_per_cell`` images per (class,
+    attribute) cell in the GLT test split."""
+
+    clusters: int = bounded(6, ge=2)  # k
+    class_imbalance_ratio: float = bounded(100.0, ge=1)  # ρ_c
+    attribute_imbalance_ratio: float = bounded(10.0, ge=1)  # ρ_a
+    test_per_cell: int = bounded(30, ge=1)  # CIFAR-10, k = 6: at most 37-38 fit (seeds 0-2)
+
 
 if TYPE_CHECKING:  # imported in AttributeModel.fit: sklearn costs seconds at start-up; only GLT's prepare needs it
     from sklearn.cluster import KMeans

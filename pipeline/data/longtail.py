@@ -10,14 +10,24 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.data.config import DataConfig, LongtailParams
+from pipeline.data.config import DataConfig
 from pipeline.data.prepared import PreparedData
 from pipeline.data.sampling import carve_per_class, choose_per_class, class_counts, floor_tol, stream
 from pipeline.data.scenarios import Scenario, register
 from pipeline.data.sources import Source
+from pipeline.params.schema import bounded
+
+
+@dataclass
+class LongtailParams:
+    """Long tail over classes: n_c = floor(n_max · ρ^(−c/(C−1)))."""
+
+    imbalance_ratio: float = bounded(100.0, ge=1)  # ρ = n_0 / n_{C-1}
+
 
 STREAMS = {
     "longtail/carve": "which images of each class form the meta set and the validation split",

@@ -11,13 +11,44 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 
-from pipeline.data.config import DataConfig, NoisyParams, check_noisy
+from pipeline.data.config import SOURCE_CLASSES, DataConfig
 from pipeline.data.prepared import PreparedData, Split
 from pipeline.data.sampling import carve_per_class, floor_tol, stream
-from pipeline.data.scenarios import Scenario, register
+from pipeline.data.scenarios import Scenario, cifar_only, register
 from pipeline.data.sources import Source
+from pipeline.params.schema import ParamError, bounded
+
+
+@dataclass
+class NoisyParams:
+    """Label noise on the training split (meta and validation sets stay clean).
+
+    ``uniform``: with rate r a label becomes one of the other C−1 classes, uniformly;
+    ``uniform_with_true``: with rate r a label is redrawn from all C classes (Meta-Weight-Net;
+    realised rate about r(C−1)/C); ``flip``: with rate r label c becomes (c+1) mod C.
+    ``meta_clean_total``: size of the clean, class-balanced meta set (1000 = the Meta-Weight-Net
+    setting); null = ``meta_per_class`` per class.
+    """
+
+    kind: Literal["uniform", "uniform_with_true", "flip"] = "uniform"
+    rate: float = bounded(0.4, ge=0, lt=1)  # r
+    meta_clean_total: int | None = bounded(None, ge=1)
+
+
+def check_noisy(cfg: DataConfig) -> None:
+    """A CIFAR source, and a clean meta set that the classes divide (it is class-balanced)."""
+    cifar_only(cfg)
+    total = cfg.noisy.meta_clean_total
+    classes = SOURCE_CLASSES[cfg.source]
+    if total is not None and total % classes:
+        raise ParamError(f"data.noisy.meta_clean_total = {total} must be a multiple of the {classes} "
+                         f"classes of {cfg.source} (the meta set is class-balanced)")
+
 
 STREAMS = {
     "noisy/carve": "which images of each class form the clean meta set and validation split",

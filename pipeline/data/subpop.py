@@ -36,14 +36,67 @@ from the noisy label.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import numpy as np
 
-from pipeline.params.schema import ParamError
-from pipeline.data.config import DataConfig, SubpopParams, check_subpop
+from pipeline.params.schema import ParamError, bounded
+from pipeline.data.config import DataConfig
 from pipeline.data.prepared import PreparedData, Split
 from pipeline.data.sampling import carve_per_class, floor_tol, stream
-from pipeline.data.scenarios import Metrics, Scenario, register
+from pipeline.data.scenarios import CIFAR_SOURCES, Metrics, Scenario, register
 from pipeline.data.sources import Source
+
+
+SUBPOP_SOURCES = {"colored_mnist": ("mnist",), "cifar_border": CIFAR_SOURCES}
+SUBPOP_LABEL_NOISE = {"colored_mnist": 0.25, "cifar_border": 0.0}
+
+
+@dataclass
+class SubpopParams:
+    """Spurious attribute a ∈ {0, 1} correlated with the binary label y.
+
+    ``correlation`` = share of training images with a = y (per label, exactly);
+    ``environments`` = the colour agreements ρ_e of several training environments, the training
+    split cut into equal parts per label, each with exactly its ρ_e (IRM, Arjovsky et al. 2019:
+    [0.9, 0.8]); null = one environment with ``correlation`` (which is ignored otherwise);
+    ``test_correlation`` the same in the test split (0.1 = reversed, 0.5 = removed);
+    ``label_noise`` = share of binary labels flipped in the training and test splits, the meta
+    set and validation split keep clean labels (null = the benchmark value of the kind: 0.25
+    for colored_mnist, 0 for cifar_border).
+    """
+
+    kind: Literal["colored_mnist", "cifar_border"] = "colored_mnist"
+    correlation: float = bounded(0.9, ge=0, le=1)
+    test_correlation: float = bounded(0.1, ge=0, le=1)
+    label_noise: float | None = bounded(None, ge=0, lt=0.5)
+    environments: list[float] | None = None
+
+    def __post_init__(self) -> None:
+        envs = self.environments
+        if envs is not None and (not envs or not all(0 <= e <= 1 for e in envs)):
+            raise ParamError(
+                f"subpop.environments = {envs!r} is not allowed: use null (one environment with "
+                f"data.subpop.correlation) or a non-empty list of colour agreements in [0, 1], "
+                f"e.g. [0.9, 0.8] for IRM's two training environments")
+
+    def resolved_environments(self) -> list[float]:
+        """The agreement of each training environment: ``environments``, or [``correlation``]."""
+        return [self.correlation] if self.environments is None else list(self.environments)
+
+    def resolved_label_noise(self) -> float:
+        """``label_noise``, or the kind's benchmark value when it is null."""
+        return SUBPOP_LABEL_NOISE[self.kind] if self.label_noise is None else self.label_noise
+
+
+def check_subpop(cfg: DataConfig) -> None:
+    """The sources each subpopulation kind is built from."""
+    allowed = SUBPOP_SOURCES[cfg.subpop.kind]
+    if cfg.source not in allowed:
+        raise ParamError(f"data.source = {cfg.source!r} is not allowed with data.subpop.kind = "
+                         f"{cfg.subpop.kind!r}: use {' or '.join(map(repr, allowed))}")
+
 
 STREAMS = {
     "subpop/carve": "which images of each clean label form the meta set and validation split, and their attributes",
