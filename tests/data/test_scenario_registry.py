@@ -57,6 +57,14 @@ def test_the_builtin_scenarios_are_registered_in_the_order_of_their_data_section
         "subpop": ("val_worst_group_acc", "worst_group_acc"), "glt": ("val_acc", "glt_acc")}
 
 
+def test_each_builtin_scenario_lives_in_one_module():
+    """A new scenario is one data module: its parameters, builder, rules and record side by side."""
+    for name, s in SCENARIOS.items():
+        module = f"pipeline.data.{name}"
+        assert (s.params.__module__, s.build.__module__) == (module, module), name
+        assert s.check.__module__ in (module, "pipeline.data.scenarios"), name  # its own rule or the shared one
+
+
 def test_a_scenario_is_registered_once():
     with pytest.raises(ValueError, match="'noisy' is registered twice"):
         register(SCENARIOS["noisy"])
