@@ -35,8 +35,10 @@ $(STAMP): $(BIN)/python requirements.txt pyproject.toml
 repro: setup
 	$(BIN)/dvc repro
 
+# One pytest worker per core (pytest-xdist), each test file on one worker (its module fixtures built
+# once); the slowest tests are listed at the end. A single file: .venv/bin/python -m pytest tests/<file>.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=10
 
 bench: setup
 	$(BIN)/python -m pipeline.bench

@@ -41,11 +41,26 @@ def empty_folders() -> set[str]:
     return out
 
 
+def is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``make test`` runs one worker per core), torch in each worker, and in the
+    processes it starts, uses one thread: a worker of two threads beside another would oversubscribe
+    two cores. Set before any test module imports torch."""
+    if is_xdist_worker(config):
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    session.config.stash[BEFORE] = work_tree_paths()
+    if not is_xdist_worker(session.config):  # the controller checks once, around all the workers
+        session.config.stash[BEFORE] = work_tree_paths()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if is_xdist_worker(session.config):
+        return
     before, after = session.config.stash.get(BEFORE, None), work_tree_paths()
     if before is None or after is None or session.config.option.collectonly:
         return
