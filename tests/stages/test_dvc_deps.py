@@ -68,6 +68,13 @@ def stale_entries(status: dict) -> list[str]:
     return stale
 
 
+def stale_in_repo(targets: list[str]) -> list[str]:
+    """:func:`stale_entries` of ``dvc status --json <targets>`` in this repository."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    proc = sh([sys.executable, "-m", "dvc", "status", "--json", *targets], ROOT, env, timeout=300)
+    return stale_entries(json.loads(proc.stdout or "{}"))
+
+
 def test_stale_entries_reads_dvc_status():
     status = {
         "prepare@lt": [{"changed deps": {"pipeline/methods": "modified"}},
@@ -87,9 +94,6 @@ def test_the_committed_lock_was_written_by_the_committed_code():
     """``dvc.lock`` (and so ``metrics/`` beside it) comes from the code and params in the tree: a
     change to a stage's code or params is committed with the ``dvc repro`` that it triggers. A
     fresh clone's missing outputs are not a change."""
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    proc = sh([sys.executable, "-m", "dvc", "status", "--json", "dvc.yaml"], ROOT, env, timeout=300)  # (the
-    # reference sweeps' lock: tests/reference/test_reference_dvc.py)
-    stale = stale_entries(json.loads(proc.stdout or "{}"))
+    stale = stale_in_repo(["dvc.yaml"])  # (the reference sweeps' lock: tests/reference/test_reference_dvc.py)
     assert not stale, ("dvc.lock is stale: run `dvc repro` and commit dvc.lock with the metrics it writes:\n"
                        + "\n".join(stale[:20]))
