@@ -9,7 +9,8 @@ Layout of the outputs (all relative to the working copy; DVC tracks them)::
     data/prepared/<experiment>/                  prepared data set and its data card
     models/<experiment>/s<seed>/pretrain/        the CE pretraining run
     models/<experiment>/s<seed>/<method>/        one method's run: last.pt, best.pt,
-                                                 history.json, sample_scores.npz, <network>.pt
+                                                 history.json, sample_scores.npz, <network>.pt,
+                                                 run.json (run id, epoch times; not hashed by DVC)
     metrics/<experiment>/<method>-s<seed>.json   headline test metrics (dvc metrics show)
     metrics/<experiment>/detail/<method>-s<seed>.json   every split, per class and per group
     plots/<experiment>/<method>-s<seed>/         a run's plot data and figures (logged to MLflow)
@@ -63,6 +64,10 @@ LAST = "last.pt"  # resumable state after the last finished epoch
 BEST = "best.pt"  # the validation-selected weights
 HISTORY = "history.json"  # per-epoch metrics and the run summary, written when the run finishes
 SCORES = "sample_scores.npz"  # per-training-sample scores (e.g. the last epsilon)
+# What differs between two runs of one configuration on one machine: the MLflow run id and the
+# epochs' wall-clock times. Kept out of the files above (which DVC hashes, so a rerun leaves
+# dvc.lock as it was) and listed in .dvcignore; pipeline/engine/checkpoint.py writes and reads it.
+RUN_RECORD = "run.json"
 
 
 def project_root() -> Path:

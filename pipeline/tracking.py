@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipeline.errors import UserError, masked
-from pipeline.layout import BEST, HISTORY, LAST, artifact_file, json_safe, project_root
+from pipeline.layout import BEST, HISTORY, LAST, RUN_RECORD, artifact_file, json_safe, project_root
 from pipeline.params.schema import flatten
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -221,7 +221,7 @@ class RunTracker:
 
     def _finish(self, out_dir: Path, method: Any, summary: Mapping[str, Any]) -> None:
         networks = method.artifacts()
-        for name in (BEST, LAST, HISTORY, *(artifact_file(n) for n in networks)):
+        for name in (BEST, LAST, HISTORY, RUN_RECORD, *(artifact_file(n) for n in networks)):
             if (out_dir / name).is_file():
                 mlflow.log_artifact(str(out_dir / name), artifact_path="checkpoint")
         if self.log_models:

@@ -2,15 +2,20 @@
 Ctrl-C that says what was saved.
 
 ``last.pt`` holds the resumable state after the last finished epoch (weights, optimizer,
-method state, RNG, history, best so far, MLflow run id, the run's fingerprint); ``best.pt`` the
+method state, RNG, history, best so far, the run's fingerprint); ``best.pt`` the
 validation-selected weights. Both carry ``format`` and ``fingerprint``, so a file of another
 project, version or configuration is refused with one line instead of being trained on.
+
+Neither holds what differs between two runs of the same configuration (the MLflow run id, the
+epochs' wall-clock times: :data:`TIMING_KEYS`): that goes to the run record ``run.json`` beside
+them, which DVC ignores, so the run folder DVC hashes is the same after a rerun.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +24,7 @@ from typing import Any
 import torch
 
 from pipeline.errors import UserError
-from pipeline.layout import LAST, atomic_file
+from pipeline.layout import LAST, RUN_RECORD, atomic_file, write_json
 
 CHECKPOINT_FORMAT = 1
 
@@ -102,3 +107,37 @@ def atomic_save(obj: Any, path: Path) -> None:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise CheckpointError(f"cannot write {path} ({type(err).__name__}: {first}): free disk space or make "
                               "the folder writable, then rerun (training resumes from its last saved epoch)") from err
+
+
+TIMING_KEYS = ("epoch_seconds", "train_img_per_s")  # the per-epoch metrics that differ between two runs
+
+
+def without_timings(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``history`` (one dict per epoch) without :data:`TIMING_KEYS`: what the hashed files keep."""
+    return [{k: v for k, v in epoch.items() if k not in TIMING_KEYS} for epoch in history]
+
+
+def write_run_record(out_dir: Path, fingerprint: str, run_id: str | None, history: list[dict[str, Any]]) -> None:
+    """The run record ``run.json``: the run's MLflow id and each epoch's :data:`TIMING_KEYS`."""
+    epochs = [{"epoch": e["epoch"], **{k: e[k] for k in TIMING_KEYS if k in e}} for e in history]
+    write_json({"fingerprint": fingerprint, "run_id": run_id, "epochs": epochs}, out_dir / RUN_RECORD)
+
+
+def read_run_record(out_dir: Path, fingerprint: str) -> dict[str, Any]:
+    """The run record of the run ``fingerprint`` in ``out_dir``; ``{}`` where there is none (a
+    folder checked out by DVC, which does not keep it), it is unreadable or of another run: the
+    record only adds the run id and the epoch times, nothing a result depends on."""
+    try:
+        record = json.loads((out_dir / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or record.get("fingerprint") != fingerprint:
+        return {}
+    return record
+
+
+def with_timings(history: list[dict[str, Any]], record: dict[str, Any]) -> list[dict[str, Any]]:
+    """``history`` with the epoch times of the run ``record`` added, epoch by epoch."""
+    by_epoch = {e.get("epoch"): e for e in record.get("epochs", []) if isinstance(e, dict)}
+    return [{**epoch, **{k: v for k, v in by_epoch.get(epoch.get("epoch"), {}).items() if k in TIMING_KEYS}}
+            for epoch in history]

@@ -27,8 +27,9 @@ from pipeline.data.prepared import PreparedData
 from pipeline.engine.allocator import keep_freed_memory
 from pipeline.engine.build import (Loaders, build_model, build_net, check_batch_sizes, check_precision, make_loaders,
                                    resolve_device)
-from pipeline.engine.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, atomic_save, load_checkpoint, run_lock,
-                                        saved_on_interrupt)
+from pipeline.engine.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, atomic_save, load_checkpoint,
+                                        read_run_record, run_lock, saved_on_interrupt, with_timings, without_timings,
+                                        write_run_record)
 from pipeline.engine.compiled import CompiledRegion, compile_method
 from pipeline.evaluation.metrics import predict, split_metrics
 from pipeline.layout import BEST, HISTORY, LAST, SCORES, artifact_file, write_json, write_npz
@@ -85,12 +86,17 @@ class Training:
     compiled: dict[str, CompiledRegion] = field(default_factory=dict)  # the step's compiled regions by name
 
     def save_last(self) -> None:
-        """The resumable state after ``epoch`` finished epochs."""
+        """The resumable state after ``epoch`` finished epochs (the run id and epoch times in the
+        run record, written first: a record ahead of ``last.pt`` is harmless)."""
+        self.save_record()
         atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "epoch": self.epoch,
                      "model": self.net.state_dict(), "optimizer": self.opt.state_dict(),
                      "method": self.method.state_dict(), "method_extra": self.method.extra_state_dict(),
-                     "rng": torch.get_rng_state(), "history": self.history, "best": self.best,
-                     "run_id": self.run_id}, self.run.out_dir / LAST)
+                     "rng": torch.get_rng_state(), "history": without_timings(self.history), "best": self.best},
+                    self.run.out_dir / LAST)
+
+    def save_record(self) -> None:
+        write_run_record(self.run.out_dir, self.fingerprint, self.run_id, self.history)
 
     def save_best(self, epoch: int, selected_by: str, value: float) -> None:
         atomic_save({"format": CHECKPOINT_FORMAT, "fingerprint": self.fingerprint, "epoch": epoch,
@@ -103,7 +109,10 @@ class Training:
         self.method.load_state_dict(prev["method"])
         self.method.load_extra_state_dict(prev["method_extra"])
         torch.set_rng_state(prev["rng"])
-        self.epoch, self.history, self.best, self.run_id = prev["epoch"], prev["history"], prev["best"], prev["run_id"]
+        record = read_run_record(self.run.out_dir, self.fingerprint)
+        self.epoch, self.best = prev["epoch"], prev["best"]
+        self.history = with_timings(prev["history"], record)
+        self.run_id = record.get("run_id") or prev.get("run_id")  # a checkpoint of before the run record had it
 
 
 def fit(run: RunSpec, *, tracker: Tracker | None = None, on_epoch: EpochCallback | None = None) -> dict[str, Any]:
@@ -125,6 +134,7 @@ def fit(run: RunSpec, *, tracker: Tracker | None = None, on_epoch: EpochCallback
             t.run_id = tracker.start(t.run_id, fingerprint=t.fingerprint,
                                      params={"method": run.method, "seed": run.seed, "first_epoch": run.first_epoch,
                                              "last_epoch": run.last_epoch, **run_params(run.exp, t.method.cfg)})
+            t.save_record()  # an interruption in the first epoch resumes the same MLflow run
         metric = run.exp.selection_metric
         progress = Progress(run, t.epoch, metric)
         for epoch in progress.epochs:
@@ -264,7 +274,8 @@ def end_epoch(t: Training, epoch: int, metrics: dict[str, float]) -> None:
 
 def finish(t: Training) -> dict[str, Any]:
     """Write the per-sample scores, the method's learned networks and ``history.json`` (last:
-    evaluation takes a run with it as finished); returns the run summary."""
+    evaluation takes a run with it as finished); returns the run summary (with the run id and
+    the epoch times, which ``history.json`` leaves to the run record)."""
     run = t.run
     if run.first_epoch == run.last_epoch:  # nothing to train (e.g. no CE pretraining): keep the initial state
         t.save_last()
@@ -281,7 +292,8 @@ def finish(t: Training) -> dict[str, Any]:
                "history": t.history}
     if run.compile_mode != "none":  # what ran compiled, and why a region fell back to eager
         summary["compile"] = {"mode": run.compile_mode, **{k: r.status for k, r in t.compiled.items()}}
-    write_json(summary, run.out_dir / HISTORY, sort_keys=False)  # strict JSON: an undefined value is null
+    hashed = {k: v for k, v in summary.items() if k != "run_id"} | {"history": without_timings(t.history)}
+    write_json(hashed, run.out_dir / HISTORY, sort_keys=False)  # strict JSON: an undefined value is null
     return summary
 
 

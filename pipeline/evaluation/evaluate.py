@@ -27,7 +27,8 @@ from pipeline.params.experiment import ExperimentConfig
 from pipeline.evaluation.metrics import group_accuracy, per_class_accuracy, predict, shot_accuracy, split_metrics
 from pipeline.evaluation.plots import plot_summary, write_history_csv, write_plot_files
 from pipeline.engine.build import build_net, eval_loaders, resolve_device
-from pipeline.engine.checkpoint import CheckpointError, load_checkpoint
+from pipeline.engine.checkpoint import (CheckpointError, load_checkpoint, read_run_record, with_timings,
+                                        without_timings)
 from pipeline.layout import BEST, HISTORY, LAST, SCORES
 from pipeline.methods import method_class
 from pipeline.networks import Head
@@ -113,7 +114,8 @@ def headline(scenario: str, metrics: dict[str, Any]) -> dict[str, float]:
 
 def load_finished_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[str, np.ndarray]]:
     """``history.json``, the ``final`` (``last.pt``) and ``selected`` (``best.pt``) checkpoints and
-    the per-sample scores of a run that finished, all of the same run (fingerprint).
+    the per-sample scores of a run that finished, all of the same run (fingerprint); the history
+    carries the run id and epoch times of the run record where the folder has one.
 
     Raises :class:`~pipeline.engine.checkpoint.CheckpointError` (one line) for a run that did not finish
     (``last.pt`` short of the last epoch), for files left by another run (e.g. the ``history.json``
@@ -139,6 +141,9 @@ def load_finished_run(run_dir: Path) -> tuple[dict[str, Any], dict[str, dict[str
                               f"{history.get('last_epoch')}; {rerun}")
     if checkpoints["selected"].get("fingerprint") != fingerprint:
         raise CheckpointError(f"{run_dir / BEST} belongs to another run than {LAST}; {rerun}")
+    record = read_run_record(run_dir, fingerprint)  # the run id and epoch times, where the folder has them
+    history["run_id"] = record.get("run_id") or history.get("run_id")
+    history["history"] = with_timings(history["history"], record)
     scores: dict[str, np.ndarray] = {}
     if (run_dir / SCORES).is_file():
         try:
@@ -222,5 +227,5 @@ def evaluate_run(exp: ExperimentConfig, data: PreparedData, run_dir: Path, plots
     test = data.splits["test"]
     plot_summary(data, per_class_accuracy(selected_pred, test.y, data.num_classes), scores.get("epsilon"),
                  f"{history['method']} seed {history['seed']}", plots_dir / "summary.png")
-    write_history_csv(history["history"], plots_dir / "history.csv")
+    write_history_csv(without_timings(history["history"]), plots_dir / "history.csv")  # a DVC output: no times
     return result

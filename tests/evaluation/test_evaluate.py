@@ -236,13 +236,13 @@ def test_the_confusion_matrix_keeps_a_class_that_is_never_predicted(tmp_path):
 def test_a_rerun_writes_the_same_detail_file_without_run_id_or_epoch_times(tmp_path, monkeypatch):
     """The evaluate stage's committed detail file holds nothing that differs between two runs of
     the same configuration (the MLflow run id, the epochs' wall-clock times): after a rerun,
-    ``git status`` stays clean. Here the same weights with another run id and other epoch times
+    ``git status`` stays clean, and so does the plots folder's hash in ``dvc.lock``. Here the same weights with another run id and other epoch times
     (as a rerun has) give the same file byte for byte."""
     import yaml
 
     from pipeline.data.prepared import save_prepared
     from pipeline.engine.loop import RunSpec, fit
-    from pipeline.layout import HISTORY, data_dir, metrics_file, run_dir
+    from pipeline.layout import RUN_RECORD, data_dir, metrics_file, run_dir
     from pipeline.stages import evaluate
     from tests.tiny import tiny_data
 
@@ -258,15 +258,16 @@ def test_a_rerun_writes_the_same_detail_file_without_run_id_or_epoch_times(tmp_p
     save_prepared(data, data_dir("tiny"))
     fit(RunSpec(load_params().experiment("tiny"), data, "ce", 0, run, first_epoch=0, last_epoch=2, device="cpu"))
     detail = metrics_file("tiny", "ce", 0, detail=True)
-    written = []
+    written, csvs = [], []
     for run_id, seconds in (("a" * 32, 1.5), ("b" * 32, 2.5)):
-        history = json.loads((run / HISTORY).read_text())
-        history["run_id"] = run_id
-        for epoch in history["history"]:
-            epoch["epoch_seconds"] = seconds
-        (run / HISTORY).write_text(json.dumps(history))
+        record = json.loads((run / RUN_RECORD).read_text())  # where a run keeps them
+        record["run_id"] = run_id
+        for epoch in record["epochs"]:
+            epoch["epoch_seconds"], epoch["train_img_per_s"] = seconds, 100 / seconds
+        (run / RUN_RECORD).write_text(json.dumps(record))
         assert evaluate.main(["--experiment", "tiny", "--method", "ce", "--seed", "0", "--no-mlflow"]) == 0
         written.append(detail.read_bytes())
-    assert written[0] == written[1]
+        csvs.append((tmp_path / "plots" / "tiny" / "ce-s0" / "history.csv").read_bytes())  # a DVC output too
+    assert written[0] == written[1] and csvs[0] == csvs[1]
     saved = json.loads(written[0])
     assert "run_id" not in saved and set(saved["curve"]) == {"epoch", "train_loss", "val_acc"}
