@@ -97,6 +97,26 @@ def outdated_records(params: Params, root: Path = REFERENCE_METRICS_DIR) -> list
     return out
 
 
+def machine_kind(machine: dict[str, Any] | None) -> str:
+    """The CPU kind a record was trained on, as the reports name it: the model and whether it has
+    AVX-512. Kinds round convolutions differently, so the same run differs between them
+    (docs/results-cpu-profiles.md); the thread count is kept apart, it names no kind."""
+    m = machine or {}
+    return f"{m.get('cpu') or 'an unrecorded CPU'} {'with' if m.get('avx512') else 'without'} AVX-512"
+
+
+def machines(label: Label) -> dict[str, dict[str, list[int]]]:
+    """The CPU kinds of ``label``'s records: kind -> the seeds trained on it and their torch threads."""
+    out: dict[str, dict[str, list[int]]] = {}
+    for seed, r in sorted(label.records.items()):
+        entry = out.setdefault(machine_kind(r.get("machine")), {"seeds": [], "threads": []})
+        entry["seeds"].append(seed)
+        threads = (r.get("machine") or {}).get("threads")
+        if threads is not None and threads not in entry["threads"]:
+            entry["threads"].append(threads)
+    return out
+
+
 def paired(a: dict[int, float], b: dict[int, float], level: float = 0.95) -> dict[str, Any]:
     """Mean of d_s = a_s − b_s over the seeds both have, with its t-interval at ``level`` (None for
     one seed: no interval can be given)."""
@@ -161,7 +181,7 @@ def summarise(labels: dict[str, Label], subject: str, compare: dict[str, str] | 
             entry["best_epoch_on_test"] = mean_std(best_on_test)
         seconds = [sum(x for x in r.get("curve", {}).get("epoch_seconds", []) if x) for r in lab.records.values()]
         entry["train_seconds"] = mean_std(seconds)
-        entry["machine"] = lab.first.get("machine")
+        entry["machines"] = machines(lab)
         out["labels"][lab.name] = entry
     # The subject's other labels (one switch each) are its ablations: kept out of the ranking of
     # methods, compared with the subject's default run and ordered by validation (never by test).

@@ -46,18 +46,40 @@ def seeds_of(labels: dict[str, dict[str, Any]]) -> list[int]:
     return sorted({x for e in labels.values() for x in e["seeds"]})
 
 
+def machines_sentence(labels: dict[str, dict[str, Any]]) -> str:
+    """Which CPU kind trained the runs: the kind of most runs, and each run of another kind by
+    label and seed (a difference between runs of two kinds includes the kinds' rounding)."""
+    kinds: dict[str, list[tuple[str, list[int]]]] = {}
+    threads: dict[str, set[int]] = {}
+    for name, e in labels.items():
+        for kind, m in (e.get("machines") or {}).items():
+            kinds.setdefault(kind, []).append((name, m["seeds"]))
+            threads.setdefault(kind, set()).update(m["threads"])
+    if not kinds:
+        return "The machine was not recorded."
+    main = max(kinds, key=lambda k: sum(len(seeds) for _, seeds in kinds[k]))
+    text = f"Trained on {main}" + (f" (torch threads: {', '.join(map(str, sorted(threads[main])))})"
+                                   if threads[main] else "")
+    others = [k for k in kinds if k != main]
+    if not others:
+        return text + "."
+    runs = "; ".join(", ".join(f"{name} (seeds {', '.join(map(str, seeds))})" for name, seeds in kinds[k]) + f" on {k}"
+                     for k in sorted(others))
+    return (f"{text}, except {runs}. CPU kinds round convolutions differently "
+            "([docs/results-cpu-profiles.md](../../docs/results-cpu-profiles.md)): a difference between runs of two "
+            "kinds includes that.")
+
+
 def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] | None,
                         figures: list[str]) -> str:
     primary, labels = s["primary"], s["labels"]
     seeds = seeds_of(labels)
-    machine = next((e["machine"] for e in labels.values() if e.get("machine")), None) or {}
     lines = [f"# Reference runs: {name}", "",
              (f"Scenario {s['scenario']}, data {s['data']}, test metrics in %. Seeds {seeds}: each seed draws its own "
              "split and its own training randomness, so the spread holds both. *selected*: the weights of the epoch "
              f"with the best `{s['selection_metric']}` (validation; never test); *final*: after the last epoch. "
              "*deferred*: trained from the seed's CE pretraining; *scratch*: the whole schedule from a random "
-             f"initialisation. Trained on {machine.get('cpu', '?')} ({'with' if machine.get('avx512') else 'without'}"
-             f" AVX-512, torch threads: {machine.get('threads', '?')})."), ""]
+             f"initialisation. {machines_sentence(labels)}"), ""]
     note = SCENARIOS[s["scenario"]].note  # what its headline keys mean
     if note:
         lines += [note, ""]

@@ -400,3 +400,20 @@ def test_the_published_table_says_over_how_many_seeds_each_row_is():
     one = summarise(labels_of(record("ce", 0, 0.6, 0.6), record("meta_iada", 0, 0.7, 0.7, epsilon=True)),
                     "meta_iada")["labels"]
     assert "validation-selected, mean over 1 seed." in tables.published_table(one, published)[0]
+
+
+def test_the_report_names_each_run_trained_on_another_cpu_kind():
+    """Kinds round convolutions differently: a page that says "trained on" one CPU must name the
+    runs of any other kind, or a tuned run on one kind beside a default on another reads as a
+    difference of the method alone."""
+    other = {**record("meta_iada-tuned", 1, 0.6, 0.6, method="meta_iada"),
+             "machine": {"cpu": "AMD EPYC", "avx512": False, "threads": 2}}
+    recs = [record(lab, s, 0.5, 0.5, method=m) for lab, m in (("ce", "ce"), ("meta_iada", "meta_iada")) for s in range(3)]
+    s = summarise(labels_of(*recs, record("meta_iada-tuned", 0, 0.6, 0.6, method="meta_iada"), other), "meta_iada")
+    assert s["labels"]["meta_iada-tuned"]["machines"] == {"test cpu with AVX-512": {"seeds": [0], "threads": [2]},
+                                                          "AMD EPYC without AVX-512": {"seeds": [1], "threads": [2]}}
+    text = tables.machines_sentence(s["labels"])
+    assert text.startswith("Trained on test cpu with AVX-512 (torch threads: 2), except meta_iada-tuned (seeds 1) on "
+                           "AMD EPYC without AVX-512.")
+    same = summarise(labels_of(*recs), "meta_iada")
+    assert tables.machines_sentence(same["labels"]) == "Trained on test cpu with AVX-512 (torch threads: 2)."
