@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 
 from pipeline.data.prepared import PreparedData, load_prepared
 from pipeline.engine.checkpoint import load_checkpoint
@@ -25,6 +26,8 @@ from pipeline.reference.sweep import ensure_prepared
 from pipeline.tracking import RunTracker, end_trial_run
 from pipeline.tuning.budget import Budget, SurplusTrial
 from pipeline.tuning.storage import WORKER_ATTR, this_worker
+
+REPEAT_ATTR = "repeat_of"  # trial user attr: the number of the complete trial whose config it repeats
 
 # Tests only: a worker process of this name SIGKILLs itself after its trial's first epoch.
 KILL_WORKER_ENV = "PIPELINE_TUNE_TEST_KILL_WORKER"
@@ -83,6 +86,19 @@ def suggest(trial: optuna.Trial, plan: Plan) -> tuple[dict[str, Any], int]:
     return values, plan.cfg.seed
 
 
+def repeat_of(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """A complete trial of the study with the same values (training seed included) as ``trial``.
+
+    TPE samples a discrete space with repeats (a 5-value grid and 8 trials repeat at least 3),
+    and training is deterministic on one CPU kind, so the earlier value stands for the repeat
+    instead of training the same config again: the Optuna FAQ's "How can I ignore duplicated
+    samples?". A repeat of a pruned or failed trial is trained."""
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.number != trial.number and t.params == trial.params:
+            return t
+    return None
+
+
 def reporter(trial: optuna.Trial, first_epoch: int, last_epoch: int, metric: str) -> EpochCallback:
     """``fit``'s epoch callback: report the metric at the trial's epoch k and prune, except after
     the trial's last epoch (``last_epoch - 1``): its training is done, and pruning it would only
@@ -112,6 +128,12 @@ class Objective:
                                "(another worker started the last one); not run")
         values, seed = suggest(trial, self.plan)
         trial.set_user_attr("seed", seed)
+        earlier = repeat_of(trial)
+        if earlier is not None:
+            trial.set_user_attr(REPEAT_ATTR, earlier.number)
+            print(f"[{self.plan.name}] trial {trial.number} repeats trial {earlier.number} ({values}): its value "
+                  f"{earlier.value:.4f} stands, not trained again")
+            return float(earlier.value)
         with tempfile.TemporaryDirectory(prefix=f"{self.plan.name}-t{trial.number}-") as tmp:
             return self.train(trial, values, seed, Path(tmp))
 

@@ -260,3 +260,35 @@ def test_a_budget_study_prepares_and_pretrains_on_the_tuning_seeds_split(params,
     assert calls == [(100, plan.tree)] and plan.tree.data.parts[-3:] == ("reference", "lt_ref", "split100")
     assert objective.pretrain_checkpoint(plan, 100).parts[-4:] == ("lt_ref", "s100", "pretrain", "last.pt")
     assert objective.base_experiment(params, plan).data.seed == 100
+
+
+def test_a_trial_that_repeats_a_complete_config_takes_its_value_without_training(monkeypatch):
+    """TPE repeats configs of a discrete space (meta_iada's 5 x 2 grid repeated two of its first 8);
+    training is deterministic, so a repeat costs no training and gets the earlier value. A repeat
+    of a failed trial is trained."""
+    from pipeline.params.search import ParamSpace
+    from pipeline.tuning.objective import REPEAT_ATTR, Objective
+
+    plan = SimpleNamespace(sweep=False, name="s", cfg=SimpleNamespace(seed=100),
+                           space={"methods.x.alpha": ParamSpace(type="categorical", choices=[0.25, 0.5, 1.0])})
+    trained = []
+
+    def train(self, trial, values, seed, out):
+        trained.append(values["methods.x.alpha"])
+        if len(trained) == 1:
+            raise RuntimeError("the first training fails")
+        return values["methods.x.alpha"] / 10
+
+    monkeypatch.setattr(Objective, "train", train)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+    study.enqueue_trial({"methods.x.alpha": 0.5})
+    study.enqueue_trial({"methods.x.alpha": 0.5})  # a repeat of a failed trial
+    study.optimize(Objective(plan, None, SimpleNamespace(admits=lambda t: True)), n_trials=9, catch=(RuntimeError,))
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(complete) == 8 and trained[:2] == [0.5, 0.5]
+    assert sorted(trained[1:]) == sorted({t.params["methods.x.alpha"] for t in complete})  # each config once
+    repeats = [t for t in complete if REPEAT_ATTR in t.user_attrs]
+    assert len(repeats) == 8 - len(trained[1:]) >= 5
+    for t in repeats:
+        origin = study.trials[t.user_attrs[REPEAT_ATTR]]
+        assert origin.params == t.params and t.value == origin.value and REPEAT_ATTR not in origin.user_attrs
