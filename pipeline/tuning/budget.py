@@ -15,6 +15,8 @@ from pipeline.tuning.storage import grace_s
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 GRID_ATTR = "grid_point"  # trial user attr of an enqueued sweep point
 DEFAULT_ATTR = "default"  # trial user attr of a tuning budget's default-config trial (tune.budgets)
+REPEAT_ATTR = "repeat_of"  # trial user attr: the number of the complete trial whose config it repeats
+MACHINE_ATTR = "machine"  # trial user attr: the CPU kind that trained it (kinds round differently)
 MAX_FAILURES_IN_A_ROW = 5
 
 

@@ -22,7 +22,8 @@ from optuna.trial import FrozenTrial, TrialState
 from pipeline.report.stats import mean_std, pct, pm
 from pipeline.params.budget import budget_study_names, find_plan, tuned_label
 from pipeline.params.file import Params
-from pipeline.tuning.budget import DEFAULT_ATTR
+from pipeline.report.summary import machine_kind
+from pipeline.tuning.budget import DEFAULT_ATTR, MACHINE_ATTR, REPEAT_ATTR
 from pipeline.tuning.storage import open_storage
 
 TestValues = Callable[[str], list[float]]  # reference label -> its test headline per reported seed
@@ -81,6 +82,23 @@ def tuned_row(method: str, study: optuna.Study | None, test_values: TestValues, 
     return row
 
 
+def machines_line(studies: Mapping[str, optuna.Study | None], kinds: Callable[[str], set[str]]) -> str:
+    """Which CPU kinds trained the trials and the test runs (kinds round convolutions differently,
+    so a value of one kind beside one of another holds that too)."""
+    trials: dict[str, int] = {}
+    for study in studies.values():
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if study is not None else []:
+            if REPEAT_ATTR not in t.user_attrs:
+                kind = t.user_attrs.get(MACHINE_ATTR, "a CPU not recorded (trials older than the record)")
+                trials[kind] = trials.get(kind, 0) + 1
+    text = "Trained trials by CPU kind: " + ("; ".join(f"{k}: {n}" for k, n in sorted(trials.items())) or "none") + "."
+    tests = [f"{m}: default on {', '.join(sorted(kinds(m))) or '—'}, tuned on {', '.join(sorted(kinds(tuned_label(m))))}"
+             for m in studies if kinds(tuned_label(m)) and kinds(tuned_label(m)) != kinds(m)]
+    if tests:
+        text += (" Test runs of two kinds (their difference includes the kinds' rounding): " + "; ".join(tests) + ".")
+    return text
+
+
 def table(rows: list[TunedRow], metric: str, test_key: str) -> str:
     """Markdown: one row per method, default beside tuned, validation then test."""
     head = ["method", "trials", f"default {metric}", f"tuned {metric}", "chosen",
@@ -112,17 +130,23 @@ def rerun_command(experiment: str, rows: list[TunedRow]) -> str:
     return f"python -m pipeline.stages.reference_sync && dvc repro --glob {targets}"
 
 
-def reported_tests(params: Params, experiment: str) -> TestValues:
-    """Label -> the test headline (the selection metric's key) of its up-to-date committed records."""
+def reported_tests(params: Params, experiment: str) -> tuple[TestValues, Callable[[str], set[str]]]:
+    """Label -> the test headline (the selection metric's key) of its up-to-date committed
+    records, and label -> the CPU kinds that trained them."""
     from pipeline.reference.plan import plan, read_record
 
     key = params.experiment(experiment).selection_metric.removeprefix("val_")
     jobs = plan(params, [experiment]) if experiment in params.reference.experiments else []
 
+    def records(label: str) -> list[dict[str, Any]]:
+        return [read_record(j.metrics_file) for j in jobs if j.label == label and j.done()]
+
     def values(label: str) -> list[float]:
-        return [float(read_record(j.metrics_file)["selected"]["headline"][key])
-                for j in jobs if j.label == label and j.done()]
-    return values
+        return [float(r["selected"]["headline"][key]) for r in records(label)]
+
+    def kinds(label: str) -> set[str]:
+        return {machine_kind(r.get("machine")) for r in records(label)}
+    return values, kinds
 
 
 def budget_report(params: Params, budget: str, *, storage: str | None = None,
@@ -132,11 +156,11 @@ def budget_report(params: Params, budget: str, *, storage: str | None = None,
     names = budget_study_names(params, budget)  # an unknown budget is one error line
     cfg = params.tune.budgets[budget]
     exp = params.experiment(cfg.experiment)
-    test_values = reported_tests(params, cfg.experiment)
-    rows = []
+    test_values, kinds = reported_tests(params, cfg.experiment)
+    rows, loaded = [], {}
     for name, method in zip(names, cfg.methods):
-        study = studies.get(method) if studies is not None else load_study(params, name, storage)
-        rows.append(tuned_row(method, study, test_values, cfg.n_trials))
+        loaded[method] = studies.get(method) if studies is not None else load_study(params, name, storage)
+        rows.append(tuned_row(method, loaded[method], test_values, cfg.n_trials))
     metric, key = exp.selection_metric, exp.selection_metric.removeprefix("val_")
     page = "\n".join([
         f"# Tuning budget `{budget}`: {cfg.experiment}, default vs tuned", "",
@@ -145,7 +169,8 @@ def budget_report(params: Params, budget: str, *, storage: str | None = None,
         f"selected on {metric}. Test columns: mean ± std over the reported seeds {params.reference.seeds} "
         f"(`{key}` at the selected epoch; — until the run is done). A study's best values become the "
         "method's tuned config once it has run all its trials (until then they are marked \"so far\"); "
-        "where they are the default's, the default's runs are the tuned ones.", "",
+        "where they are the default's, the default's runs are the tuned ones. A trial that repeats a complete "
+        "trial's config takes its value without training.", "", machines_line(loaded, kinds), "",
         table(rows, metric, key), "",
         "Chosen configs of the finished studies that differ from the default (paste under `tune.budgets."
         + budget + "`), then rerun them on the reported seeds:", "",

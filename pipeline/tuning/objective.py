@@ -22,12 +22,11 @@ from pipeline.params.experiment import ExperimentConfig, apply_values
 from pipeline.params.file import Params
 from pipeline.params.reference import Variant, variant_experiment
 from pipeline.params.tune import SEED_PARAM, Plan
-from pipeline.reference.sweep import ensure_prepared
+from pipeline.reference.sweep import ensure_prepared, machine
+from pipeline.report.summary import machine_kind
 from pipeline.tracking import RunTracker, end_trial_run
-from pipeline.tuning.budget import Budget, SurplusTrial
+from pipeline.tuning.budget import MACHINE_ATTR, REPEAT_ATTR, Budget, SurplusTrial
 from pipeline.tuning.storage import WORKER_ATTR, this_worker
-
-REPEAT_ATTR = "repeat_of"  # trial user attr: the number of the complete trial whose config it repeats
 
 # Tests only: a worker process of this name SIGKILLs itself after its trial's first epoch.
 KILL_WORKER_ENV = "PIPELINE_TUNE_TEST_KILL_WORKER"
@@ -134,6 +133,7 @@ class Objective:
             print(f"[{self.plan.name}] trial {trial.number} repeats trial {earlier.number} ({values}): its value "
                   f"{earlier.value:.4f} stands, not trained again")
             return float(earlier.value)
+        trial.set_user_attr(MACHINE_ATTR, machine_kind(machine()))
         with tempfile.TemporaryDirectory(prefix=f"{self.plan.name}-t{trial.number}-") as tmp:
             return self.train(trial, values, seed, Path(tmp))
 

@@ -267,7 +267,8 @@ def test_a_trial_that_repeats_a_complete_config_takes_its_value_without_training
     training is deterministic, so a repeat costs no training and gets the earlier value. A repeat
     of a failed trial is trained."""
     from pipeline.params.search import ParamSpace
-    from pipeline.tuning.objective import REPEAT_ATTR, Objective
+    from pipeline.tuning.budget import REPEAT_ATTR
+    from pipeline.tuning.objective import Objective
 
     plan = SimpleNamespace(sweep=False, name="s", cfg=SimpleNamespace(seed=100),
                            space={"methods.x.alpha": ParamSpace(type="categorical", choices=[0.25, 0.5, 1.0])})
@@ -292,3 +293,24 @@ def test_a_trial_that_repeats_a_complete_config_takes_its_value_without_training
     for t in repeats:
         origin = study.trials[t.user_attrs[REPEAT_ATTR]]
         assert origin.params == t.params and t.value == origin.value and REPEAT_ATTR not in origin.user_attrs
+
+
+def test_the_page_says_which_cpu_kinds_trained_the_trials_and_the_test_runs():
+    """Kinds round convolutions differently: the page counts the trained trials per kind (repeats
+    trained nothing) and names a method whose tuned test runs are of another kind than its default's."""
+    from pipeline.tuning.budget import MACHINE_ATTR, REPEAT_ATTR
+    from pipeline.tuning.budget_report import machines_line
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"methods.la.tau": optuna.distributions.FloatDistribution(0.5, 2.5)}
+    for (tau, val), attrs in zip(VALUES, ({MACHINE_ATTR: "A with AVX-512"}, {MACHINE_ATTR: "B without AVX-512"},
+                                          {MACHINE_ATTR: "B without AVX-512", REPEAT_ATTR: 1}, {})):
+        study.add_trial(optuna.trial.create_trial(params={"methods.la.tau": tau}, distributions=dist, value=val,
+                                                  user_attrs=attrs))
+    kinds = {"la": {"A with AVX-512"}, "la-tuned": {"B without AVX-512"}, "cb_ce": {"A with AVX-512"}}
+    text = machines_line({"la": study, "cb_ce": None}, lambda label: kinds.get(label, set()))
+    assert text.startswith("Trained trials by CPU kind: A with AVX-512: 1; B without AVX-512: 1; a CPU not recorded")
+    assert ": 1." in text.split(";")[-1]  # the unrecorded one; the repeat counts nowhere
+    assert "la: default on A with AVX-512, tuned on B without AVX-512" in text and "cb_ce:" not in text
+    kinds["la-tuned"] = {"A with AVX-512"}
+    assert "Test runs of two kinds" not in machines_line({"la": study}, lambda label: kinds.get(label, set()))
