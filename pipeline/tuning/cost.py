@@ -21,6 +21,8 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.layout import REFERENCE_METRICS_DIR
 from pipeline.params.file import Params
+from pipeline.params.search import ParamSpace
+from pipeline.params.spaces import paper_space
 from pipeline.reference.plan import read_record
 
 PRETRAIN_PACE = "ce"  # the label whose epochs price the pretraining (the same loss and network)
@@ -49,8 +51,23 @@ def pace(experiment: str, label: str, root: Path = REFERENCE_METRICS_DIR) -> Pac
     return Pace(label, float(np.mean(seconds)), machines)
 
 
+def distinct_configs(space: dict[str, ParamSpace]) -> int | None:
+    """How many configs ``space`` holds; None where a key is continuous."""
+    n = 1
+    for s in space.values():
+        if s.type == "categorical":
+            n *= len(s.choices or [])
+        elif s.type == "int":
+            n *= (int(s.high) - int(s.low)) // int(s.step or 1) + 1
+        else:
+            return None
+    return n
+
+
 def cost_markdown(params: Params, budget: str, root: Path = REFERENCE_METRICS_DIR) -> str:
-    """The estimate as a markdown table: per method, then the pretraining and the total (CPU hours)."""
+    """The estimate as a markdown table: per method, then the pretraining and the total (CPU hours).
+    A study of a space with fewer configs than trials trains each config once (its repeats take
+    the earlier value: :func:`pipeline.tuning.objective.repeat_of`)."""
     cfg = params.tune.budgets[budget]
     exp = params.experiment(cfg.experiment)
     epochs = cfg.train_epochs or exp.train_epochs
@@ -58,11 +75,14 @@ def cost_markdown(params: Params, budget: str, root: Path = REFERENCE_METRICS_DI
     total, rerun, machines = 0.0, 0.0, set()
     for method in cfg.methods:
         p = pace(cfg.experiment, method, root)
-        hours = p.seconds_per_epoch * epochs * cfg.n_trials / 3600
+        configs = distinct_configs(paper_space(method))
+        trained = cfg.n_trials if configs is None else min(cfg.n_trials, configs)  # a repeat trains nothing
+        hours = p.seconds_per_epoch * epochs * trained / 3600
         total += hours
         rerun += p.seconds_per_epoch * exp.train_epochs * len(params.reference.seeds) / 3600
         machines |= p.machines
-        lines.append(f"| {method} | {p.seconds_per_epoch:.1f} | {epochs} x {cfg.n_trials} | {hours:.1f} |")
+        trials = f"{epochs} x {trained}" + (f" ({configs} configs)" if trained < cfg.n_trials else "")
+        lines.append(f"| {method} | {p.seconds_per_epoch:.1f} | {trials} | {hours:.1f} |")
     ce = pace(cfg.experiment, PRETRAIN_PACE, root)
     pretrain_hours = ce.seconds_per_epoch * exp.pretrain_epochs / 3600
     total += pretrain_hours
