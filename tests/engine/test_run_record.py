@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from pipeline.engine.checkpoint import TIMING_KEYS, load_checkpoint
 from pipeline.engine.loop import RunSpec, fit
@@ -66,20 +67,25 @@ def test_two_runs_of_one_configuration_write_the_same_hashed_files(tmp_path, met
     assert not any(set(TIMING_KEYS) & set(e) for e in load_checkpoint(tmp_path / "a" / LAST)["history"])
 
 
-def test_evaluation_and_a_resumed_run_read_the_run_id_and_times_from_the_record(tmp_path):
-    exp, data = tiny_experiment(), tiny_data()
-    run = tmp_path / "run"
+def stopped_after_one_epoch(run: Path, last_epoch: int, tracker: FakeTracker | None = None) -> RunSpec:
+    """A tiny ce run into ``run`` of ``last_epoch`` epochs, stopped after its first; returns its spec."""
+    spec = RunSpec(tiny_experiment(), tiny_data(), "ce", 0, run, first_epoch=0, last_epoch=last_epoch, device="cpu")
 
     def stop_after_first(epoch, metrics):
         if epoch == 0:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        fit(RunSpec(exp, data, "ce", 0, run, first_epoch=0, last_epoch=3, device="cpu"),
-            tracker=FakeTracker("r" * 32), on_epoch=stop_after_first)
+        fit(spec, tracker=tracker, on_epoch=stop_after_first)
+    return spec
+
+
+def test_evaluation_and_a_resumed_run_read_the_run_id_and_times_from_the_record(tmp_path):
+    run = tmp_path / "run"
+    spec = stopped_after_one_epoch(run, 3, FakeTracker("r" * 32))
     first = json.loads((run / RUN_RECORD).read_text())["epochs"][0]["epoch_seconds"]
     resumed = FakeTracker("s" * 32)
-    summary = fit(RunSpec(exp, data, "ce", 0, run, first_epoch=0, last_epoch=3, device="cpu"), tracker=resumed)
+    summary = fit(spec, tracker=resumed)
     assert resumed.started_with == ["r" * 32]  # the same MLflow run goes on
     assert summary["history"][0]["epoch_seconds"] == first  # the first epoch's time survived the stop
     history, _, _ = load_finished_run(run)
@@ -92,24 +98,15 @@ def test_evaluation_and_a_resumed_run_read_the_run_id_and_times_from_the_record(
 
 def test_a_checkpoint_of_before_the_run_record_resumes_its_run_id(tmp_path):
     """``last.pt`` files written before the run record existed carried the run id and the times."""
-    exp, data = tiny_experiment(), tiny_data()
     run = tmp_path / "run"
-
-    def stop_after_first(epoch, metrics):
-        if epoch == 0:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        fit(RunSpec(exp, data, "ce", 0, run, first_epoch=0, last_epoch=2, device="cpu"), on_epoch=stop_after_first)
-    import torch
-
+    spec = stopped_after_one_epoch(run, 2)
     old = load_checkpoint(run / LAST)
     old["run_id"] = "o" * 32
     old["history"][0]["epoch_seconds"] = 1.25
     torch.save(old, run / LAST)
     (run / RUN_RECORD).unlink()
     tracker = FakeTracker("n" * 32)
-    summary = fit(RunSpec(exp, data, "ce", 0, run, first_epoch=0, last_epoch=2, device="cpu"), tracker=tracker)
+    summary = fit(spec, tracker=tracker)
     assert tracker.started_with == ["o" * 32] and summary["history"][0]["epoch_seconds"] == 1.25
 
 
