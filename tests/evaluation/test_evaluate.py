@@ -236,8 +236,9 @@ def test_the_confusion_matrix_keeps_a_class_that_is_never_predicted(tmp_path):
 def test_a_rerun_writes_the_same_detail_file_without_run_id_or_epoch_times(tmp_path, monkeypatch):
     """The evaluate stage's committed detail file holds nothing that differs between two runs of
     the same configuration (the MLflow run id, the epochs' wall-clock times): after a rerun,
-    ``git status`` stays clean, and so does the plots folder's hash in ``dvc.lock``. Here the same weights with another run id and other epoch times
-    (as a rerun has) give the same file byte for byte."""
+    ``git status`` stays clean, and so does the plots folder's hash in ``dvc.lock``. Here the same
+    weights with another run id and other epoch times in the run record (as a rerun has) give the
+    same files byte for byte."""
     import yaml
 
     from pipeline.data.prepared import save_prepared

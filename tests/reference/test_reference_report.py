@@ -408,7 +408,7 @@ def test_the_report_names_each_run_trained_on_another_cpu_kind():
     difference of the method alone."""
     other = {**record("meta_iada-tuned", 1, 0.6, 0.6, method="meta_iada"),
              "machine": {"cpu": "AMD EPYC", "avx512": False, "threads": 2}}
-    recs = [record(lab, s, 0.5, 0.5, method=m) for lab, m in (("ce", "ce"), ("meta_iada", "meta_iada")) for s in range(3)]
+    recs = [record(lab, s, 0.5, 0.5, method=lab) for lab in ("ce", "meta_iada") for s in range(3)]
     s = summarise(labels_of(*recs, record("meta_iada-tuned", 0, 0.6, 0.6, method="meta_iada"), other), "meta_iada")
     assert s["labels"]["meta_iada-tuned"]["machines"] == {"test cpu with AVX-512": {"seeds": [0], "threads": [2]},
                                                           "AMD EPYC without AVX-512": {"seeds": [1], "threads": [2]}}
