@@ -92,6 +92,7 @@ def machines_line(studies: Mapping[str, optuna.Study | None], kinds: Callable[[s
                 kind = t.user_attrs.get(MACHINE_ATTR, "a CPU not recorded (trials older than the record)")
                 trials[kind] = trials.get(kind, 0) + 1
     text = "Trained trials by CPU kind: " + ("; ".join(f"{k}: {n}" for k, n in sorted(trials.items())) or "none") + "."
+
     def named(label: str) -> str:
         return ", ".join(sorted(kinds(label))) or "—"
     tests = [f"{m}: default on {named(m)}, tuned on {named(tuned_label(m))}"
