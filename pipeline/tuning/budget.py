@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import TrialState
 
+from pipeline.params.search import ParamSpace
 from pipeline.params.tune import Plan
 from pipeline.tuning.storage import grace_s
 
@@ -18,6 +19,20 @@ DEFAULT_ATTR = "default"  # trial user attr of a tuning budget's default-config 
 REPEAT_ATTR = "repeat_of"  # trial user attr: the number of the complete trial whose config it repeats
 MACHINE_ATTR = "machine"  # trial user attr: the CPU kind that trained it (kinds round differently)
 MAX_FAILURES_IN_A_ROW = 5
+MAX_REPEATS_IN_A_ROW = 200  # repeats cost no training; this many in a row: the sampler is stuck
+
+
+def distinct_configs(space: dict[str, ParamSpace]) -> int | None:
+    """How many configs ``space`` holds; None where a key is continuous."""
+    n = 1
+    for s in space.values():
+        if s.type == "categorical":
+            n *= len(s.choices or [])
+        elif s.type == "int":
+            n *= (int(s.high) - int(s.low)) // int(s.step or 1) + 1
+        else:
+            return None
+    return n
 
 
 class SurplusTrial(RuntimeError):
@@ -28,29 +43,49 @@ class SurplusTrial(RuntimeError):
 class Budget:
     """When a worker stops and which trials may run.
 
-    Study: stop once COMPLETE + PRUNED + RUNNING trials reach ``n_trials``; a trial runs only if
-    fewer than ``n_trials`` lower-numbered trials are COMPLETE, PRUNED, RUNNING or WAITING
-    (trial numbers are assigned atomically by the storage, so this is exact across processes).
+    Study: ``n_trials`` is the number of configs trained (``configs`` where the space holds fewer:
+    each once). A trial that repeats a complete trial's config takes its value without training
+    (:func:`pipeline.tuning.objective.repeat_of`) and does not count, so every method of a budget
+    trains the same number of distinct configs: TPE's random start repeats configs of a discrete
+    space (metasaug's 5 alphas came out as 4 distinct configs in 8 trials). Stop once the distinct
+    configs of COMPLETE + PRUNED + RUNNING trials reach it; a trial runs only if the
+    lower-numbered COMPLETE, PRUNED, RUNNING or WAITING trials hold fewer (trial numbers are
+    assigned atomically by the storage, so this is exact across processes).
     Sweep: stop once no enqueued grid point waits; only enqueued grid points run.
-    A worker also stops after ``MAX_FAILURES_IN_A_ROW`` failed trials (something is broken).
+    A worker also stops after ``MAX_FAILURES_IN_A_ROW`` failed trials (something is broken), or
+    after ``MAX_REPEATS_IN_A_ROW`` repeats (the sampler finds no new config).
     """
 
     n_trials: int
     sweep: bool
+    configs: int | None = None  # the space's distinct configs (None: continuous)
     failures_in_a_row: int = 0
+    repeats_in_a_row: int = 0
+
+    @property
+    def target(self) -> int:
+        return self.n_trials if self.sweep or self.configs is None else min(self.n_trials, self.configs)
+
+    @staticmethod
+    def counted(trials: list[optuna.trial.FrozenTrial]) -> int:
+        """The distinct configs of the finished (COMPLETE, PRUNED) ``trials``, plus each other one
+        (a RUNNING or WAITING trial is not known to repeat: two workers may draw the same values)."""
+        return len({json.dumps(t.params, sort_keys=True) if t.state in FINISHED else f"#{t.number}" for t in trials})
 
     def finished(self, study: optuna.Study) -> int:
-        """Trials of the budget done: COMPLETE + PRUNED, or grid points with a COMPLETE trial."""
+        """Trials of the budget done: the distinct configs of COMPLETE + PRUNED trials, or grid points
+        with a COMPLETE trial."""
         if self.sweep:
             complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             return len({json.dumps(t.params, sort_keys=True) for t in complete})
-        return len(study.get_trials(deepcopy=False, states=FINISHED))
+        return self.counted(study.get_trials(deepcopy=False, states=FINISHED))
 
     def remaining(self, study: optuna.Study) -> int:
-        """Trials still to start: waiting grid points, or n_trials - (COMPLETE + PRUNED + RUNNING)."""
+        """Trials still to start: waiting grid points, or target - the distinct configs of COMPLETE +
+        PRUNED + RUNNING trials."""
         if self.sweep:
             return len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-        return self.n_trials - len(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
+        return self.target - self.counted(study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING)))
 
     def done(self, study: optuna.Study) -> bool:
         return self.remaining(study) <= 0
@@ -60,17 +95,27 @@ class Budget:
             return GRID_ATTR in trial.user_attrs
         states = (*FINISHED, TrialState.RUNNING, TrialState.WAITING)
         earlier = [t for t in trial.study.get_trials(deepcopy=False, states=states) if t.number < trial.number]
-        return len(earlier) < self.n_trials
+        return self.counted(earlier) < self.target
 
     def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         """``study.optimize`` callback."""
         self.failures_in_a_row = self.failures_in_a_row + 1 if trial.state == TrialState.FAIL else 0
+        self.repeats_in_a_row = self.repeats_in_a_row + 1 if REPEAT_ATTR in trial.user_attrs else 0
         if self.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             print(f"[{study.study_name}] {self.failures_in_a_row} trials failed in a row: this worker stops "
                   "(see the errors above; the trials' user attr 'error' keeps them)")
             study.stop()
+        elif self.repeats_in_a_row >= MAX_REPEATS_IN_A_ROW:
+            print(f"[{study.study_name}] the sampler repeated trained configs {self.repeats_in_a_row} times in a "
+                  "row: this worker stops")
+            study.stop()
         elif self.done(study):
             study.stop()
+
+
+def budget_of(plan: Plan) -> Budget:
+    """The budget of ``plan``'s study (the space's size bounds a study's distinct configs)."""
+    return Budget(plan.n_trials, plan.sweep, None if plan.sweep else distinct_configs(plan.space))
 
 
 class IncompleteStudy(RuntimeError):
@@ -91,8 +136,9 @@ def failure_streak(trials: list[optuna.trial.FrozenTrial]) -> list[optuna.trial.
 
 def shortfall(study: optuna.Study, plan: Plan, dead: list[str]) -> str | None:
     """Why the study ended short of its budget and what to do, in one line; None when it is done."""
-    done = Budget(plan.n_trials, plan.sweep).finished(study)
-    if done >= plan.n_trials:
+    budget = budget_of(plan)
+    done = budget.finished(study)
+    if done >= budget.target:
         return None
     trials = study.get_trials(deepcopy=False)
     why = [f"{len(dead)} worker(s) died ({'; '.join(dead)})"] if dead else []
@@ -110,5 +156,5 @@ def shortfall(study: optuna.Study, plan: Plan, dead: list[str]) -> str | None:
     elif running:
         todo = (f"trial(s) {', '.join(running)} stay RUNNING until they have had no heartbeat for {grace_s()} s "
                 f"and are then failed and put back in the queue: after that, {todo}")
-    return (f"study {plan.name!r} ended with {done} of its {plan.n_trials} trials done (COMPLETE or PRUNED): "
+    return (f"study {plan.name!r} ended with {done} of its {budget.target} trials done (COMPLETE or PRUNED): "
             f"{'; '.join(why) or 'trials are missing'}; {todo}")

@@ -22,8 +22,9 @@ from optuna.trial import FrozenTrial, TrialState
 from pipeline.report.stats import mean_std, pct, pm
 from pipeline.params.budget import budget_study_names, find_plan, tuned_label
 from pipeline.params.file import Params
+from pipeline.params.spaces import paper_space
 from pipeline.report.summary import machine_kind
-from pipeline.tuning.budget import DEFAULT_ATTR, MACHINE_ATTR, REPEAT_ATTR
+from pipeline.tuning.budget import DEFAULT_ATTR, MACHINE_ATTR, REPEAT_ATTR, Budget, distinct_configs
 from pipeline.tuning.storage import open_storage
 
 TestValues = Callable[[str], list[float]]  # reference label -> its test headline per reported seed
@@ -32,13 +33,13 @@ TestValues = Callable[[str], list[float]]  # reference label -> its test headlin
 @dataclass
 class TunedRow:
     method: str
-    complete: int  # COMPLETE trials of its study
+    complete: int  # the distinct configs of its study's COMPLETE trials
     default_val: float | None  # the default trial's validation value (None: not run or not complete)
     best_val: float | None
     chosen: dict[str, Any] = field(default_factory=dict)  # the best trial's values (so far, until finished)
     default_test: list[float] = field(default_factory=list)
     tuned_test: list[float] = field(default_factory=list)
-    n_trials: int = 0  # the budget's trials per method
+    n_trials: int = 0  # the configs its study trains (the budget's n_trials, or its space's size if smaller)
     best_is_default: bool = False  # the best trial is the default config's
 
     @property
@@ -70,7 +71,7 @@ def tuned_row(method: str, study: optuna.Study | None, test_values: TestValues, 
                    n_trials=n_trials)
     if study is None:
         return row
-    row.complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    row.complete = Budget.counted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))  # distinct
     best, default = select(study), default_trial(study)
     if best is not None:
         row.best_val, row.chosen = float(best.value), dict(best.params)
@@ -163,17 +164,20 @@ def budget_report(params: Params, budget: str, *, storage: str | None = None,
     rows, loaded = [], {}
     for name, method in zip(names, cfg.methods):
         loaded[method] = studies.get(method) if studies is not None else load_study(params, name, storage)
-        rows.append(tuned_row(method, loaded[method], test_values, cfg.n_trials))
+        configs = distinct_configs(paper_space(method))
+        target = cfg.n_trials if configs is None else min(cfg.n_trials, configs)  # as budget_of counts
+        rows.append(tuned_row(method, loaded[method], test_values, target))
     metric, key = exp.selection_metric, exp.selection_metric.removeprefix("val_")
     page = "\n".join([
         f"# Tuning budget `{budget}`: {cfg.experiment}, default vs tuned", "",
-        f"{cfg.n_trials} trials per method (the first its default config), sampler {cfg.sampler.name} "
+        f"{cfg.n_trials} distinct configs trained per method (all of a space with fewer; the first the default "
+        f"config), sampler {cfg.sampler.name} "
         f"(seed {cfg.sampler.seed}), pruner {cfg.pruner.name}, tuning seed {cfg.seed} on its own split; "
         f"selected on {metric}. Test columns: mean ± std over the reported seeds {params.reference.seeds} "
         f"(`{key}` at the selected epoch; — until the run is done). A study's best values become the "
         "method's tuned config once it has run all its trials (until then they are marked \"so far\"); "
         "where they are the default's, the default's runs are the tuned ones. A trial that repeats a complete "
-        "trial's config takes its value without training.", "", machines_line(loaded, kinds), "",
+        "trial's config takes its value without training and does not count.", "", machines_line(loaded, kinds), "",
         table(rows, metric, key), "",
         "Chosen configs of the finished studies that differ from the default (paste under `tune.budgets."
         + budget + "`), then rerun them on the reported seeds:", "",

@@ -21,8 +21,8 @@ import numpy as np
 from pipeline.errors import UserError
 from pipeline.layout import REFERENCE_METRICS_DIR
 from pipeline.params.file import Params
-from pipeline.params.search import ParamSpace
 from pipeline.params.spaces import paper_space
+from pipeline.tuning.budget import distinct_configs
 from pipeline.reference.plan import read_record
 
 PRETRAIN_PACE = "ce"  # the label whose epochs price the pretraining (the same loss and network)
@@ -49,19 +49,6 @@ def pace(experiment: str, label: str, root: Path = REFERENCE_METRICS_DIR) -> Pac
         raise UserError(f"no committed records of {label!r} under {root / experiment} with epoch_seconds: "
                         "the cost of its trials cannot be estimated (run its reference runs first)")
     return Pace(label, float(np.mean(seconds)), machines)
-
-
-def distinct_configs(space: dict[str, ParamSpace]) -> int | None:
-    """How many configs ``space`` holds; None where a key is continuous."""
-    n = 1
-    for s in space.values():
-        if s.type == "categorical":
-            n *= len(s.choices or [])
-        elif s.type == "int":
-            n *= (int(s.high) - int(s.low)) // int(s.step or 1) + 1
-        else:
-            return None
-    return n
 
 
 def cost_markdown(params: Params, budget: str, root: Path = REFERENCE_METRICS_DIR) -> str:

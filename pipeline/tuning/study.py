@@ -17,7 +17,7 @@ from pipeline.params.schema import ParamError, flatten
 from pipeline.params.tune import Plan, journal_path, storage_kind
 from pipeline.tracking import create_run, delete_run, end_orphan_trial_runs, is_active_run
 from pipeline.tuning.analysis import analyse
-from pipeline.tuning.budget import DEFAULT_ATTR, GRID_ATTR, Budget, IncompleteStudy, shortfall
+from pipeline.tuning.budget import DEFAULT_ATTR, GRID_ATTR, IncompleteStudy, budget_of, shortfall
 from pipeline.tuning.objective import base_experiment, ensure_data, ensure_pretrain, training_data
 from pipeline.tuning.storage import StudyStorage, claim_study_attr, fail_dead_trials, open_storage
 from pipeline.tuning.workers import make_pruner, no_pruning_reason, open_study, run_workers, wait_for_running
@@ -45,7 +45,7 @@ def enqueue_default(study: optuna.Study, plan: Plan) -> None:
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
     if any(t.user_attrs.get(DEFAULT_ATTR) for t in study.get_trials(deepcopy=False, states=live)):
         return
-    if Budget(plan.n_trials, plan.sweep).remaining(study) > 0:
+    if budget_of(plan).remaining(study) > 0:
         study.enqueue_trial(plan.default_values, user_attrs={DEFAULT_ATTR: True})
 
 
@@ -122,7 +122,7 @@ def run_study(params: Params, plan: Plan) -> dict[str, Any]:
         enqueue_default(study, plan)
     if why := no_pruning_reason(plan):
         print(f"[{plan.name}] {why}")
-    budget = Budget(plan.n_trials, plan.sweep)
+    budget = budget_of(plan)
     to_run = first = budget.remaining(study)
     dead: list[str] = []
     while True:

@@ -15,7 +15,7 @@ import torch
 from optuna.trial import TrialState
 
 from pipeline.params.tune import Plan
-from pipeline.tuning.budget import Budget
+from pipeline.tuning.budget import budget_of
 from pipeline.tuning.objective import Objective, training_data
 from pipeline.tuning.storage import StudyStorage, experimental_features, fail_dead_trials, grace_s, open_storage
 
@@ -71,7 +71,7 @@ def worker(plan: Plan, index: int, first_trial: int, threads: int | None) -> Non
     if threads is not None:
         torch.set_num_threads(threads)
     study = open_study(plan, [first_trial, index])
-    budget = Budget(plan.n_trials, plan.sweep)
+    budget = budget_of(plan)
     if budget.done(study):
         return
     study.optimize(Objective(plan, training_data(plan), budget), catch=(Exception,), callbacks=[budget.after_trial])

@@ -212,7 +212,10 @@ def test_a_chosen_config_becomes_the_tuned_reference_variant():
 
 
 def test_the_default_config_is_the_first_trial_and_is_enqueued_once():
-    plan = SimpleNamespace(default_values={"methods.la.tau": 1.0}, n_trials=8, sweep=False)
+    from pipeline.params.search import ParamSpace
+
+    plan = SimpleNamespace(default_values={"methods.la.tau": 1.0}, n_trials=8, sweep=False,
+                           space={"methods.la.tau": ParamSpace(type="float", low=0.5, high=2.5)})
     study = optuna.create_study(direction="maximize")
     enqueue_default(study, plan)
     enqueue_default(study, plan)
@@ -318,3 +321,36 @@ def test_the_page_says_which_cpu_kinds_trained_the_trials_and_the_test_runs():
     assert "la: default on A with AVX-512, tuned on B without AVX-512" in text and "cb_ce:" not in text
     kinds["la-tuned"] = {"A with AVX-512"}
     assert "Test runs of two kinds" not in machines_line({"la": study}, lambda label: kinds.get(label, set()))
+
+
+def test_every_study_trains_the_same_number_of_distinct_configs_or_its_whole_space(monkeypatch):
+    """DomainBed's rule, counted in configs: TPE's random start repeats configs of a discrete space
+    (metasaug's 5 alphas came out as 4 distinct configs in 8 trials), so a repeat does not count
+    and a study ends once it has trained n_trials distinct configs, or every config of a smaller
+    space. Repeats trained before the rule (no repeat_of attr) count once too."""
+    from pipeline.params.search import ParamSpace
+    from pipeline.tuning.budget import Budget
+    from pipeline.tuning.objective import Objective
+
+    def run(choices, n_trials, study=None):
+        space = {"methods.x.alpha": ParamSpace(type="categorical", choices=choices)}
+        plan = SimpleNamespace(sweep=False, name="s", cfg=SimpleNamespace(seed=100), space=space)
+        budget = Budget(n_trials, False, len(choices))
+        trained = []
+        monkeypatch.setattr(Objective, "train", lambda self, trial, values, seed, out:
+                            trained.append(values["methods.x.alpha"]) or values["methods.x.alpha"] / 10)
+        study = study or optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
+        study.optimize(Objective(plan, None, budget), n_trials=500, callbacks=[budget.after_trial])
+        return study, trained
+
+    study, trained = run([0.1, 0.25, 0.5, 0.75, 1.0], 8)
+    assert sorted(trained) == [0.1, 0.25, 0.5, 0.75, 1.0]  # the whole space, each config once
+    assert Budget.counted(study.get_trials(states=(TrialState.COMPLETE,))) == 5
+    study, trained = run([round(0.1 * i, 1) for i in range(1, 21)], 8)
+    assert len(trained) == len(set(trained)) == 8  # 8 of a 20-config space
+    dist = {"methods.x.alpha": optuna.distributions.CategoricalDistribution([0.1, 0.25, 0.5])}
+    old = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=1))
+    for value in (0.1, 0.1):  # a repeat trained before the rule: the same config twice
+        old.add_trial(optuna.trial.create_trial(params={"methods.x.alpha": value}, distributions=dist, value=value))
+    _, trained = run([0.1, 0.25, 0.5], 3, old)
+    assert sorted(trained) == [0.25, 0.5]  # the two missing configs, not one
