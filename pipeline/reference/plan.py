@@ -124,3 +124,11 @@ def plan(params: Params, experiments: list[str] | None = None, seeds: list[int] 
                                          data_seed=split)
                 jobs.append(Job(exp, label, variant.method, seed, split, dict(variant.set)))
     return jobs
+
+
+def machine_kind(machine: dict[str, Any] | None) -> str:
+    """The CPU kind a record was trained on, as the reports name it: the model and whether it has
+    AVX-512. Kinds round convolutions differently, so the same run differs between them
+    (docs/results-cpu-profiles.md); the thread count is kept apart, it names no kind."""
+    m = machine or {}
+    return f"{m.get('cpu') or 'an unrecorded CPU'} {'with' if m.get('avx512') else 'without'} AVX-512"

@@ -20,6 +20,7 @@ from pipeline.data.scenarios import SCENARIOS
 from pipeline.report.stats import mean_std
 from pipeline.layout import REFERENCE_METRICS_DIR
 from pipeline.params.file import Params
+from pipeline.reference.plan import machine_kind
 
 RULES = ("selected", "final")
 
@@ -95,14 +96,6 @@ def outdated_records(params: Params, root: Path = REFERENCE_METRICS_DIR) -> list
             out.append(f"{path} (its configuration changed: rerun python -m pipeline.stages.reference "
                        f"--experiment {key[0]} --seed {key[2]} --label {key[1]})")
     return out
-
-
-def machine_kind(machine: dict[str, Any] | None) -> str:
-    """The CPU kind a record was trained on, as the reports name it: the model and whether it has
-    AVX-512. Kinds round convolutions differently, so the same run differs between them
-    (docs/results-cpu-profiles.md); the thread count is kept apart, it names no kind."""
-    m = machine or {}
-    return f"{m.get('cpu') or 'an unrecorded CPU'} {'with' if m.get('avx512') else 'without'} AVX-512"
 
 
 def machines(label: Label) -> dict[str, dict[str, list[int]]]:

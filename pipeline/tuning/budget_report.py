@@ -23,7 +23,7 @@ from pipeline.report.stats import mean_std, pct, pm
 from pipeline.params.budget import budget_study_names, find_plan, tuned_label
 from pipeline.params.file import Params
 from pipeline.params.spaces import paper_space
-from pipeline.report.summary import machine_kind
+from pipeline.reference.plan import machine_kind
 from pipeline.tuning.budget import DEFAULT_ATTR, MACHINE_ATTR, REPEAT_ATTR, Budget, distinct_configs
 from pipeline.tuning.storage import open_storage
 

@@ -22,8 +22,8 @@ from pipeline.params.experiment import ExperimentConfig, apply_values
 from pipeline.params.file import Params
 from pipeline.params.reference import Variant, variant_experiment
 from pipeline.params.tune import SEED_PARAM, Plan
+from pipeline.reference.plan import machine_kind
 from pipeline.reference.sweep import ensure_prepared, machine
-from pipeline.report.summary import machine_kind
 from pipeline.tracking import RunTracker, end_trial_run
 from pipeline.tuning.budget import MACHINE_ATTR, REPEAT_ATTR, Budget, SurplusTrial
 from pipeline.tuning.storage import WORKER_ATTR, this_worker
