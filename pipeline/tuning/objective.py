@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from pipeline.data.prepared import PreparedData, load_prepared
-from pipeline.engine.checkpoint import load_checkpoint
+from pipeline.engine.checkpoint import TrainingInterrupted, load_checkpoint
 from pipeline.engine.loop import EpochCallback, RunSpec, fit
 from pipeline.engine.runs import pretrain
 from pipeline.layout import LAST, PRETRAIN
@@ -135,7 +135,13 @@ class Objective:
             return float(earlier.value)
         trial.set_user_attr(MACHINE_ATTR, machine_kind(machine()))
         with tempfile.TemporaryDirectory(prefix=f"{self.plan.name}-t{trial.number}-") as tmp:
-            return self.train(trial, values, seed, Path(tmp))
+            try:
+                return self.train(trial, values, seed, Path(tmp))
+            except TrainingInterrupted:  # its message names the temporary folder, gone now
+                raise TrainingInterrupted(
+                    f"interrupted: trial {trial.number} of {self.plan.name} is marked failed and does not count "
+                    "toward the budget; rerun the same command to go on with the study (a trial is not resumed: "
+                    "the next one trains from the pretraining checkpoint)") from None
 
     def train(self, trial: optuna.Trial, values: dict[str, Any], seed: int, out: Path) -> float:
         plan = self.plan

@@ -354,3 +354,29 @@ def test_every_study_trains_the_same_number_of_distinct_configs_or_its_whole_spa
         old.add_trial(optuna.trial.create_trial(params={"methods.x.alpha": value}, distributions=dist, value=value))
     _, trained = run([0.1, 0.25, 0.5], 3, old)
     assert sorted(trained) == [0.25, 0.5]  # the two missing configs, not one
+
+
+def test_an_interrupted_trial_says_it_is_failed_not_saved(monkeypatch):
+    """Ctrl-C in a trial: the training loop's message names a checkpoint in the trial's temporary
+    folder, deleted on the way out; the study's message says what happens to the trial instead."""
+    from pipeline.engine.checkpoint import TrainingInterrupted
+    from pipeline.params.search import ParamSpace
+    from pipeline.tuning.budget import Budget
+    from pipeline.tuning.objective import Objective
+
+    folders = []
+
+    def interrupted(self, trial, values, seed, out):
+        folders.append(out)
+        raise TrainingInterrupted(f"interrupted: the run is saved at epoch 3 (in {out}/last.pt); rerun ...")
+
+    monkeypatch.setattr(Objective, "train", interrupted)
+    space = {"methods.x.alpha": ParamSpace(type="categorical", choices=[0.1, 0.5])}
+    plan = SimpleNamespace(sweep=False, name="s", cfg=SimpleNamespace(seed=100), space=space)
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(TrainingInterrupted) as err:
+        study.optimize(Objective(plan, None, Budget(2, False, 2)), n_trials=2)
+    message = str(err.value)
+    assert "trial 0 of s is marked failed" in message and "rerun the same command" in message
+    assert str(folders[0]) not in message and not folders[0].exists()
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
