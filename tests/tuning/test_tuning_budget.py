@@ -187,6 +187,13 @@ def test_an_unfinished_study_chooses_nothing_yet(params):
     assert "dvc repro" not in page.split("```bash\n")[1]
 
 
+def test_the_table_rounds_a_sampled_value_and_the_chosen_block_keeps_it(params):
+    tau = 1.7123456789
+    rows, page = budget_report(params, BUDGET, studies={"la": study_of(VALUES[:2] + [(tau, 0.74)] + VALUES[3:], TESTS)})
+    assert "| la | 8 of 8 | 70.00 | 74.00 | `tau=1.712` |" in page
+    assert yaml.safe_load(page.split("```yaml\n")[1].split("```")[0]) == {"chosen": {"la": {"methods.la.tau": tau}}}
+
+
 def test_a_finished_study_whose_best_is_the_default_keeps_the_default_runs(params):
     """All trials run and none beats the default (ties go to the earlier trial, the default): no
     -tuned variant would repeat the default's runs; the tuned test column is the default's."""
