@@ -16,6 +16,7 @@ from pipeline.data.prepared import load_prepared
 from pipeline.params.file import read_params
 from pipeline.params.inherit import resolve_experiments
 from pipeline.stages import evaluate, prepare, pretrain, train
+from tests.data.fixtures import write_cifar_pickle
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -92,6 +93,49 @@ def test_scenario_end_to_end(tmp_path, monkeypatch, name):
         per_class = [np.mean(pred[test.y == c] == c) for c in range(data.num_classes)]
         assert [t["per_class_acc"][str(c)] for c in range(data.num_classes)] == pytest.approx(per_class)
     assert (tmp_path / "plots" / name / "meta_iada-s0" / "summary.png").stat().st_size > 0
+
+
+def test_lt100_paper_runs_on_a_cifar100_copy(tmp_path, monkeypatch):
+    """lt100_paper (issue 31, item 6) with its data block as params declares it, but for data.root:
+    a CIFAR-100 pickle set in the official layout, 130 images a class (no offline copy here). Its
+    schedule shrunk to one epoch a phase, ResNet-8 in fp32 (the data path is under test here)."""
+    root = tmp_path / "cifar100"
+    write_cifar_pickle(root, "cifar100", train_per_class=130, test_per_class=2)
+    monkeypatch.chdir(tmp_path)
+    params = read_params(ROOT / "params.yaml")[0]
+    exp = resolve_experiments(params["experiments"], params["methods"])["lt100_paper"]
+    exp["data"]["root"] = str(root)  # set: only there, no shared copy and no download
+    exp.update(pretrain_epochs=1, train_epochs=1, meta_batch_size=100, eval_batch_size=1000)
+    exp["optim"].update(batch_size=100, warmup_epochs=0, milestones=[])
+    exp["network"].update(arch="resnet8", precision="fp32")
+    params.update(experiments={"lt100_paper": exp}, tune={"run": [], "studies": {}},
+                  run={"experiments": ["lt100_paper"], "methods": ["meta_iada"], "seeds": [0], "device": "cpu"},
+                  reference={"subject": "meta_iada", "experiments": {}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    common = ["--experiment", "lt100_paper", "--params", str(tmp_path / "params.yaml"), "--no-mlflow"]
+    assert prepare.main(common) == 0
+    assert pretrain.main(common + ["--seed", "0"]) == 0
+    assert train.main(common + ["--seed", "0", "--method", "meta_iada"]) == 0
+    assert evaluate.main(common + ["--seed", "0", "--method", "meta_iada"]) == 0
+
+    card = json.loads((tmp_path / "data/prepared/lt100_paper/card.json").read_text())
+    # 10 meta and 20 validation images of each class carved first, then n_c = floor(100 * 100^(-c/99))
+    counts = [int(100 * 100 ** (-c / 99) + 1e-9) for c in range(100)]
+    assert counts[0] == 100 and counts[-1] == 1
+    assert card["num_classes"] == 100 and card["counts"]["per_class"] == {
+        "train": counts, "meta": [10] * 100, "val": [20] * 100, "test": [2] * 100}
+    m = strict_loads((tmp_path / "metrics/lt100_paper/detail/meta_iada-s0.json").read_text())
+    pred = saved_test_predictions(tmp_path / "plots/lt100_paper/meta_iada-s0", card)
+    y = np.repeat(np.arange(100)[None, :], 2, axis=0).ravel()  # the fixture's test labels: 0..99, twice
+    per_class = [np.mean(pred[y == c] == c) for c in range(100)]
+    t = m["selected"]["test"]
+    assert t["acc"] == pytest.approx(np.mean(pred == y))
+    assert [t["per_class_acc"][str(c)] for c in range(100)] == pytest.approx(per_class)
+    few = [c for c in range(100) if counts[c] < 20]
+    medium = [c for c in range(100) if 20 <= counts[c] <= 100]
+    assert t["many_acc"] is None  # no class has more than 100 images
+    assert t["few_acc"] == pytest.approx(np.mean([per_class[c] for c in few]))
+    assert t["medium_acc"] == pytest.approx(np.mean([per_class[c] for c in medium]))
 
 
 def strict_loads(text: str) -> dict:

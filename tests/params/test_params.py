@@ -33,6 +33,15 @@ def test_the_committed_params_are_valid(raw):
     assert params.experiment("lt_paper").total_epochs == 200
 
 
+
+def test_lt100_paper_is_lt_paper_on_cifar100(raw):
+    """Issue 31, item 6: the paper's CIFAR-100-LT rho=100 number needs lt_paper's protocol on
+    CIFAR-100, and nothing else changed (schedule, network, carve-outs, method recipes)."""
+    params = parse_params(raw)
+    cifar10, cifar100 = to_dict(params.experiment("lt_paper")), to_dict(params.experiment("lt100_paper"))
+    assert (cifar10["data"].pop("source"), cifar100["data"].pop("source")) == ("cifar10", "cifar100")
+    assert cifar100 == cifar10 and cifar100["data"]["longtail"]["imbalance_ratio"] == 100
+
 def mutate(raw, path, value):
     bad = copy.deepcopy(raw)
     node = bad
