@@ -269,6 +269,16 @@ def test_a_rerun_writes_the_same_detail_file_without_run_id_or_epoch_times(tmp_p
         assert evaluate.main(["--experiment", "tiny", "--method", "ce", "--seed", "0", "--no-mlflow"]) == 0
         written.append(detail.read_bytes())
         csvs.append((tmp_path / "plots" / "tiny" / "ce-s0" / "history.csv").read_bytes())  # a DVC output too
-    assert written[0] == written[1] and csvs[0] == csvs[1]
+    # a run folder written before the run record: the times inside history.json, no run.json
+    summary = json.loads((run / "history.json").read_text())
+    assert not any("epoch_seconds" in epoch for epoch in summary["history"])  # the new layout keeps them out
+    for epoch in summary["history"]:
+        epoch["epoch_seconds"], epoch["train_img_per_s"] = 3.5, 100 / 3.5
+    (run / "history.json").write_text(json.dumps(summary))
+    (run / RUN_RECORD).unlink()
+    assert evaluate.main(["--experiment", "tiny", "--method", "ce", "--seed", "0", "--no-mlflow"]) == 0
+    written.append(detail.read_bytes())
+    csvs.append((tmp_path / "plots" / "tiny" / "ce-s0" / "history.csv").read_bytes())
+    assert written[0] == written[1] == written[2] and csvs[0] == csvs[1] == csvs[2]
     saved = json.loads(written[0])
     assert "run_id" not in saved and set(saved["curve"]) == {"epoch", "train_loss", "val_acc"}
