@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,15 +33,21 @@ SCENARIOS = {
 }
 
 
-def write_params(tmp: Path, name: str) -> Path:
+def write_params(tmp: Path, name: str, methods: tuple[str, ...] = ("ce", "meta_iada"),
+                 edit: Callable[[dict], None] | None = None) -> Path:
+    """params.yaml with the committed experiment ``name`` alone (resolved: no base), one epoch a
+    phase on ResNet-8; ``edit`` changes the experiment further, else its data become tiny."""
     params = read_params(ROOT / "params.yaml")[0]
-    exp = resolve_experiments(params["experiments"], params["methods"])[name]  # on its own: no base
-    exp["data"] = {**TINY, **SCENARIOS[name]}
+    exp = resolve_experiments(params["experiments"], params["methods"])[name]
     exp.update(pretrain_epochs=1, train_epochs=1, meta_batch_size=4, eval_batch_size=200)
     exp["optim"].update(batch_size=16, warmup_epochs=0, milestones=[])
     exp["network"]["arch"] = "resnet8"
+    if edit is None:
+        exp["data"] = {**TINY, **SCENARIOS[name]}
+    else:
+        edit(exp)
     params["experiments"] = {name: exp}
-    params["run"] = {"experiments": [name], "methods": ["ce", "meta_iada"], "seeds": [0], "device": "cpu"}
+    params["run"] = {"experiments": [name], "methods": list(methods), "seeds": [0], "device": "cpu"}
     params["tune"] = {"run": [], "studies": {}}
     params["reference"] = {"subject": "meta_iada", "experiments": {}}
     path = tmp / "params.yaml"
@@ -102,17 +109,14 @@ def test_lt100_paper_runs_on_a_cifar100_copy(tmp_path, monkeypatch):
     root = tmp_path / "cifar100"
     write_cifar_pickle(root, "cifar100", train_per_class=130, test_per_class=2)
     monkeypatch.chdir(tmp_path)
-    params = read_params(ROOT / "params.yaml")[0]
-    exp = resolve_experiments(params["experiments"], params["methods"])["lt100_paper"]
-    exp["data"]["root"] = str(root)  # set: only there, no shared copy and no download
-    exp.update(pretrain_epochs=1, train_epochs=1, meta_batch_size=100, eval_batch_size=1000)
-    exp["optim"].update(batch_size=100, warmup_epochs=0, milestones=[])
-    exp["network"].update(arch="resnet8", precision="fp32")
-    params.update(experiments={"lt100_paper": exp}, tune={"run": [], "studies": {}},
-                  run={"experiments": ["lt100_paper"], "methods": ["meta_iada"], "seeds": [0], "device": "cpu"},
-                  reference={"subject": "meta_iada", "experiments": {}})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    common = ["--experiment", "lt100_paper", "--params", str(tmp_path / "params.yaml"), "--no-mlflow"]
+
+    def edit(exp: dict) -> None:
+        exp["data"]["root"] = str(root)  # set: only there, no shared copy and no download
+        exp.update(meta_batch_size=100, eval_batch_size=1000)
+        exp["optim"]["batch_size"] = 100
+        exp["network"]["precision"] = "fp32"
+    params = str(write_params(tmp_path, "lt100_paper", ("meta_iada",), edit))
+    common = ["--experiment", "lt100_paper", "--params", params, "--no-mlflow"]
     assert prepare.main(common) == 0
     assert pretrain.main(common + ["--seed", "0"]) == 0
     assert train.main(common + ["--seed", "0", "--method", "meta_iada"]) == 0
