@@ -80,9 +80,14 @@ def default_values(exp: ExperimentConfig, method: str, space: dict[str, ParamSpa
 
 def check_budgets(tune: TuneConfig, experiments: dict[str, ExperimentConfig], reference: ReferenceConfig) -> None:
     """Every budget against the experiments and the reported seeds (see the module docstring)."""
+    tuned_by: dict[str, str] = {}  # experiment -> its budget
     for name, b in tune.budgets.items():
         where = f"tune.budgets.{name}"
         check_name(name, "budget name")
+        if b.experiment in tuned_by:  # both would make <method>-tuned, and the report compares one tuned table
+            raise ParamError(f"{where}.experiment = {b.experiment!r} is tuned by budget {tuned_by[b.experiment]!r} "
+                             "already: one budget per experiment (change that one's n_trials or methods instead)")
+        tuned_by[b.experiment] = name
         if b.experiment not in experiments:
             raise ParamError(f"{where}.experiment = {b.experiment!r} is not declared: use one of {', '.join(experiments)}")
         if b.seed in reference.seeds:

@@ -99,6 +99,16 @@ def test_bad_budgets_are_refused_in_one_line(change, message):
         params_with(change)
 
 
+def test_a_second_budget_of_the_same_experiment_is_refused():
+    """Two budgets of one experiment would both make `<method>-tuned` variants, and the report has
+    one tuned table per experiment."""
+    raw = copy.deepcopy(raw_params())
+    raw["tune"]["budgets"]["lt_ref_again"] = {**copy.deepcopy(raw["tune"]["budgets"][BUDGET]), "chosen": {}}
+    with pytest.raises(ParamError, match=r"tune.budgets.lt_ref_again.experiment = 'lt_ref' is tuned by budget "
+                                         r"'lt_ref_budget' already: one budget per experiment"):
+        parse_params(raw)
+
+
 def test_a_default_outside_its_paper_space_is_refused():
     raw = copy.deepcopy(raw_params())
     raw["experiments"]["lt_ref"].setdefault("methods", {}).setdefault("la", {})["tau"] = 3.0  # a delta of lt_ref
