@@ -31,10 +31,10 @@ from pipeline.report.stats import pm
 from pipeline.layout import REFERENCE, REPORTS_DIR, json_safe
 from pipeline.params.file import Params
 from pipeline.params.reference import ReferenceExperiment
-from pipeline.report.summary import load_records, noise_fit, outdated_records, summarise
+from pipeline.report.summary import Budget, load_records, noise_fit, outdated_records, summarise
 from pipeline.report.tables import (_noise_fit_text, _setting_verdict, diff, experiment_markdown, published_table,
                                        seeds_of)
-from pipeline.report.verdict import verdict
+from pipeline.report.verdict import tuned_verdict, verdict
 
 REPORT_DIR = REPORTS_DIR / REFERENCE
 
@@ -76,7 +76,7 @@ def headline(name: str, s: dict[str, Any]) -> str:
     if ahead:
         text += f", behind {', '.join(ahead)}"
     if s.get("noise_fit"):
-        text += f"; {_noise_fit_text(s['noise_fit'])}"
+        text += f"; {_noise_fit_text(s['noise_fit'], short=True)}"
     if s["ablations"]:
         best = s["best_setting"]
         vs = s["labels"][best].get("val_vs_subject")
@@ -87,6 +87,29 @@ def headline(name: str, s: dict[str, Any]) -> str:
         if best != subject:  # when the default is the best, the verdict adds nothing
             text += f" ({_setting_verdict(s)})"
     return text + "."
+
+
+def tuned_headline(name: str, s: dict[str, Any]) -> str:
+    """Where the subject's tuned config ranks among the methods at their tuned configs ('' without
+    a budget, or before every tuned run is in)."""
+    t = s.get("tuned")
+    if t is None or t["missing"] or t["subject"] not in t["ranking"]:
+        return ""
+    me, p, ranking = t["subject"], s["primary"], t["ranking"]
+    e, n = s["labels"][me]["selected"], len(s["labels"][me]["seeds"])
+    ahead = ranking[:ranking.index(me)]
+    return (f"**{name}, tuned** (budget `{t['budget']}`): {me} ranks {ranking.index(me) + 1} of {len(ranking)} by {p} "
+            f"({pm(e[p])}, {n} seed{'s' if n > 1 else ''})" + (f", behind {', '.join(ahead)}" if ahead else "") + ".")
+
+
+def budget_of(params: Params, experiment: str) -> Budget | None:
+    """The tuning budget of ``experiment`` (``tune.budgets``; at most one: the params check it),
+    once it has chosen a config other than a default (before, its tuned table would be the defaults'
+    under another name)."""
+    for name, b in params.tune.budgets.items():
+        if b.experiment == experiment and b.chosen:
+            return Budget(name, b.seed, list(b.methods), dict(b.chosen))
+    return None
 
 
 def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
@@ -101,8 +124,10 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
                    "CE's and minus the best baseline's (the method other than these two with the best mean "
                    "validation value: chosen without test), in percentage points, with 95 % intervals over the "
                    "seeds, paired by seed (each seed its own split):"), "",
-                  *[f"- {verdict(name, s)}" for name, s in summaries.items()], ""]
-    headlines = [f"- {headline(name, s)}" for name, s in summaries.items() if headline(name, s)]
+                  *[f"- {line}" for name, s in summaries.items()
+                    for line in (verdict(name, s), tuned_verdict(name, s)) if line], ""]
+    headlines = [f"- {line}" for name, s in summaries.items() for line in (headline(name, s), tuned_headline(name, s))
+                 if line]
     if headlines:
         lines += ["Where it ranks (validation-selected test values; each experiment's page has the details):", "", *headlines, ""]
     published = yaml.safe_load(PUBLISHED.read_text()) if PUBLISHED.is_file() else {}
@@ -145,7 +170,8 @@ def build_reports(params: Params, *, check: bool = False, track: bool = False, r
     published = yaml.safe_load(PUBLISHED.read_text()) if PUBLISHED.is_file() else {}
     subject = params.reference.subject
     sweeps = params.reference.experiments
-    summaries = {name: summarise(labels, subject, sweeps[name].compare if name in sweeps else None)
+    summaries = {name: summarise(labels, subject, sweeps[name].compare if name in sweeps else None,
+                                 budget=budget_of(params, name))
                  for name, labels in records.items()}
     for name, s in summaries.items():
         noisy = params.experiments[name].data.noisy if name in params.experiments else None

@@ -2,7 +2,8 @@
 records by seed, mean ± std over seeds, the paired difference of each label against CE and against
 the best baseline with a 95 % t-interval over seeds (d_s = m_s − b_s for every seed s both ran,
 mean(d) ± t_{0.975, n−1} · sd(d) / √n), the best baseline chosen on validation, the subject's
-ablations and precision twins (:func:`summarise`); the pages are :mod:`pipeline.report.reference`.
+ablations and precision twins (:func:`summarise`), and the experiment as its tuning budget left it
+(:func:`tuned_view`); the pages are :mod:`pipeline.report.reference`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pipeline.data.noisy import noisy_label_distribution
 from pipeline.data.scenarios import SCENARIOS
 from pipeline.report.stats import mean_std
 from pipeline.layout import REFERENCE_METRICS_DIR
+from pipeline.params.budget import tuned_label
 from pipeline.params.file import Params
 from pipeline.reference.plan import machine_kind
 
@@ -133,24 +135,43 @@ def precision_twin(label: Label) -> str | None:
     return None
 
 
-def best_baseline(labels: dict[str, Label], subject: str) -> str | None:
+def best_baseline(labels: dict[str, Label], subject: str, among: set[str] | None = None) -> str | None:
     """The label with the best mean validation value among those whose method is neither the
     subject nor CE, and that are not another precision's repeat of a label (ties: the first in
-    order)."""
-    candidates = [lab for lab in labels.values() if lab.method not in (subject, "ce") and precision_twin(lab) is None]
+    order); ``among``: only these labels are candidates."""
+    candidates = [lab for lab in labels.values() if lab.method not in (subject, "ce") and precision_twin(lab) is None
+                  and (among is None or lab.name in among)]
     if not candidates:
         return None
     return max(candidates, key=lambda lab: lab.val_value()).name
 
 
-def summarise(labels: dict[str, Label], subject: str, compare: dict[str, str] | None = None) -> dict[str, Any]:
+@dataclass
+class Budget:
+    """What a tuning budget (``tune.budgets``) did to an experiment: the methods it searched, and
+    for those whose best config is not the default, that config (run as ``<method>-tuned``)."""
+
+    name: str
+    seed: int  # the tuning seed: never a reported one
+    methods: list[str]
+    chosen: dict[str, dict[str, Any]]
+
+    def tuned_labels(self) -> set[str]:
+        return {tuned_label(m) for m in self.chosen}
+
+
+def summarise(labels: dict[str, Label], subject: str, compare: dict[str, str] | None = None,
+              budget: Budget | None = None) -> dict[str, Any]:
     """The numbers of one experiment's report; ``compare``: further pairs (label -> the label it
-    is compared with), reported as paired differences where both ran."""
+    is compared with), reported as paired differences where both ran; ``budget``: the experiment's
+    tuning budget, whose ``<method>-tuned`` runs are kept out of the default comparison (the
+    ranking, the ablations, the best baseline) and make the tuned one (:func:`tuned_view`)."""
     first = next(iter(labels.values())).first
     scenario = first["scenario"]
     primary = SCENARIOS[scenario].primary  # the paired differences and the charts use it
     keys = list(first["selected"]["headline"])
-    best = best_baseline(labels, subject)
+    tuned = budget.tuned_labels() & set(labels) if budget else set()
+    best = best_baseline(labels, subject, among=set(labels) - tuned)
     ce = labels.get("ce")
     out: dict[str, Any] = {"scenario": scenario, "data": first["data"], "primary": primary,
                            "selection_metric": first["selection_metric"], "subject": subject,
@@ -191,7 +212,7 @@ def summarise(labels: dict[str, Label], subject: str, compare: dict[str, str] | 
             out["labels"][n][rule]["vs_fp32"] = paired(labels[n].values(rule, primary), base.values(rule, primary))
         out["labels"][n]["val_vs_fp32"] = paired(labels[n].val_values(), base.val_values())
     ablations = [n for n, e in out["labels"].items() if e["method"] == subject and n != subject
-                 and twins[n] is None]
+                 and twins[n] is None and n not in tuned]
     subject_lab = labels.get(subject)
     for n in ablations:
         for rule in RULES:
@@ -211,8 +232,49 @@ def summarise(labels: dict[str, Label], subject: str, compare: dict[str, str] | 
     out["compare"] = [{"label": a, "other": b, **{rule: paired(labels[a].values(rule, primary),
                                                            labels[b].values(rule, primary)) for rule in RULES}}
                       for a, b in (compare or {}).items() if a in labels and b in labels]
-    methods = [n for n in out["labels"] if n not in ablations and twins[n] is None]
-    out["ranking"] = sorted(methods, key=lambda n: -(out["labels"][n]["selected"][primary]["mean"] or -1))
+    methods = [n for n in out["labels"] if n not in ablations and twins[n] is None and n not in tuned]
+    out["ranking"] = _ranked(out, methods)
+    if budget:
+        out["tuned"] = tuned_view(labels, out, budget)
+    return out
+
+
+def _ranked(s: dict[str, Any], names: list[str]) -> list[str]:
+    """``names`` by their mean validation-selected test value of the primary metric, best first."""
+    return sorted(names, key=lambda n: -(s["labels"][n]["selected"][s["primary"]]["mean"] or -1))
+
+
+def tuned_view(labels: dict[str, Label], s: dict[str, Any], budget: Budget) -> dict[str, Any]:
+    """The experiment with every method at the config its tuning budget chose (DomainBed's tuned
+    table): a searched method's ``<method>-tuned`` run where the budget chose another config than
+    the default, its default run (and its protocol variants, e.g. ``-scratch``) where it kept the
+    default; a method the budget did not search (CE, one without hyperparameters) as it runs.
+    Every other label (an ablation, a hand-set variant such as ``isda-cb``, the default of a method
+    whose config changed) is left out: it is a config the budget passed over or never tried. The
+    subject's tuned label against CE and the best baseline by validation among these, paired by
+    seed, as the default comparison does; ``missing``: the tuned runs not run yet."""
+    subject, primary = s["subject"], s["primary"]
+    members = []
+    for name, lab in labels.items():
+        if name in budget.tuned_labels():
+            members.append(name)
+        elif lab.method not in budget.chosen and set(lab.first.get("changed", {})) <= {"protocol"}:
+            members.append(name)
+    me = tuned_label(subject) if subject in budget.chosen else subject
+    members = [n for n in members if n in s["labels"]]
+    best = best_baseline(labels, subject, among=set(members))
+    out: dict[str, Any] = {
+        "budget": budget.name, "seed": budget.seed, "searched": budget.methods, "subject": me,
+        "missing": [n for n in sorted(budget.tuned_labels()) if n not in labels], "best_baseline": best,
+        "ranking": _ranked(s, members), "vs_ce": None, "vs_best": None}
+    if me in labels:
+        for side, other in (("vs_ce", "ce"), ("vs_best", best)):
+            if other in labels and other != me:
+                out[side] = {rule: paired(labels[me].values(rule, primary), labels[other].values(rule, primary))
+                             for rule in RULES}
+    # every member against this comparison's best baseline (its page's last column)
+    out["vs_best_selected"] = {n: paired(labels[n].values("selected", primary), labels[best].values("selected", primary))
+                               for n in members if best is not None and n != best}
     return out
 
 

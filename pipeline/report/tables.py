@@ -13,9 +13,14 @@ from pipeline.report.stats import pct, pm
 MAX_GROUP_COLUMNS = 8  # ε per group as table columns up to this many groups
 
 
-def _noise_fit_text(fit: dict[str, Any]) -> str:
+def _noise_fit_text(fit: dict[str, Any], short: bool = False) -> str:
+    """Whether CE's last training loss went below the noise bound; ``short``: the README's clause."""
     loss, floor = fit["ce_last_train_loss"], fit["floor"]
     above = min(loss["per_seed"].values()) > floor
+    if short:
+        return (f"CE's last training loss, {loss['mean']:.2f}, is {'above' if above else 'not above'} {floor:.2f} nats "
+                "(the floor without fitting flipped labels): "
+                + ("CE did not memorise the noise" if above else "CE memorised noise on at least one seed"))
     return (f"CE's training loss at its last epoch is {loss['mean']:.2f} (seeds: "
             f"{', '.join(f'{v:.2f}' for _, v in sorted(loss['per_seed'].items()))}), "
             f"{'above' if above else 'not above'} {floor:.2f} nats, the lowest expected loss on these noisy "
@@ -113,6 +118,8 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
         e = labels[label]
         lines.append(f"| {label} | {diff(e['selected']['vs_ce'])} | {diff(e['final']['vs_ce'])} | "
                      f"{diff(e['selected']['vs_best'])} | {diff(e['final']['vs_best'])} |")
+    if s.get("tuned"):
+        lines += tuned_markdown(s)
     if s.get("noise_fit"):
         fit = s["noise_fit"]
         lines += ["", "## Did CE fit the flipped labels?", "",
@@ -134,6 +141,28 @@ def experiment_markdown(name: str, s: dict[str, Any], published: dict[str, Any] 
     if figures:
         lines += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(lines) + "\n"
+
+
+def tuned_markdown(s: dict[str, Any]) -> list[str]:
+    """The tuned comparison (:func:`~pipeline.report.summary.tuned_view`): each method at the config
+    its budget chose, ranked as the default table is, with the subject's paired differences."""
+    t, labels, primary = s["tuned"], s["labels"], s["primary"]
+    best = t["best_baseline"]
+    lines = ["", f"## Tuned: every method at the config budget `{t['budget']}` chose", "",
+             (f"Each method the budget searched ({', '.join(t['searched'])}) at the config its study chose on the "
+              f"validation split of tuning seed {t['seed']} (not a reported seed; "
+              f"[reports/tuning/{t['budget']}.md](../tuning/{t['budget']}.md)): its `-tuned` run where that is not "
+              "the default, its default runs (all protocols) where it is; CE and methods without hyperparameters as "
+              "they run. Hand-set variants and ablations are left out. The best baseline is chosen on validation "
+              f"among these (`{best}`)." + (f" Not run yet: {', '.join(t['missing'])}." if t["missing"] else "")), "",
+             f"| label | chosen | seeds | {primary} selected | {primary} final | vs ce (selected) | vs best baseline (selected) |",
+             "|---|---|---|---|---|---|---|"]
+    for label in t["ranking"]:
+        e = labels[label]
+        lines.append(f"| {label} | {setting_text(e['changed']) or 'the default'} | {len(e['seeds'])} | "
+                     f"{pm(e['selected'][primary])} | {pm(e['final'][primary])} | {diff(e['selected']['vs_ce'])} | "
+                     f"{diff(t['vs_best_selected'].get(label))} |")
+    return lines
 
 
 def seeds_text(counts: set[int]) -> str:

@@ -2,7 +2,8 @@
 against CE and against the best baseline by validation, each as the paired difference of the
 validation-selected test value with its 95 % interval over seeds, and the protocol the numbers
 come from (data, selection rule, seeds, deferred or scratch). A difference against the subject is
-said in the same words as one for it ("0.91 points below isda-cb [-1.69, -0.14]")."""
+said in the same words as one for it ("0.91 points below isda-cb [-1.69, -0.14]"). Where a tuning
+budget has run, :func:`tuned_verdict` says the same of the tuned comparison."""
 
 from __future__ import annotations
 
@@ -32,6 +33,25 @@ def verdict(name: str, s: dict[str, Any]) -> str:
     if best is None:
         against.append("no baseline other than CE has run")
     return f"**{name}** ({protocol}): {who(subject, entry)} is {', and '.join(against)}."
+
+
+def tuned_verdict(name: str, s: dict[str, Any]) -> str | None:
+    """The verdict of the tuned comparison (:func:`~pipeline.report.summary.tuned_view`): every
+    method at the config its budget chose on the tuning seed's validation split (None without a
+    budget)."""
+    t = s.get("tuned")
+    if t is None:
+        return None
+    head = (f"**{name}, tuned** (each method at the config `{t['budget']}` chose on tuning seed {t['seed']}'s "
+            "validation; otherwise as above)")
+    if t["missing"]:
+        return f"{head}: no verdict yet, not run yet: {', '.join(t['missing'])}."
+    me, labels = t["subject"], s["labels"]
+    n = len(labels[me]["seeds"])
+    against = [difference(t[side]["selected"], other, labels[other], n, role=role)
+               for side, other, role in (("vs_ce", "ce", ""), ("vs_best", t["best_baseline"], "the best baseline by validation, "))
+               if t[side] is not None]
+    return f"{head}: {who(me, labels[me])} is {', and '.join(against) or 'compared with nothing: no baseline ran'}."
 
 
 def who(label: str, entry: dict[str, Any]) -> str:

@@ -7,12 +7,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 from scipy import stats
 
 from pipeline.params.file import load_params
-from pipeline.report import reference as report
-from pipeline.report.summary import summarise
-from pipeline.report.verdict import verdict
+from pipeline.report import reference as report, tables
+from pipeline.report.summary import Budget, summarise
+from pipeline.report.verdict import tuned_verdict, verdict
 from tests.reference.test_reference_report import labels_of, record
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,3 +79,79 @@ def test_the_verdict_comes_first_in_the_readme_section():
     assert section[first] == f"- {verdict('exp', s)}"
     assert first < min(i for i, line in enumerate(section) if "reports/reference/exp.md" in line)
     assert first < min(i for i, line in enumerate(section) if "ranks" in line)
+
+
+BUDGET = Budget("exp_budget", 100, ["la", "isda", "meta_iada"],
+                {"isda": {"methods.isda.class_balanced": True}, "meta_iada": {"methods.meta_iada.alpha": 1.0}})
+
+
+def tuned_records(*, with_meta_tuned: bool = True) -> dict:
+    """A budget that searched la (kept its default), isda and meta_iada (both changed). The tuned
+    runs are the best on validation, and isda-tuned the best of all: the default comparison must
+    not see them, the tuned one must see them and nothing the budget passed over."""
+    def run(label, method, seed, test, val, **changed):
+        return {**record(label, seed, test, val, method=method), "changed": changed}
+
+    meta_tuned = [0.66, 0.66, 0.64]
+    isda_tuned = [0.70, 0.69, 0.71]
+    recs = []
+    for s in range(3):
+        recs += [run("ce", "ce", s, 0.50, 0.50), run("la", "la", s, 0.60, 0.60),
+                 run("la-scratch", "la", s, 0.62, 0.61, protocol="scratch"),
+                 run("isda", "isda", s, 0.55, 0.55), run("isda-cb", "isda", s, 0.68, 0.66, **{"methods.isda.class_balanced": True}),
+                 run("isda-tuned", "isda", s, isda_tuned[s], 0.90, **BUDGET.chosen["isda"]),
+                 run("meta_iada", "meta_iada", s, 0.63, 0.63),
+                 run("meta_iada-nocb", "meta_iada", s, 0.58, 0.58, **{"methods.meta_iada.class_balanced": False})]
+        if with_meta_tuned:
+            recs.append(run("meta_iada-tuned", "meta_iada", s, meta_tuned[s], 0.80, **BUDGET.chosen["meta_iada"]))
+    return summarise(labels_of(*recs), "meta_iada", budget=BUDGET)
+
+
+def test_tuned_runs_stay_out_of_the_default_comparison():
+    s = tuned_records()
+    assert s["best_baseline"] == "isda-cb"  # not isda-tuned, whose validation is higher
+    assert s["ranking"] == ["isda-cb", "meta_iada", "la-scratch", "la", "isda", "ce"]
+    assert s["ablations"] == ["meta_iada-nocb"]  # the tuned config is no ablation of the default
+    assert verdict("exp", s).endswith(f"isda-cb (`class_balanced = True`, deferred) {interval([-0.05] * 3)}.")
+
+
+def test_the_tuned_comparison_has_each_method_at_its_chosen_config_and_nothing_it_passed_over():
+    s = tuned_records()
+    t = s["tuned"]
+    # la kept its default: its runs of both protocols stand; isda and meta_iada changed: only their
+    # -tuned runs stand (not the default, not isda-cb, not the ablation); ce as it runs
+    assert t["ranking"] == ["isda-tuned", "meta_iada-tuned", "la-scratch", "la", "ce"]
+    assert t["subject"] == "meta_iada-tuned" and t["best_baseline"] == "isda-tuned" and t["missing"] == []
+    assert t["vs_best"]["selected"]["mean"] == pytest.approx(-0.0467, abs=1e-4)  # d = -0.04, -0.03, -0.07
+    assert t["vs_ce"]["selected"]["mean"] == pytest.approx(0.1533, abs=1e-4)
+    text = tuned_verdict("exp", s)
+    assert text == ("**exp, tuned** (each method at the config `exp_budget` chose on tuning seed 100's validation; "
+                    "otherwise as above): meta_iada-tuned (`alpha = 1.0`, deferred) is 15.33 points above ce "
+                    f"(deferred) {interval([0.16, 0.16, 0.14])}, and 4.67 points below the best baseline by validation, "
+                    f"isda-tuned (`class_balanced = True`, deferred) {interval([-0.04, -0.03, -0.07])} (the interval includes 0).")
+    page = tables.experiment_markdown("exp", s, None, [])
+    tuned_rows = [line.split(" | ")[0] for line in page.split("## Tuned")[1].split("\n## ")[0].splitlines()
+                  if line.startswith("| ") and not line.startswith("| label")]
+    assert tuned_rows == ["| isda-tuned", "| meta_iada-tuned", "| la-scratch", "| la", "| ce"]
+
+
+def test_until_every_tuned_run_is_in_there_is_no_tuned_verdict_and_the_readme_says_what_is_missing():
+    s = tuned_records(with_meta_tuned=False)
+    assert s["tuned"]["missing"] == ["meta_iada-tuned"]
+    assert tuned_verdict("exp", s).endswith("no verdict yet, not run yet: meta_iada-tuned.")
+    assert report.tuned_headline("exp", s) == ""
+    section = report.readme_section({"exp": s}, load_params(ROOT / "params.yaml")).splitlines()
+    first = section.index(f"- {verdict('exp', s)}")
+    assert section[first + 1] == f"- {tuned_verdict('exp', s)}"  # right under the default verdict
+    done = tuned_records()
+    assert report.tuned_headline("exp", done) == ("**exp, tuned** (budget `exp_budget`): meta_iada-tuned ranks 2 of 5 "
+                                                  "by acc (65.33 ± 1.15, 3 seeds), behind isda-tuned.")
+    assert f"- {report.tuned_headline('exp', done)}" in report.readme_section({"exp": done}, load_params(ROOT / "params.yaml"))
+
+
+def test_without_a_budget_or_before_it_chose_there_is_no_tuned_comparison():
+    params = load_params(ROOT / "params.yaml")
+    assert report.budget_of(params, "lt_ref").name == "lt_ref_budget"
+    assert report.budget_of(params, "glt_ref") is None  # declared, nothing chosen yet
+    assert report.budget_of(params, "noisy_ref") is None
+    assert "tuned" not in losing() and tuned_verdict("exp", losing()) is None
