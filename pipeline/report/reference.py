@@ -99,7 +99,9 @@ def tuned_headline(name: str, s: dict[str, Any]) -> str:
     e, n = s["labels"][me]["selected"], len(s["labels"][me]["seeds"])
     ahead = ranking[:ranking.index(me)]
     return (f"**{name}, tuned** (budget `{t['budget']}`): {me} ranks {ranking.index(me) + 1} of {len(ranking)} by {p} "
-            f"({pm(e[p])}, {n} seed{'s' if n > 1 else ''})" + (f", behind {', '.join(ahead)}" if ahead else "") + ".")
+            f"({pm(e[p])}, {n} seed{'s' if n > 1 else ''})" + (f", behind {', '.join(ahead)}" if ahead else "")
+            + ("; some on fewer seeds (above)" if t["incomplete"] else "")
+            + ".")
 
 
 def budget_of(params: Params, experiment: str) -> Budget | None:
@@ -120,10 +122,9 @@ def readme_section(summaries: dict[str, dict[str, Any]], params: Params) -> str:
     lines = [BEGIN, ""]
     if summaries:
         subject = params.reference.subject
-        lines += [(f"The verdict per experiment: {subject}'s test value at the epoch selected on validation minus "
-                   "CE's and minus the best baseline's (the method other than these two with the best mean "
-                   "validation value: chosen without test), in percentage points, with 95 % intervals over the "
-                   "seeds, paired by seed (each seed its own split):"), "",
+        lines += [(f"The verdict per experiment: {subject}'s validation-selected test value minus CE's and minus "
+                   "the best baseline's (the other method with the best mean validation value: chosen without "
+                   "test), in points, with 95 % intervals paired by seed (each seed its own split):"), "",
                   *[f"- {line}" for name, s in summaries.items()
                     for line in (verdict(name, s), tuned_verdict(name, s)) if line], ""]
     headlines = [f"- {line}" for name, s in summaries.items() for line in (headline(name, s), tuned_headline(name, s))

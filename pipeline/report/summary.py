@@ -265,7 +265,12 @@ def tuned_view(labels: dict[str, Label], s: dict[str, Any], budget: Budget) -> d
     best = best_baseline(labels, subject, among=set(members))
     out: dict[str, Any] = {
         "budget": budget.name, "seed": budget.seed, "searched": budget.methods, "subject": me,
-        "missing": [n for n in sorted(budget.tuned_labels()) if n not in labels], "best_baseline": best,
+        "missing": [n for n in sorted(budget.tuned_labels()) if n not in labels],
+        # a tuned run that has not run every seed CE ran: its mean (and the ranking) may still move
+        "incomplete": [f"{n} (seed{'s' if len(gap) > 1 else ''} {', '.join(map(str, gap))})"
+                       for n in sorted(budget.tuned_labels() & set(labels))
+                       if (gap := sorted(set(labels["ce"].records if "ce" in labels else ()) - set(labels[n].records)))],
+        "best_baseline": best,
         "ranking": _ranked(s, members), "vs_ce": None, "vs_best": None}
     if me in labels:
         for side, other in (("vs_ce", "ce"), ("vs_best", best)):

@@ -154,7 +154,8 @@ def tuned_markdown(s: dict[str, Any]) -> list[str]:
               f"[reports/tuning/{t['budget']}.md](../tuning/{t['budget']}.md)): its `-tuned` run where that is not "
               "the default, its default runs (all protocols) where it is; CE and methods without hyperparameters as "
               "they run. Hand-set variants and ablations are left out. The best baseline is chosen on validation "
-              f"among these (`{best}`)." + (f" Not run yet: {', '.join(t['missing'])}." if t["missing"] else "")), "",
+              f"among these (`{best}`)." + (f" Not run yet: {', '.join(t['missing'])}." if t["missing"] else "")
+              + (f" Not in yet: {', '.join(t['incomplete'])}." if t["incomplete"] else "")), "",
              f"| label | chosen | seeds | {primary} selected | {primary} final | vs ce (selected) | vs best baseline (selected) |",
              "|---|---|---|---|---|---|---|"]
     for label in t["ranking"]:

@@ -51,7 +51,8 @@ def tuned_verdict(name: str, s: dict[str, Any]) -> str | None:
     against = [difference(t[side]["selected"], other, labels[other], n, role=role)
                for side, other, role in (("vs_ce", "ce", ""), ("vs_best", t["best_baseline"], "the best baseline by validation, "))
                if t[side] is not None]
-    return f"{head}: {who(me, labels[me])} is {', and '.join(against) or 'compared with nothing: no baseline ran'}."
+    text = f"{head}: {who(me, labels[me])} is {', and '.join(against) or 'compared with nothing: no baseline ran'}."
+    return text + (f" Not in yet: {', '.join(t['incomplete'])}; the best baseline may change." if t["incomplete"] else "")
 
 
 def who(label: str, entry: dict[str, Any]) -> str:
