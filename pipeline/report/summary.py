@@ -254,14 +254,9 @@ def tuned_view(labels: dict[str, Label], s: dict[str, Any], budget: Budget) -> d
     subject's tuned label against CE and the best baseline by validation among these, paired by
     seed, as the default comparison does; ``missing``: the tuned runs not run yet."""
     subject, primary = s["subject"], s["primary"]
-    members = []
-    for name, lab in labels.items():
-        if name in budget.tuned_labels():
-            members.append(name)
-        elif lab.method not in budget.chosen and set(lab.first.get("changed", {})) <= {"protocol"}:
-            members.append(name)
+    members = [name for name, lab in labels.items() if name in budget.tuned_labels()
+               or (lab.method not in budget.chosen and set(lab.first.get("changed", {})) <= {"protocol"})]
     me = tuned_label(subject) if subject in budget.chosen else subject
-    members = [n for n in members if n in s["labels"]]
     best = best_baseline(labels, subject, among=set(members))
     out: dict[str, Any] = {
         "budget": budget.name, "seed": budget.seed, "searched": budget.methods, "subject": me,
